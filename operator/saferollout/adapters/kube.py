@@ -1,0 +1,82 @@
+"""Kubernetes API access shared by the adapters: one configured client, typed helpers, conflict retries."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from kubernetes import client, config
+from kubernetes.client.rest import ApiException
+
+from saferollout.core.models import GROUP, KIND, PLURAL, VERSION
+
+T = TypeVar("T")
+_api: client.ApiClient | None = None
+
+
+def api() -> client.ApiClient:
+    global _api
+    if _api is None:
+        if os.environ.get("KUBERNETES_SERVICE_HOST") and not os.environ.get("KUBECONFIG"):
+            config.load_incluster_config()
+        else:
+            config.load_kube_config()
+        _api = client.ApiClient()
+    return _api
+
+
+def core() -> client.CoreV1Api:
+    return client.CoreV1Api(api())
+
+
+def apps() -> client.AppsV1Api:
+    return client.AppsV1Api(api())
+
+
+def custom() -> client.CustomObjectsApi:
+    return client.CustomObjectsApi(api())
+
+
+def not_found(e: Exception) -> bool:
+    return isinstance(e, ApiException) and e.status == 404
+
+
+def retry_conflicts(fn: Callable[[], T], attempts: int = 5) -> T:
+    """Read-modify-write under optimistic concurrency: retry when someone wrote in between."""
+    for i in range(attempts):
+        try:
+            return fn()
+        except ApiException as e:
+            if e.status != 409 or i == attempts - 1:
+                raise
+    raise AssertionError("unreachable")
+
+
+@dataclass(frozen=True)
+class RolloutRef:
+    namespace: str
+    name: str
+    uid: str
+
+    def owner(self) -> dict[str, Any]:
+        return {"apiVersion": f"{GROUP}/{VERSION}", "kind": KIND, "name": self.name, "uid": self.uid,
+                "controller": True, "blockOwnerDeletion": False}
+
+
+def write_status(ref: RolloutRef, status: dict[str, Any]) -> None:
+    """Replace the whole status (JSON patch `add` creates or replaces it), so cleared fields really go."""
+    custom().patch_namespaced_custom_object_status(
+        GROUP, VERSION, ref.namespace, PLURAL, ref.name, [{"op": "add", "path": "/status", "value": status}])
+
+
+def error_text(e: Exception) -> str:
+    if isinstance(e, ApiException):
+        import json
+
+        try:
+            return f"{e.status} {json.loads(e.body).get('message', e.reason)}"
+        except (ValueError, TypeError, AttributeError):
+            return f"{e.status} {e.reason}"
+    return f"{type(e).__name__}: {e}"

@@ -1,0 +1,143 @@
+"""The target Deployment and the canary copy of it (Deployment `<target>-canary` and its Service)."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+from kubernetes.client.rest import ApiException
+
+from saferollout.adapters import kube
+from saferollout.adapters.kube import RolloutRef
+from saferollout.core.models import SafeRolloutSpec
+
+CANARY_OF = "saferollout.dev/canary-of"
+ROLLOUT = "saferollout.dev/rollout"
+SMP = "application/strategic-merge-patch+json"
+
+
+def canary_name(spec: SafeRolloutSpec) -> str:
+    return f"{spec.target_ref.name}-canary"
+
+
+def _dep(namespace: str, name: str) -> dict[str, Any]:
+    obj = kube.apps().read_namespaced_deployment(name, namespace)
+    out: dict[str, Any] = kube.api().sanitize_for_serialization(obj)
+    return out
+
+
+def images_of(dep: dict[str, Any]) -> dict[str, str]:
+    return {c["name"]: c["image"] for c in dep["spec"]["template"]["spec"]["containers"]}
+
+
+def available(dep: dict[str, Any]) -> bool:
+    st, want = dep.get("status") or {}, dep["spec"].get("replicas", 1)
+    return (st.get("observedGeneration", 0) >= dep["metadata"].get("generation", 0)
+            and st.get("updatedReplicas", 0) >= want and st.get("availableReplicas", 0) >= want
+            and st.get("replicas", 0) <= want)
+
+
+def read_target(ref: RolloutRef, spec: SafeRolloutSpec) -> tuple[dict[str, str], bool, str | None]:
+    dep = _dep(ref.namespace, spec.target_ref.name)
+    revision = (dep["metadata"].get("annotations") or {}).get("deployment.kubernetes.io/revision")
+    return images_of(dep), available(dep), revision
+
+
+def _patch_containers(images: dict[str, str], spec: SafeRolloutSpec) -> list[dict[str, Any]]:
+    env = {c.name: c.env for c in spec.template.containers if c.env is not None}
+    out = []
+    for name, image in images.items():
+        c: dict[str, Any] = {"name": name, "image": image}
+        if name in env and env[name] is not None:
+            c["env"] = [e.wire() for e in env[name] or []]
+        out.append(c)
+    return out
+
+
+def set_target_images(ref: RolloutRef, spec: SafeRolloutSpec, images: dict[str, str]) -> None:
+    body = {"spec": {"template": {"spec": {"containers": _patch_containers(images, spec)}}}}
+    kube.apps().patch_namespaced_deployment(spec.target_ref.name, ref.namespace, body, _content_type=SMP)
+
+
+def _selector_keys(ref: RolloutRef, spec: SafeRolloutSpec, target: dict[str, Any]) -> set[str]:
+    """Labels the stable Service selects on: the canary's pods must not carry them, or stable would serve them."""
+    traffic = spec.strategy.canary.traffic if spec.strategy.canary else None
+    stable = traffic.services(spec.target_ref.name)[0] if traffic else spec.target_ref.name
+    keys = set((target["spec"].get("selector") or {}).get("matchLabels") or {})
+    try:
+        svc = kube.core().read_namespaced_service(stable, ref.namespace)
+        keys |= set(svc.spec.selector or {})
+    except ApiException as e:
+        if e.status != 404:
+            raise
+    return keys
+
+
+def ensure_canary(ref: RolloutRef, spec: SafeRolloutSpec, images: dict[str, str], replicas: int | None = None) -> bool:
+    """Create or update the canary Deployment and Service; True once the canary is available."""
+    target = _dep(ref.namespace, spec.target_ref.name)
+    name = canary_name(spec)
+    drop = _selector_keys(ref, spec, target)
+    tmpl = copy.deepcopy(target["spec"]["template"])
+    labels = {k: v for k, v in (tmpl["metadata"].get("labels") or {}).items() if k not in drop}
+    labels.update({CANARY_OF: spec.target_ref.name, ROLLOUT: ref.name})
+    tmpl["metadata"]["labels"] = labels
+    wanted = {c["name"]: c for c in _patch_containers(images, spec)}
+    for c in tmpl["spec"]["containers"]:
+        c.update(wanted.get(c["name"], {}))
+    body = {
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": name, "namespace": ref.namespace, "labels": {CANARY_OF: spec.target_ref.name, ROLLOUT: ref.name},
+                     "ownerReferences": [ref.owner()]},
+        "spec": {"replicas": replicas if replicas is not None else target["spec"].get("replicas", 1),
+                 "selector": {"matchLabels": {CANARY_OF: spec.target_ref.name}}, "template": tmpl},
+    }
+    apps = kube.apps()
+    try:
+        current = _dep(ref.namespace, name)
+    except ApiException as e:
+        if e.status != 404:
+            raise
+        apps.create_namespaced_deployment(ref.namespace, body)
+        _ensure_canary_service(ref, spec)
+        return False
+    if images_of(current) != images or current["spec"].get("replicas") != body["spec"]["replicas"]:
+        apps.patch_namespaced_deployment(name, ref.namespace, {"spec": body["spec"]}, _content_type=SMP)
+        return False
+    _ensure_canary_service(ref, spec)
+    return available(current)
+
+
+def _ensure_canary_service(ref: RolloutRef, spec: SafeRolloutSpec) -> None:
+    traffic = spec.strategy.canary.traffic if spec.strategy.canary else None
+    if traffic is None:
+        return
+    stable_name, canary_svc = traffic.services(spec.target_ref.name)
+    core = kube.core()
+    try:
+        core.read_namespaced_service(canary_svc, ref.namespace)
+        return
+    except ApiException as e:
+        if e.status != 404:
+            raise
+    ports: list[dict[str, Any]] = [{"name": "http", "port": 80, "targetPort": 8080}]
+    try:
+        stable = kube.api().sanitize_for_serialization(core.read_namespaced_service(stable_name, ref.namespace))
+        ports = [{k: v for k, v in p.items() if k in ("name", "port", "targetPort", "protocol")}
+                 for p in stable["spec"].get("ports", [])] or ports
+    except ApiException as e:
+        if e.status != 404:
+            raise
+    core.create_namespaced_service(ref.namespace, {
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": canary_svc, "labels": {CANARY_OF: spec.target_ref.name}, "ownerReferences": [ref.owner()]},
+        "spec": {"selector": {CANARY_OF: spec.target_ref.name}, "ports": ports},
+    })
+
+
+def delete_canary(ref: RolloutRef, spec: SafeRolloutSpec) -> None:
+    try:
+        kube.apps().delete_namespaced_deployment(canary_name(spec), ref.namespace, propagation_policy="Background")
+    except ApiException as e:
+        if e.status != 404:
+            raise

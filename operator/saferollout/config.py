@@ -1,0 +1,57 @@
+"""Operator settings: environment variables, set by the Helm chart's values."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from saferollout.core.engine import DEFAULT_STAGES, Settings
+from saferollout.core.models import Stage
+from saferollout.core.queries import LabelNames
+
+
+def _stages(text: str | None) -> tuple[Stage, ...]:
+    """"5:2m,25:3m,50:3m,100:5m" -> stages; the format of SAFEROLLOUT_DEFAULT_STAGES."""
+    if not text:
+        return DEFAULT_STAGES
+    out = []
+    for part in text.split(","):
+        weight, _, duration = part.strip().partition(":")
+        out.append(Stage(weight=int(weight), duration=duration))
+    return tuple(out)
+
+
+@dataclass(frozen=True)
+class OperatorConfig:
+    prometheus_url: str = "http://prometheus-operated.monitoring:9090"
+    prometheus_timeout: float = 5.0
+    rate_window: str = "1m"
+    labels: LabelNames = field(default_factory=LabelNames)
+    snapshot_dir: Path = Path("/var/lib/saferollout/snapshots")
+    tick_seconds: float = 1.0
+    settings: Settings = field(default_factory=Settings)
+    log_format: str = "text"
+    metrics_port: int = 8080
+
+    @classmethod
+    def from_env(cls, env: dict[str, str] | None = None) -> OperatorConfig:
+        e = dict(os.environ if env is None else env)
+        d = LabelNames()
+        return cls(
+            prometheus_url=e.get("SAFEROLLOUT_PROMETHEUS_URL", cls.prometheus_url),
+            prometheus_timeout=float(e.get("SAFEROLLOUT_PROMETHEUS_TIMEOUT", cls.prometheus_timeout)),
+            rate_window=e.get("SAFEROLLOUT_RATE_WINDOW", cls.rate_window),
+            labels=LabelNames(
+                requests=e.get("SAFEROLLOUT_REQUESTS_METRIC", d.requests),
+                duration_bucket=e.get("SAFEROLLOUT_DURATION_BUCKET_METRIC", d.duration_bucket),
+                service=e.get("SAFEROLLOUT_SERVICE_LABEL", d.service),
+                namespace=e.get("SAFEROLLOUT_NAMESPACE_LABEL", d.namespace),
+                code=e.get("SAFEROLLOUT_CODE_LABEL", d.code),
+            ),
+            snapshot_dir=Path(e.get("SAFEROLLOUT_SNAPSHOT_DIR", str(cls.snapshot_dir))),
+            tick_seconds=float(e.get("SAFEROLLOUT_TICK_SECONDS", cls.tick_seconds)),
+            settings=Settings(default_stages=_stages(e.get("SAFEROLLOUT_DEFAULT_STAGES"))),
+            log_format=e.get("SAFEROLLOUT_LOG_FORMAT", cls.log_format),
+            metrics_port=int(e.get("SAFEROLLOUT_METRICS_PORT", cls.metrics_port)),
+        )

@@ -1,0 +1,171 @@
+"""What the core asks the world to do, and what the world answers.
+
+Every piece of I/O is an action; the handler executes it and feeds the result into the next `decide` call. That keeps
+the core pure and lets a unit test play the world.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+AnalysisTarget = Literal["canary", "stable", "preview"]
+
+
+@dataclass(frozen=True)
+class ReadTarget:
+    """Images and availability of the target Deployment."""
+
+
+@dataclass(frozen=True)
+class CheckDatabase:
+    timeout: float
+
+
+@dataclass(frozen=True)
+class QueryMetrics:
+    target: AnalysisTarget
+    purpose: Literal["analysis", "preflight", "verify"]
+    metrics: tuple[str, ...]
+    max_error_rate: float | None = None  # rollback.verify.maxErrorRate: check that instead of the metrics
+
+
+@dataclass(frozen=True)
+class TakeSnapshot:
+    snapshot_id: str
+
+
+@dataclass(frozen=True)
+class VerifySnapshot:
+    snapshot_id: str
+
+
+@dataclass(frozen=True)
+class RestoreDatabase:
+    snapshot_id: str
+    attempt: int
+
+
+@dataclass(frozen=True)
+class CheckRestored:
+    """After a restart in the middle of a restore: does the database already equal the snapshot?"""
+
+    snapshot_id: str
+
+
+@dataclass(frozen=True)
+class PruneSnapshots:
+    keep: int
+    current: str
+
+
+@dataclass(frozen=True)
+class EnsureCanary:
+    images: dict[str, str] = field(hash=False)
+    replicas_weight: int = 0  # the replica-ratio router sizes the canary by weight
+
+
+@dataclass(frozen=True)
+class DeleteCanary:
+    pass
+
+
+@dataclass(frozen=True)
+class SetWeight:
+    weight: int
+
+
+@dataclass(frozen=True)
+class SetTargetImages:
+    images: dict[str, str] = field(hash=False)
+    reason: Literal["promote", "revert"] = "promote"
+
+
+@dataclass(frozen=True)
+class WriteReport:
+    name: str
+    markdown: str
+
+
+@dataclass(frozen=True)
+class Event:
+    reason: str
+    message: str
+    type: Literal["Normal", "Warning"] = "Normal"
+
+
+@dataclass(frozen=True)
+class Notify:
+    severity: str
+    title: str
+    text: str
+    report: str | None = None
+
+
+Action = (
+    ReadTarget | CheckDatabase | QueryMetrics | TakeSnapshot | VerifySnapshot | RestoreDatabase | CheckRestored
+    | PruneSnapshots | EnsureCanary | DeleteCanary | SetWeight | SetTargetImages | WriteReport | Event | Notify
+)
+
+
+# ------------------------------------------------------------------------------------------------------- results
+
+
+@dataclass(frozen=True)
+class TargetState:
+    images: dict[str, str] = field(hash=False)
+    available: bool
+    revision: str | None = None
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """Result of an action that either worked or did not, with the reason (never a secret)."""
+
+    action: Action
+    ok: bool
+    message: str = ""
+
+
+@dataclass(frozen=True)
+class MetricValues:
+    target: AnalysisTarget
+    purpose: Literal["analysis", "preflight", "verify"]
+    values: dict[str, float | None] = field(hash=False)
+    errors: dict[str, str] = field(default_factory=dict, hash=False)
+    samples: dict[str, int] = field(default_factory=dict, hash=False)
+
+
+@dataclass(frozen=True)
+class SnapshotResult:
+    snapshot_id: str
+    ok: bool
+    message: str = ""
+    size_bytes: int | None = None
+    sha256: str | None = None
+    location: str | None = None
+    tables: int | None = None
+    taken_at: str | None = None
+
+
+@dataclass(frozen=True)
+class RestoreResult:
+    snapshot_id: str
+    ok: bool
+    message: str = ""
+    pre_restore_dump: str | None = None
+    verified: bool = False
+
+
+@dataclass(frozen=True)
+class CanaryState:
+    ready: bool
+    revision: str | None = None
+
+
+@dataclass(frozen=True)
+class ReportWritten:
+    ref: str
+
+
+Result = TargetState | Outcome | MetricValues | SnapshotResult | RestoreResult | CanaryState | ReportWritten

@@ -1,0 +1,776 @@
+"""The pure decision core: (spec, status, results, clock) -> (next status, actions).
+
+The handler calls `decide` in a loop: it writes the returned status (so intent is recorded before anything acts),
+executes the actions, and feeds their results into the next call. Idempotent actions are re-issued until their result
+confirms them in status; the two destructive ones (snapshot, restore) write a marker first, and on resume the core
+checks the world instead of acting again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+
+from saferollout.core import actions as a
+from saferollout.core.durations import format_duration, parse_duration
+from saferollout.core.models import (
+    BreachAction,
+    Condition,
+    HistoryEntry,
+    IncidentStatus,
+    InconclusiveAction,
+    Metric,
+    MetricStatus,
+    Phase,
+    RestoreStatus,
+    SafeRolloutSpec,
+    SafeRolloutStatus,
+    Severity,
+    SnapshotStatus,
+    Stage,
+    Verdict,
+)
+from saferollout.core.report import incident_report
+
+DEFAULT_STAGES: tuple[Stage, ...] = (
+    Stage(weight=5, duration="2m"),
+    Stage(weight=25, duration="3m"),
+    Stage(weight=50, duration="3m"),
+    Stage(weight=100, duration="5m"),
+)
+RESTORE_BACKOFF_SECONDS = 5.0
+COMMANDS = ("abort", "promote", "resume", "retry")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Operator-wide defaults (Helm values); the spec overrides them."""
+
+    default_stages: tuple[Stage, ...] = DEFAULT_STAGES
+
+
+@dataclass
+class Inputs:
+    now: datetime
+    name: str = "rollout"
+    generation: int | None = None
+    command: str | None = None  # "<verb>/<id>" from the saferollout.dev/command annotation
+    results: list[a.Result] = field(default_factory=list)
+
+
+@dataclass
+class Decision:
+    status: SafeRolloutStatus
+    actions: list[a.Action]
+
+
+def iso(t: datetime) -> str:
+    return t.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def parse_time(s: str) -> datetime:
+    return datetime.fromisoformat(s.replace("Z", "+00:00"))
+
+
+def template_hash(spec: SafeRolloutSpec) -> str:
+    body = json.dumps(spec.template.wire(), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(body.encode()).hexdigest()[:16]
+
+
+def decide(spec: SafeRolloutSpec, status: SafeRolloutStatus, inputs: Inputs,
+           settings: Settings | None = None) -> Decision:
+    run = _Run(spec, status.model_copy(deep=True), inputs, settings or Settings())
+    run.step()
+    return Decision(run.s, run.actions)
+
+
+_ACTIVE = (Phase.pending, Phase.preflight, Phase.progressing, Phase.paused, Phase.promoting)
+_ORDER = {BreachAction.rollback: 4, BreachAction.step_back: 3, BreachAction.pause: 2, BreachAction.notify: 1}
+
+
+class _Run:
+    def __init__(self, spec: SafeRolloutSpec, status: SafeRolloutStatus, inputs: Inputs, settings: Settings) -> None:
+        self.spec = spec
+        self.s = status
+        self.inp = inputs
+        self.now = inputs.now
+        self.actions: list[a.Action] = []
+        self.stages = list(spec.strategy.canary.stages or settings.default_stages) if spec.strategy.canary \
+            else [Stage(weight=100, duration=spec.strategy.blue_green.post_promotion_duration)] \
+            if spec.strategy.blue_green else list(settings.default_stages)
+        self.interval = spec.analysis.interval_seconds
+        self.polled: set[type] = set()  # "not ready yet" answers seen in this call: ask again next tick, not now
+        self.analysed_now = False
+
+    # ------------------------------------------------------------------------------------------------ helpers
+
+    def act(self, *actions: a.Action) -> None:
+        self.actions.extend(actions)
+
+    def event(self, reason: str, message: str, warning: bool = False) -> None:
+        self.act(a.Event(reason, message, "Warning" if warning else "Normal"))
+
+    def notify(self, severity: Severity | str, title: str, text: str, report: str | None = None) -> None:
+        self.act(a.Notify(Severity(severity).value, title, text, report))
+
+    def condition(self, type_: str, status: str, reason: str, message: str = "") -> None:
+        for c in self.s.conditions:
+            if c.type == type_:
+                if c.status != status:
+                    c.last_transition_time = iso(self.now)
+                c.status, c.reason, c.message = status, reason, message  # type: ignore[assignment]
+                c.observed_generation = self.inp.generation
+                return
+        self.s.conditions.append(Condition(type=type_, status=status, reason=reason, message=message,  # type: ignore[arg-type]
+                                           last_transition_time=iso(self.now),
+                                           observed_generation=self.inp.generation))
+
+    def history(self, action: str, metric: str | None = None, message: str | None = None) -> None:
+        self.s.history.append(HistoryEntry(action=action, at=iso(self.now), stage=self.s.stage,
+                                           weight=self.s.weight, metric=metric, message=message))
+
+    def since(self, stamp: str | None) -> float:
+        return (self.now - parse_time(stamp)).total_seconds() if stamp else 0.0
+
+    def stage_elapsed(self) -> float:
+        running = self.since(self.s.stage_resumed_at) if self.s.stage_resumed_at else 0.0
+        return self.s.stage_elapsed_seconds + running
+
+    def analysis_due(self) -> bool:
+        return self.s.analysis.last_run is None or self.since(self.s.analysis.last_run) >= self.interval - 1e-6
+
+    def metric(self, name: str) -> Metric:
+        return next(m for m in self.spec.analysis.metrics if m.name == name)
+
+    def reset_analysis(self) -> None:
+        self.s.analysis.metrics = []
+        self.s.analysis.last_run = None
+        self.s.stage_checks = 0
+
+    # --------------------------------------------------------------------------------------------- main step
+
+    def step(self) -> None:
+        for result in self.inp.results:
+            self.apply(result)
+        h = template_hash(self.spec)
+        verb = self.take_command()
+        if verb == "retry" and self.s.phase is not None and self.s.phase.terminal and self.s.phase != Phase.succeeded:
+            self.start(h, "retry requested")
+        elif self.s.phase is None or (h != self.s.template_hash and self.s.phase != Phase.rolling_back):
+            self.start(h, "new template" if self.s.phase is not None else "first version seen")
+        self.s.observed_generation = self.inp.generation
+        if verb in ("abort", "promote", "resume"):
+            self.command(verb)
+        handler = {
+            Phase.pending: self.pending,
+            Phase.preflight: self.preflight,
+            Phase.progressing: self.progressing,
+            Phase.paused: self.paused,
+            Phase.promoting: self.promoting,
+            Phase.rolling_back: self.rolling_back,
+        }.get(self.s.phase) if self.s.phase else None
+        if handler:
+            handler()
+
+    def take_command(self) -> str | None:
+        cmd = self.inp.command
+        if not cmd or cmd == self.s.last_command:
+            return None
+        self.s.last_command = cmd
+        verb = cmd.split("/", 1)[0]
+        if verb not in COMMANDS:
+            self.event("CommandIgnored", f"unknown command {verb!r}; expected one of {', '.join(COMMANDS)}", True)
+            return None
+        return verb
+
+    def command(self, verb: str) -> None:
+        phase = self.s.phase
+        if verb == "abort" and phase in _ACTIVE:
+            self.history("abort", message="aborted by a person")
+            self.rollback("Aborted", "aborted by a person", Severity.high)
+        elif verb == "promote" and phase in (Phase.progressing, Phase.paused):
+            self.history("promote", message="promoted by a person")
+            self.event("PromotionRequested", "full promotion requested; remaining stages skipped")
+            self.begin_promotion()
+        elif verb == "resume" and phase == Phase.paused and self.s.pause_reason in ("breach", "inconclusive"):
+            self.resume("resumed by a person")
+        else:
+            self.event("CommandIgnored", f"{verb} does nothing in phase {phase.value if phase else 'none'}", True)
+
+    def start(self, h: str, why: str) -> None:
+        old = self.s
+        self.s = SafeRolloutStatus(
+            phase=Phase.pending, step="Init", template_hash=h, attempt=old.attempt + 1,
+            weight=old.weight, last_command=old.last_command, conditions=old.conditions,
+            started_at=iso(self.now), canary_ready=old.canary_ready,
+        )
+        self.s.message = f"rollout {self.s.attempt} started: {why}"
+        self.event("RolloutStarted", self.s.message)
+        self.condition("Progressing", "True", "RolloutStarted", self.s.message)
+        self.condition("Ready", "False", "RolloutInProgress", "a new version is being rolled out")
+        self.condition("Degraded", "False", "RolloutStarted", "")
+
+    # ------------------------------------------------------------------------------------------ apply results
+
+    def apply(self, r: a.Result) -> None:
+        if isinstance(r, a.Outcome):
+            self.apply_outcome(r)
+        elif isinstance(r, a.TargetState):
+            self.apply_target(r)
+        elif isinstance(r, a.MetricValues):
+            self.apply_metrics(r)
+        elif isinstance(r, a.SnapshotResult):
+            self.apply_snapshot(r)
+        elif isinstance(r, a.RestoreResult):
+            self.apply_restore(r)
+        elif isinstance(r, a.CanaryState):
+            self.s.canary_ready = r.ready
+            if r.revision:
+                self.s.canary_revision = r.revision
+            if not r.ready:
+                self.polled.add(a.EnsureCanary)
+        elif isinstance(r, a.ReportWritten) and self.s.incident is not None:
+            self.s.incident.report_ref = r.ref
+
+    def apply_outcome(self, r: a.Outcome) -> None:
+        act = r.action
+        if not r.ok:
+            previous_message = self.s.message
+            self.s.message = f"{type(act).__name__} failed: {r.message}"
+            self.polled.add(type(act))
+            if isinstance(act, a.CheckDatabase):
+                self.block("DatabaseUnreachable", f"database not reachable: {r.message}")
+            elif isinstance(act, a.ReadTarget) and self.s.step == "Init" and previous_message != self.s.message:
+                self.event("TargetNotFound", r.message, warning=True)
+            return
+        if isinstance(act, a.SetWeight):
+            previous, self.s.weight = self.s.weight, act.weight
+            self.s.max_weight = max(self.s.max_weight, act.weight)
+            if self.s.phase in (Phase.progressing, Phase.paused) and act.weight > 0:
+                self.s.stage_started_at = self.s.stage_resumed_at = iso(self.now)
+                self.s.stage_elapsed_seconds = 0
+                self.s.stage_checks = 0
+                self.event("StageAdvanced" if act.weight > previous else "StageSteppedBack",
+                           f"stage {self.s.stage}/{len(self.stages)}: canary weight {act.weight}%")
+            if self.s.phase == Phase.rolling_back and self.s.step == "RevertTraffic" and act.weight == 0:
+                self.s.incident = self.s.incident or IncidentStatus()
+                self.s.incident.traffic_reverted_at = iso(self.now)
+                self.event("TrafficReverted", "all traffic is back on the stable version")
+                self.s.step = "RevertWorkload"
+            if self.s.phase == Phase.promoting and self.s.step == "RouteToTarget" and act.weight == 0:
+                self.s.step = "RemoveCanary"
+        elif isinstance(act, a.DeleteCanary):
+            self.s.canary_ready = False
+            if self.s.phase == Phase.promoting and self.s.step == "RemoveCanary":
+                self.s.promoted_at = iso(self.now)
+                self.s.step = "Watch"
+                self.reset_analysis()
+                self.s.stage_resumed_at = iso(self.now)
+                self.s.stage_elapsed_seconds = 0
+                self.event("Promoted", f"the target runs {_images(self.s.canary_images)}; canary removed")
+            elif self.s.phase == Phase.rolling_back and self.s.step == "RevertWorkload":
+                self.s.step = "RevertImages"
+        elif isinstance(act, a.SetTargetImages):
+            if act.reason == "promote" and self.s.step == "PromoteTarget":
+                self.s.step = "WaitTarget"
+            elif act.reason == "revert" and self.s.step == "RevertImages":
+                assert self.s.incident is not None
+                self.s.incident.images_reverted_at = iso(self.now)
+                self.event("ImagesReverted", f"the target runs {_images(self.s.stable_images)}")
+                self.s.step = "RestoreDatabase" if self.needs_restore() else "Verify"
+        elif isinstance(act, a.CheckDatabase):
+            self.s.step = "GateStable" if self.spec.preflight.stable_healthy else "Snapshot"
+
+    def apply_target(self, r: a.TargetState) -> None:
+        if self.s.step == "Init":
+            missing = [c.name for c in self.spec.template.containers if c.name not in r.images]
+            if missing:
+                self.block("ContainerNotInTarget",
+                           f"the target has no container named {', '.join(missing)}; it has {', '.join(r.images)}")
+                return
+            self.s.stable_images = dict(r.images)
+            self.s.stable_revision = r.revision
+            self.s.canary_images = {**r.images, **{c.name: c.image for c in self.spec.template.containers}}
+            if self.s.canary_images == self.s.stable_images:
+                self.finish(Phase.succeeded, "NothingToRollOut", "the target already runs this template")
+                return
+            self.s.phase, self.s.step = Phase.preflight, "GateDatabase"
+            self.s.message = f"pre-flight gates for {_images(self.s.canary_images)}"
+        elif self.s.step == "WaitTarget":
+            if r.available and all(r.images.get(k) == v for k, v in (self.s.canary_images or {}).items()):
+                self.s.step = "RouteToTarget"
+            else:
+                self.polled.add(a.ReadTarget)
+
+    def apply_metrics(self, r: a.MetricValues) -> None:
+        if r.purpose == "preflight":
+            bad = self.judge_all(r, record=False)
+            if bad:
+                self.s.preflight_attempts += 1
+                inconclusive_only = all(v == Verdict.inconclusive for _, v, _ in bad)
+                if inconclusive_only and self.s.preflight_attempts < self.spec.analysis.inconclusive_limit:
+                    self.s.analysis.last_run = iso(self.now)
+                    self.s.message = "stable version: no data yet, asking again"
+                    return
+                detail = "; ".join(f"{n} {v.value}: {msg}" for n, v, msg in bad)
+                self.block("StableUnhealthy", f"the stable version does not meet the analysis: {detail}")
+            else:
+                self.s.step = "Snapshot"
+            return
+        if r.purpose == "verify":
+            self.s.analysis.last_run = iso(self.now)
+            if self.judge_all(r, record=True) or not r.values:
+                self.s.verify_successes = 0
+            else:
+                self.s.verify_successes += 1
+            return
+        # analysis of the canary (or, after promotion, of the target)
+        self.judge_all(r, record=True)
+        self.s.analysis.last_run = iso(self.now)
+        self.s.analysis.runs += 1
+        self.s.stage_checks += 1
+        self.analysed_now = True
+
+    def judge_all(self, r: a.MetricValues, record: bool) -> list[tuple[str, Verdict, str]]:
+        """Verdict per metric; with record, update the consecutive counters in status. Returns the non-passes."""
+        bad: list[tuple[str, Verdict, str]] = []
+        previous = {m.name: m for m in self.s.analysis.metrics}
+        out: list[MetricStatus] = []
+        for name, value in r.values.items():
+            metric = self.metric(name) if name in {m.name for m in self.spec.analysis.metrics} else None
+            if metric is not None:
+                verdict, threshold = metric.verdict(value), metric.threshold
+            else:  # rollback.verify.maxErrorRate
+                verdict = Verdict.inconclusive if value is None or value != value else (
+                    Verdict.fail if self.spec.rollback.verify.max_error_rate is not None
+                    and value > self.spec.rollback.verify.max_error_rate else Verdict.passed)
+                threshold = f"<= {self.spec.rollback.verify.max_error_rate:g}"
+            message = r.errors.get(name) or ("no data" if verdict == Verdict.inconclusive else None)
+            if verdict != Verdict.passed:
+                bad.append((name, verdict, message or f"{_fmt(value)} not {threshold}"))
+            prev = previous.get(name)
+            ms = MetricStatus(name=name, value=None if value is None or value != value else value,
+                              threshold=threshold, verdict=verdict, samples=r.samples.get(name, 0), message=message)
+            if prev is not None and r.purpose == "analysis":
+                ms.consecutive_failures = prev.consecutive_failures
+                ms.consecutive_inconclusive = prev.consecutive_inconclusive
+                ms.failing_since = prev.failing_since
+            if verdict == Verdict.fail:
+                ms.consecutive_failures += 1
+                ms.consecutive_inconclusive = 0
+                ms.failing_since = ms.failing_since or iso(self.now)
+            elif verdict == Verdict.inconclusive:
+                ms.consecutive_inconclusive += 1
+            else:
+                ms.consecutive_failures = ms.consecutive_inconclusive = 0
+                ms.failing_since = None
+            out.append(ms)
+        if record:
+            self.s.analysis.metrics = out
+        return bad
+
+    def apply_snapshot(self, r: a.SnapshotResult) -> None:
+        snap = self.s.snapshot
+        if snap is None or snap.id != r.snapshot_id:
+            return
+        if not r.ok:
+            snap.state, snap.message = "Failed", r.message
+            self.block("SnapshotFailed", f"snapshot {snap.id}: {r.message}")
+            return
+        if snap.state == "Taking":
+            snap.state, snap.taken_at = "Taken", r.taken_at or iso(self.now)
+            snap.size_bytes, snap.sha256, snap.location, snap.tables = r.size_bytes, r.sha256, r.location, r.tables
+            self.event("SnapshotTaken", f"snapshot {snap.id} taken: {r.size_bytes} bytes, sha256 {r.sha256}")
+        elif snap.state == "Verifying":
+            snap.state, snap.verified = "Verified", True
+            self.event("SnapshotVerified", f"snapshot {snap.id} restores and matches the source: {r.message}")
+
+    def apply_restore(self, r: a.RestoreResult) -> None:
+        rs = self.s.restore
+        if rs is None:
+            return
+        if r.pre_restore_dump and not rs.pre_restore_dump:
+            rs.pre_restore_dump = r.pre_restore_dump
+        if r.ok and r.verified:
+            rs.state, rs.finished_at, rs.message = "Restored", iso(self.now), r.message
+            assert self.s.incident is not None
+            self.s.incident.restored_at = iso(self.now)
+            self.event("DatabaseRestored", f"database restored from snapshot {r.snapshot_id} and verified; "
+                       f"the state before the restore is kept in {rs.pre_restore_dump}")
+            self.s.step = "Verify"
+            return
+        rs.message = r.message or "the database does not equal the snapshot"
+        if rs.attempts >= (self.spec.database.max_restore_attempts if self.spec.database else 1):
+            rs.state = "Failed"
+            self.event("RestoreFailed", f"restore of snapshot {r.snapshot_id} failed after {rs.attempts} "
+                       f"attempt(s): {rs.message}; snapshot and pre-restore dump are kept", warning=True)
+            self.notify(Severity.critical, "Database restore failed",
+                        f"{self.inp.name}: restore failed after {rs.attempts} attempt(s): {rs.message}")
+            self.s.failure = f"database restore failed: {rs.message}"
+            self.s.step = "Report"
+        else:
+            delay = RESTORE_BACKOFF_SECONDS * 2 ** (rs.attempts - 1)
+            rs.next_attempt_at = iso(self.now + timedelta(seconds=delay))
+            self.event("RestoreRetry", f"restore attempt {rs.attempts} failed: {rs.message}; "
+                       f"next attempt in {format_duration(delay)}", warning=True)
+
+    # ----------------------------------------------------------------------------------------------- phases
+
+    def pending(self) -> None:
+        if self.spec.paused:
+            self.s.message = "paused before start"
+            return
+        if self.s.weight != 0:
+            self.act(a.SetWeight(0))
+        elif self.s.canary_ready:
+            self.act(a.DeleteCanary())
+        elif a.ReadTarget not in self.polled:
+            self.act(a.ReadTarget())
+
+    def preflight(self) -> None:
+        pf, db = self.spec.preflight, self.spec.database
+        if self.s.step == "GateDatabase":
+            if pf.database_reachable and db is not None:
+                if a.CheckDatabase not in self.polled:
+                    self.act(a.CheckDatabase(parse_duration(pf.timeout)))
+                return
+            self.s.step = "GateStable"
+        if self.s.step == "GateStable":
+            if pf.stable_healthy:
+                if self.analysis_due():
+                    self.act(a.QueryMetrics("stable", "preflight", self.metric_names()))
+                return
+            self.s.step = "Snapshot"
+        if self.s.step == "Snapshot":
+            if db is None or not db.snapshot_before_rollout:
+                self.s.step = "Canary"
+            else:
+                snap = self.s.snapshot
+                if snap is None:
+                    sid = f"snap-{self.s.attempt}-{self.now.strftime('%Y%m%dT%H%M%S')}"
+                    provider = "postgres" if db.postgres else "volumeSnapshot"
+                    self.s.snapshot = snap = SnapshotStatus(id=sid, provider=provider, state="Taking")  # type: ignore[arg-type]
+                    self.s.message = f"taking snapshot {sid}"
+                if snap.state == "Taking":
+                    self.act(a.TakeSnapshot(snap.id))
+                    return
+                if snap.state == "Taken" and db.verify_snapshot:
+                    snap.state = "Verifying"
+                if snap.state == "Verifying":
+                    self.act(a.VerifySnapshot(snap.id))
+                    return
+                self.act(a.PruneSnapshots(db.retain, snap.id))
+                self.s.step = "Canary"
+        if self.s.step == "Canary":
+            if self.s.canary_ready:
+                self.s.phase, self.s.step, self.s.stage = Phase.progressing, None, 1
+                self.reset_analysis()
+                self.event("CanaryReady", f"canary workload available with {_images(self.s.canary_images)}")
+                self.progressing()
+            elif a.EnsureCanary not in self.polled:
+                self.act(a.EnsureCanary(dict(self.s.canary_images or {}), self.stages[0].weight))
+                self.s.message = "waiting for the canary workload to become available"
+
+    def metric_names(self) -> tuple[str, ...]:
+        return tuple(m.name for m in self.spec.analysis.metrics)
+
+    def progressing(self) -> None:
+        if self.spec.paused:
+            self.pause("user", "RolloutPaused", "spec.paused is true")
+            return
+        stage = self.stages[(self.s.stage or 1) - 1]
+        if self.s.weight != stage.weight:
+            if a.SetWeight not in self.polled:
+                self.act(a.SetWeight(stage.weight))
+            self.s.message = f"stage {self.s.stage}/{len(self.stages)}: moving canary weight to {stage.weight}%"
+            return
+        if self.judge_breaches():
+            return
+        if self.stage_done(stage):
+            if (self.s.stage or 1) < len(self.stages):
+                self.s.stage = (self.s.stage or 1) + 1
+                self.s.analysis.metrics = [m.model_copy(update={"consecutive_failures": 0})
+                                           for m in self.s.analysis.metrics]
+                self.progressing()
+            else:
+                self.begin_promotion()
+            return
+        if self.analysis_due():
+            self.act(a.QueryMetrics("canary", "analysis", self.metric_names()))
+        left = max(0.0, stage.seconds - self.stage_elapsed())
+        self.s.message = (f"stage {self.s.stage}/{len(self.stages)} at {stage.weight}%: "
+                          f"{format_duration(left)} of analysis left")
+
+    def stage_done(self, stage: Stage) -> bool:
+        if self.stage_elapsed() < stage.seconds or self.s.stage_checks < 1:
+            return False
+        latest = {m.name: m for m in self.s.analysis.metrics}
+        for metric in self.spec.analysis.metrics:
+            ms = latest.get(metric.name)
+            if ms is None or ms.verdict == Verdict.inconclusive:
+                return False  # never advance on what we could not see
+            if ms.verdict == Verdict.fail and metric.on_breach != BreachAction.notify:
+                return False
+        return True
+
+    def judge_breaches(self) -> bool:
+        """Apply the strongest breach action due; True when the phase changed."""
+        limit = self.spec.analysis.failure_limit
+        breached = [(self.metric(ms.name), ms) for ms in self.s.analysis.metrics
+                    if ms.consecutive_failures >= limit and ms.name in self.metric_names()]
+        if breached:
+            metric, ms = max(breached, key=lambda x: (_ORDER[x[0].on_breach], x[0].severity.rank))
+            self.s.incident = IncidentStatus(
+                reason="AnalysisFailed", metric=metric.name, value=ms.value, threshold=ms.threshold,
+                weight_at_breach=self.s.weight, stage_at_breach=self.s.stage, first_failed_at=ms.failing_since,
+                detected_at=self.s.analysis.last_run, decided_at=iso(self.now),
+                metrics=[m.model_copy() for m in self.s.analysis.metrics],
+            ) if metric.on_breach != BreachAction.notify else self.s.incident
+            text = f"{metric.name} = {_fmt(ms.value)}, threshold {ms.threshold}, failed {ms.consecutive_failures}x"
+            self.event("AnalysisFailed", text, warning=True)
+            action = metric.on_breach
+            if self.s.phase == Phase.promoting and action == BreachAction.step_back:
+                action = BreachAction.rollback
+            if action == BreachAction.notify:
+                self.history("notify", metric.name, text)
+                self.notify(metric.severity, f"{metric.name} breached", f"{self.inp.name}: {text}")
+                for m in self.s.analysis.metrics:
+                    if m.name == metric.name:
+                        m.consecutive_failures = 0
+                return False
+            if action == BreachAction.pause:
+                self.history("pause", metric.name, text)
+                self.notify(metric.severity, f"{metric.name} breached: paused", f"{self.inp.name}: {text}")
+                self.pause("breach", "AnalysisFailed", f"paused for a person: {text}")
+                return True
+            if action == BreachAction.step_back and not self.s.stepped_back and (self.s.stage or 1) > 1:
+                self.history("stepBack", metric.name, text)
+                self.s.stepped_back = True
+                self.s.stage = (self.s.stage or 2) - 1
+                self.reset_analysis()
+                self.event("StepBack", f"{text}; back to stage {self.s.stage}", warning=True)
+                self.notify(metric.severity, f"{metric.name} breached: stepped back", f"{self.inp.name}: {text}")
+                self.progressing()
+                return True
+            self.history("rollback", metric.name, text)
+            self.rollback("AnalysisFailed", text, metric.severity)
+            return True
+        limit_i = self.spec.analysis.inconclusive_limit
+        stuck = [ms for ms in self.s.analysis.metrics if ms.consecutive_inconclusive >= limit_i]
+        if stuck and self.s.phase != Phase.paused:
+            names = ", ".join(ms.name for ms in stuck)
+            text = f"no conclusive data for {names} in {limit_i} checks ({stuck[0].message or 'no data'})"
+            if self.spec.analysis.on_inconclusive == InconclusiveAction.rollback:
+                self.history("rollback", stuck[0].name, text)
+                self.s.incident = IncidentStatus(reason="AnalysisInconclusive", metric=stuck[0].name,
+                                                 weight_at_breach=self.s.weight, stage_at_breach=self.s.stage,
+                                                 detected_at=self.s.analysis.last_run, decided_at=iso(self.now),
+                                                 metrics=[m.model_copy() for m in self.s.analysis.metrics])
+                self.rollback("AnalysisInconclusive", text, Severity.high)
+            else:
+                self.event("AnalysisInconclusive", text, warning=True)
+                self.notify(Severity.medium, "analysis inconclusive: paused", f"{self.inp.name}: {text}")
+                self.pause("inconclusive", "AnalysisInconclusive", text)
+            return True
+        return False
+
+    def pause(self, why: str, reason: str, text: str) -> None:
+        self.s.stage_elapsed_seconds = self.stage_elapsed()
+        self.s.stage_resumed_at = None
+        self.s.phase, self.s.pause_reason, self.s.message = Phase.paused, why, text  # type: ignore[assignment]
+        self.condition("Progressing", "Unknown", reason, text)
+        if why != "inconclusive":
+            self.event("RolloutPaused", text)
+
+    def resume(self, text: str) -> None:
+        self.s.phase, self.s.pause_reason = Phase.progressing, None
+        self.s.stage_resumed_at = iso(self.now)
+        self.s.analysis.metrics = [m.model_copy(update={"consecutive_failures": 0, "consecutive_inconclusive": 0})
+                                   for m in self.s.analysis.metrics]
+        self.condition("Progressing", "True", "RolloutResumed", text)
+        self.event("RolloutResumed", text)
+        self.progressing()
+
+    def paused(self) -> None:
+        why = self.s.pause_reason
+        if why == "user":
+            if not self.spec.paused:
+                self.resume("spec.paused is false again")
+            return
+        if self.spec.paused:
+            self.s.pause_reason = "user"
+            return
+        if why == "inconclusive":
+            latest = self.s.analysis.metrics
+            if self.analysed_now and latest and all(m.verdict != Verdict.inconclusive for m in latest):
+                self.resume("analysis is conclusive again")
+                return
+            if self.judge_breaches():
+                return
+            if self.analysis_due():
+                self.act(a.QueryMetrics("canary", "analysis", self.metric_names()))
+
+    # ----------------------------------------------------------------------------------------------- promote
+
+    def begin_promotion(self) -> None:
+        self.s.phase, self.s.step, self.s.pause_reason = Phase.promoting, "PromoteTarget", None
+        self.s.message = f"promoting {_images(self.s.canary_images)} to the target"
+        self.condition("Progressing", "True", "Promoting", self.s.message)
+        self.event("Promoting", self.s.message)
+        self.promoting()
+
+    def promoting(self) -> None:
+        step = self.s.step
+        if step == "PromoteTarget":
+            self.act(a.SetTargetImages(dict(self.s.canary_images or {}), "promote"))
+        elif step == "WaitTarget":
+            if a.ReadTarget not in self.polled:
+                self.act(a.ReadTarget())
+        elif step == "RouteToTarget":
+            self.act(a.SetWeight(0))
+        elif step == "RemoveCanary":
+            self.act(a.DeleteCanary())
+        elif step == "Watch":
+            if self.judge_breaches():
+                return
+            watch = self.stages[-1]
+            if self.stage_elapsed() >= watch.seconds and self.s.stage_checks > 0 and self.stage_done_any():
+                self.finish(Phase.succeeded, "RolloutSucceeded",
+                            f"{_images(self.s.canary_images)} promoted and healthy for {watch.duration}")
+                return
+            if self.analysis_due():
+                self.act(a.QueryMetrics("stable", "analysis", self.metric_names()))
+            self.s.message = f"promoted; watching the target for {format_duration(max(0.0, watch.seconds - self.stage_elapsed()))}"
+
+    def stage_done_any(self) -> bool:
+        latest = {m.name: m.verdict for m in self.s.analysis.metrics}
+        return all(latest.get(m.name) == Verdict.passed or
+                   (latest.get(m.name) == Verdict.fail and m.on_breach == BreachAction.notify)
+                   for m in self.spec.analysis.metrics)
+
+    # ---------------------------------------------------------------------------------------------- rollback
+
+    def rollback(self, reason: str, text: str, severity: Severity) -> None:
+        self.s.phase, self.s.step, self.s.pause_reason = Phase.rolling_back, "RevertTraffic", None
+        self.s.incident = self.s.incident or IncidentStatus(reason=reason, weight_at_breach=self.s.weight,
+                                                            stage_at_breach=self.s.stage, decided_at=iso(self.now))
+        self.s.incident.reason = self.s.incident.reason or reason
+        self.s.incident.decided_at = self.s.incident.decided_at or iso(self.now)
+        self.s.message = f"rolling back: {text}"
+        self.s.incident_severity = severity.value
+        self.condition("Progressing", "False", "RollingBack", text)
+        self.condition("Degraded", "True", reason, text)
+        self.act(a.SetWeight(0))  # traffic first, in this very call, before anything else
+        self.event("RollbackStarted", text, warning=True)
+        self.notify(severity, "rolling back", f"{self.inp.name}: {text}")
+
+    def needs_restore(self) -> bool:
+        db, snap = self.spec.database, self.s.snapshot
+        return bool(db and db.restore_on_rollback and snap and snap.state in ("Taken", "Verified"))
+
+    def rolling_back(self) -> None:
+        step = self.s.step
+        if step == "RevertTraffic":
+            if not any(isinstance(x, a.SetWeight) for x in self.actions):
+                self.act(a.SetWeight(0))
+        elif step == "RevertWorkload":
+            self.act(a.DeleteCanary())
+        elif step == "RevertImages":
+            self.act(a.SetTargetImages(dict(self.s.stable_images or {}), "revert"))
+        elif step == "RestoreDatabase":
+            self.restore_database()
+        elif step == "Verify":
+            self.verify_rollback()
+        elif step == "Report":
+            self.write_report()
+
+    def restore_database(self) -> None:
+        snap = self.s.snapshot
+        assert snap is not None
+        rs = self.s.restore
+        got_result = any(isinstance(r, a.RestoreResult) for r in self.inp.results)
+        if rs is None:
+            self.s.restore = RestoreStatus(state="Restoring", attempts=1, started_at=iso(self.now))
+            self.event("RestoreStarted", f"restoring the database from snapshot {snap.id}")
+            self.act(a.RestoreDatabase(snap.id, 1))
+        elif rs.state == "Restoring" and not got_result:
+            if rs.next_attempt_at is None:
+                # we were interrupted while a restore ran: look before restoring again
+                self.act(a.CheckRestored(snap.id))
+            elif self.now >= parse_time(rs.next_attempt_at):
+                rs.attempts += 1
+                rs.next_attempt_at = None
+                self.act(a.RestoreDatabase(snap.id, rs.attempts))
+
+    def verify_rollback(self) -> None:
+        v = self.spec.rollback.verify
+        if self.s.verify_started_at is None:
+            self.s.verify_started_at = iso(self.now)
+            self.s.verify_successes = 0
+            self.s.analysis.last_run = None
+        if self.s.verify_successes >= v.successes:
+            assert self.s.incident is not None
+            self.s.incident.verified_at = iso(self.now)
+            self.event("RollbackVerified", f"the stable version passed {v.successes} checks in a row")
+            self.condition("Degraded", "True", "RolledBack", "rolled back; the stable version is healthy")
+            self.s.step = "Report"
+            self.write_report()
+            return
+        if self.since(self.s.verify_started_at) > parse_duration(v.duration):
+            self.s.failure = f"the stable version was not healthy within {v.duration} of the rollback"
+            self.event("RollbackNotVerified", self.s.failure, warning=True)
+            self.s.step = "Report"
+            self.write_report()
+            return
+        if self.analysis_due():
+            names = ("error-rate",) if v.max_error_rate is not None else self.metric_names()
+            self.act(a.QueryMetrics("stable", "verify", names, v.max_error_rate))
+
+    def write_report(self) -> None:
+        inc = self.s.incident
+        assert inc is not None
+        if inc.report_ref:
+            phase = Phase.failed if self.s.failure else Phase.rolled_back
+            self.finish(phase, "RollbackFailed" if self.s.failure else "RolledBack",
+                        self.s.failure or f"rolled back to {_images(self.s.stable_images)}")
+            return
+        name = f"{self.inp.name}-incident-{self.s.attempt}"
+        report = incident_report(self.inp.name, self.spec, self.s, self.now)
+        self.act(a.WriteReport(name, report))
+
+    # ------------------------------------------------------------------------------------------------ endings
+
+    def block(self, reason: str, text: str) -> None:
+        self.s.phase, self.s.step, self.s.message = Phase.blocked, None, text
+        self.s.finished_at = iso(self.now)
+        self.condition("Progressing", "False", reason, text)
+        self.condition("Degraded", "True", reason, text)
+        self.event("PreflightFailed", f"{reason}: {text}", warning=True)
+        self.notify(Severity.high, f"rollout blocked: {reason}", f"{self.inp.name}: {text}")
+        self.actions = [x for x in self.actions if isinstance(x, a.Event | a.Notify)]
+
+    def finish(self, phase: Phase, reason: str, text: str) -> None:
+        self.s.phase, self.s.step, self.s.message = phase, None, text
+        self.s.finished_at = iso(self.now)
+        if phase == Phase.succeeded:
+            self.condition("Progressing", "True", reason, text)
+            self.condition("Ready", "True", reason, text)
+            self.condition("Degraded", "False", reason, "")
+            self.event("RolloutSucceeded", text)
+        else:
+            self.condition("Progressing", "False", reason, text)
+            self.condition("Ready", "False", reason, text)
+            self.event(reason, text, warning=phase == Phase.failed)
+            sev = Severity.critical if phase == Phase.failed else Severity(self.s.incident_severity or "high")
+            ref = self.s.incident.report_ref if self.s.incident else None
+            self.notify(sev, f"rollout {phase.value}", f"{self.inp.name}: {text}", ref)
+
+
+def _images(images: dict[str, str] | None) -> str:
+    return ", ".join(f"{k}={v}" for k, v in (images or {}).items()) or "(none)"
+
+
+def _fmt(v: float | None) -> str:
+    return "no data" if v is None else f"{v:.4g}"

@@ -1,0 +1,543 @@
+"""The SafeRollout resource as pydantic models: the one source of the spec.
+
+`crds/saferollout.dev_saferollouts.yaml` is generated from these classes (see saferollout.crdgen), and the CEL
+rules declared here in `x-kubernetes-validations` are mirrored by pydantic validators, so a bad manifest is refused
+by the API server first and by the operator again if it ever slips through.
+"""
+
+from __future__ import annotations
+
+import math
+from enum import Enum
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic.alias_generators import to_camel
+
+from saferollout.core.durations import DURATION_PATTERN, parse_duration
+
+GROUP = "saferollout.dev"
+VERSION = "v1alpha1"
+KIND = "SafeRollout"
+PLURAL = "saferollouts"
+
+NAME_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+
+
+def cel(rule: str, message: str, field_path: str | None = None) -> dict[str, str]:
+    out = {"rule": rule, "message": message}
+    if field_path:
+        out["fieldPath"] = field_path
+    return out
+
+
+class Model(BaseModel):
+    """camelCase on the wire, snake_case in Python; unknown fields are an error, never ignored."""
+
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid")
+
+    def wire(self) -> dict[str, Any]:
+        return self.model_dump(by_alias=True, exclude_none=True, mode="json")
+
+
+# ---------------------------------------------------------------------------------------------------------- spec
+
+
+class Severity(str, Enum):
+    critical = "critical"
+    high = "high"
+    medium = "medium"
+    low = "low"
+
+    @property
+    def rank(self) -> int:
+        return {"critical": 4, "high": 3, "medium": 2, "low": 1}[self.value]
+
+
+class BreachAction(str, Enum):
+    rollback = "rollback"
+    step_back = "stepBack"
+    pause = "pause"
+    notify = "notify"
+
+
+class InconclusiveAction(str, Enum):
+    pause = "pause"
+    rollback = "rollback"
+
+
+class TargetRef(Model):
+    kind: Literal["Deployment"] = "Deployment"
+    name: str = Field(pattern=NAME_PATTERN, max_length=253)
+
+
+class EnvVar(Model):
+    name: str
+    value: str = ""
+
+
+class Container(Model):
+    name: str = Field(pattern=NAME_PATTERN, max_length=63)
+    image: str = Field(min_length=1)
+    env: list[EnvVar] | None = None
+
+
+class PodTemplate(Model):
+    """What the new version changes in the target's pod template; containers are matched by name."""
+
+    containers: list[Container] = Field(min_length=1, max_length=32)
+
+
+class Stage(Model):
+    weight: int = Field(ge=1, le=100, description="Percent of traffic sent to the canary in this stage.")
+    duration: str = Field(pattern=DURATION_PATTERN, description="How long the stage is analysed before advancing.")
+
+    @property
+    def seconds(self) -> float:
+        return parse_duration(self.duration)
+
+
+class GatewayAPIRouter(Model):
+    http_route: str = Field(alias="httpRoute", pattern=NAME_PATTERN)
+    stable_service: str = Field(pattern=NAME_PATTERN)
+    canary_service: str = Field(pattern=NAME_PATTERN)
+
+
+class IstioRouter(Model):
+    virtual_service: str = Field(pattern=NAME_PATTERN)
+    route: str | None = Field(default=None, description="Name of the HTTP route in the VirtualService; the first.")
+    stable_service: str | None = Field(default=None, pattern=NAME_PATTERN)
+    canary_service: str | None = Field(default=None, pattern=NAME_PATTERN)
+
+
+class NginxRouter(Model):
+    ingress: str = Field(pattern=NAME_PATTERN)
+    stable_service: str | None = Field(default=None, pattern=NAME_PATTERN)
+    canary_service: str | None = Field(default=None, pattern=NAME_PATTERN)
+
+
+class ReplicasRouter(Model):
+    """No mesh or ingress: the weight is the canary's share of the replicas."""
+
+    stable_service: str | None = Field(default=None, pattern=NAME_PATTERN)
+    canary_service: str | None = Field(default=None, pattern=NAME_PATTERN)
+
+
+ROUTERS = ("gatewayAPI", "istio", "nginx", "replicas")
+
+
+class Traffic(Model):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                cel(
+                    "[has(self.gatewayAPI), has(self.istio), has(self.nginx), has(self.replicas)]"
+                    ".filter(x, x).size() == 1",
+                    "exactly one traffic router must be set: gatewayAPI, istio, nginx or replicas",
+                )
+            ]
+        }
+    )
+    gateway_api: GatewayAPIRouter | None = Field(default=None, alias="gatewayAPI")
+    istio: IstioRouter | None = None
+    nginx: NginxRouter | None = None
+    replicas: ReplicasRouter | None = None
+
+    @model_validator(mode="after")
+    def _one_router(self) -> Traffic:
+        if sum(x is not None for x in (self.gateway_api, self.istio, self.nginx, self.replicas)) != 1:
+            raise ValueError("exactly one traffic router must be set: gatewayAPI, istio, nginx or replicas")
+        return self
+
+    def services(self, target: str) -> tuple[str, str]:
+        """(stable, canary) Service names; routers that do not name them use the target's name."""
+        router = self.gateway_api or self.istio or self.nginx or self.replicas
+        stable = getattr(router, "stable_service", None) or target
+        canary = getattr(router, "canary_service", None) or f"{target}-canary"
+        return stable, canary
+
+
+class CanaryStrategy(Model):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                cel(
+                    "!has(self.stages) || self.stages.map(s, s.weight).isSorted() && "
+                    "self.stages.all(a, self.stages.exists_one(b, b.weight == a.weight))",
+                    "stage weights must rise strictly from one stage to the next",
+                    ".stages",
+                )
+            ]
+        }
+    )
+    stages: list[Stage] | None = Field(
+        default=None, min_length=1, max_length=20,
+        description="Defaults to the operator's stages (5%/2m, 25%/3m, 50%/3m, 100%/5m).",
+    )
+    traffic: Traffic
+
+    @field_validator("stages")
+    @classmethod
+    def _rising(cls, stages: list[Stage] | None) -> list[Stage] | None:
+        if stages:
+            weights = [s.weight for s in stages]
+            if any(b <= a for a, b in zip(weights, weights[1:], strict=False)):
+                raise ValueError("stage weights must rise strictly from one stage to the next")
+        return stages
+
+
+class BlueGreenStrategy(Model):
+    active_service: str = Field(pattern=NAME_PATTERN)
+    preview_service: str = Field(pattern=NAME_PATTERN)
+    auto_promote: bool = True
+    preview_duration: str = Field(default="1m", pattern=DURATION_PATTERN,
+                                  description="Pre-promotion analysis against the preview Service.")
+    post_promotion_duration: str = Field(default="1m", pattern=DURATION_PATTERN)
+    scale_down_delay: str = Field(default="30s", pattern=DURATION_PATTERN)
+
+
+class Strategy(Model):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                cel("has(self.canary) != has(self.blueGreen)", "exactly one strategy must be set: canary or blueGreen")
+            ]
+        }
+    )
+    canary: CanaryStrategy | None = None
+    blue_green: BlueGreenStrategy | None = None
+
+    @model_validator(mode="after")
+    def _one_strategy(self) -> Strategy:
+        if (self.canary is None) == (self.blue_green is None):
+            raise ValueError("exactly one strategy must be set: canary or blueGreen")
+        return self
+
+
+class PrometheusSource(Model):
+    address: str | None = Field(default=None, description="Defaults to the operator's Prometheus address.")
+
+
+class Metric(Model):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                cel("has(self.query) != has(self.template)",
+                    "a metric needs exactly one of query or template"),
+                cel("has(self.max) || has(self.min)", "a metric needs a threshold: max, min or both"),
+            ]
+        }
+    )
+    name: str = Field(pattern=NAME_PATTERN, max_length=63)
+    query: str | None = Field(default=None, min_length=1, description="PromQL with {{ placeholders }}.")
+    template: str | None = Field(default=None, pattern=NAME_PATTERN,
+                                 description="A built-in template (error-rate, p95-latency) or a MetricTemplate.")
+    max: float | None = None
+    min: float | None = None
+    severity: Severity = Severity.high
+    on_breach: BreachAction = BreachAction.rollback
+
+    @model_validator(mode="after")
+    def _source_and_threshold(self) -> Metric:
+        if (self.query is None) == (self.template is None):
+            raise ValueError(f"metric {self.name!r}: a metric needs exactly one of query or template")
+        if self.max is None and self.min is None:
+            raise ValueError(f"metric {self.name!r}: a metric needs a threshold: max, min or both")
+        return self
+
+    def verdict(self, value: float | None) -> Verdict:
+        """No data, NaN and errors are inconclusive, never a pass."""
+        if value is None or math.isnan(value):
+            return Verdict.inconclusive
+        if self.max is not None and value > self.max:
+            return Verdict.fail
+        if self.min is not None and value < self.min:
+            return Verdict.fail
+        return Verdict.passed
+
+    @property
+    def threshold(self) -> str:
+        parts = []
+        if self.min is not None:
+            parts.append(f">= {self.min:g}")
+        if self.max is not None:
+            parts.append(f"<= {self.max:g}")
+        return " and ".join(parts)
+
+
+def default_metrics() -> list[Metric]:
+    return [
+        Metric(name="error-rate", template="error-rate", max=0.01, severity=Severity.critical,
+               on_breach=BreachAction.rollback),
+        Metric(name="p95-latency", template="p95-latency", max=2.0, severity=Severity.high,
+               on_breach=BreachAction.step_back),
+    ]
+
+
+class Analysis(Model):
+    prometheus: PrometheusSource | None = None
+    interval: str = Field(default="30s", pattern=DURATION_PATTERN)
+    failure_limit: int = Field(default=3, ge=1, le=100,
+                               description="Consecutive failed checks of one metric before its onBreach action.")
+    inconclusive_limit: int = Field(default=3, ge=1, le=100)
+    on_inconclusive: InconclusiveAction = InconclusiveAction.pause
+    metrics: list[Metric] = Field(default_factory=default_metrics, min_length=1, max_length=32)
+
+    @field_validator("metrics")
+    @classmethod
+    def _unique(cls, metrics: list[Metric]) -> list[Metric]:
+        names = [m.name for m in metrics]
+        dup = {n for n in names if names.count(n) > 1}
+        if dup:
+            raise ValueError(f"metric names must be unique, repeated: {', '.join(sorted(dup))}")
+        return metrics
+
+    @property
+    def interval_seconds(self) -> float:
+        return parse_duration(self.interval)
+
+
+class Preflight(Model):
+    database_reachable: bool = False
+    stable_healthy: bool = False
+    timeout: str = Field(default="10s", pattern=DURATION_PATTERN)
+
+
+class SecretKeyRef(Model):
+    name: str = Field(pattern=NAME_PATTERN)
+    key: str = Field(min_length=1)
+
+
+class PostgresDatabase(Model):
+    secret_ref: SecretKeyRef
+
+
+class VolumeSnapshotDatabase(Model):
+    pvc: str = Field(pattern=NAME_PATTERN, description="The PersistentVolumeClaim to snapshot.")
+    volume_snapshot_class: str | None = None
+    volume: str | None = Field(default=None, description="Pod volume that mounts the PVC; restore repoints it.")
+
+
+class Database(Model):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                cel("has(self.postgres) != has(self.volumeSnapshot)",
+                    "exactly one database provider must be set: postgres or volumeSnapshot"),
+                cel("!self.verifySnapshot || self.snapshotBeforeRollout",
+                    "verifySnapshot needs snapshotBeforeRollout", ".verifySnapshot"),
+                cel("!self.restoreOnRollback || self.snapshotBeforeRollout",
+                    "restoreOnRollback needs snapshotBeforeRollout", ".restoreOnRollback"),
+            ]
+        }
+    )
+    postgres: PostgresDatabase | None = None
+    volume_snapshot: VolumeSnapshotDatabase | None = None
+    snapshot_before_rollout: bool = False
+    verify_snapshot: bool = False
+    restore_on_rollback: bool = False
+    retain: int = Field(default=5, ge=1, le=100, description="Snapshots kept per rollout; older ones are pruned.")
+    max_restore_attempts: int = Field(default=3, ge=1, le=10)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Database:
+        if (self.postgres is None) == (self.volume_snapshot is None):
+            raise ValueError("exactly one database provider must be set: postgres or volumeSnapshot")
+        if (self.verify_snapshot or self.restore_on_rollback) and not self.snapshot_before_rollout:
+            raise ValueError("verifySnapshot and restoreOnRollback need snapshotBeforeRollout")
+        return self
+
+
+class RollbackVerify(Model):
+    duration: str = Field(default="2m", pattern=DURATION_PATTERN,
+                          description="Time the stable version has to prove healthy after a rollback.")
+    successes: int = Field(default=3, ge=1, le=100, description="Consecutive passing checks that prove it.")
+    max_error_rate: float | None = Field(
+        default=None, ge=0, le=1, description="Check the error-rate template with this maximum; "
+        "by default the rollout's own metrics are checked against the stable version.")
+
+
+class Rollback(Model):
+    verify: RollbackVerify = Field(default_factory=RollbackVerify)
+
+
+class Webhook(Model):
+    url: str = Field(pattern=r"^https?://")
+    min_severity: Severity = Severity.high
+    format: Literal["generic", "slack"] = "generic"
+    timeout: str = Field(default="5s", pattern=DURATION_PATTERN)
+
+
+class Notification(Model):
+    webhook: Webhook
+
+
+class SafeRolloutSpec(Model):
+    target_ref: TargetRef
+    template: PodTemplate
+    strategy: Strategy
+    analysis: Analysis = Field(default_factory=Analysis)
+    preflight: Preflight = Field(default_factory=Preflight)
+    database: Database | None = None
+    rollback: Rollback = Field(default_factory=Rollback)
+    notifications: list[Notification] = Field(default_factory=list, max_length=16)
+    paused: bool = False
+
+    @model_validator(mode="after")
+    def _gates_need_sources(self) -> SafeRolloutSpec:
+        if self.preflight.database_reachable and self.database is None:
+            raise ValueError("preflight.databaseReachable needs spec.database")
+        return self
+
+
+# -------------------------------------------------------------------------------------------------------- status
+
+
+class Phase(str, Enum):
+    pending = "Pending"
+    preflight = "Preflight"
+    progressing = "Progressing"
+    paused = "Paused"
+    promoting = "Promoting"
+    succeeded = "Succeeded"
+    rolling_back = "RollingBack"
+    rolled_back = "RolledBack"
+    failed = "Failed"
+    blocked = "Blocked"
+
+    @property
+    def terminal(self) -> bool:
+        return self in (Phase.succeeded, Phase.rolled_back, Phase.failed, Phase.blocked)
+
+
+class Verdict(str, Enum):
+    passed = "pass"
+    fail = "fail"
+    inconclusive = "inconclusive"
+
+
+class Condition(Model):
+    type: str
+    status: Literal["True", "False", "Unknown"]
+    reason: str
+    message: str = ""
+    last_transition_time: str
+    observed_generation: int | None = None
+
+
+class MetricStatus(Model):
+    name: str
+    value: float | None = None
+    threshold: str = ""
+    verdict: Verdict = Verdict.inconclusive
+    consecutive_failures: int = 0
+    consecutive_inconclusive: int = 0
+    samples: int = 0
+    failing_since: str | None = None
+    message: str | None = None
+
+
+class AnalysisStatus(Model):
+    last_run: str | None = None
+    runs: int = 0
+    metrics: list[MetricStatus] = Field(default_factory=list)
+
+
+class SnapshotStatus(Model):
+    id: str
+    provider: Literal["postgres", "volumeSnapshot"]
+    state: Literal["Taking", "Taken", "Verifying", "Verified", "Failed"] = "Taking"
+    taken_at: str | None = None
+    verified: bool = False
+    size_bytes: int | None = None
+    sha256: str | None = None
+    location: str | None = None
+    tables: int | None = None
+    message: str | None = None
+
+
+class RestoreStatus(Model):
+    state: Literal["Restoring", "Restored", "Failed"] = "Restoring"
+    attempts: int = 0
+    started_at: str | None = None
+    next_attempt_at: str | None = None
+    pre_restore_dump: str | None = None
+    finished_at: str | None = None
+    message: str | None = None
+
+
+class IncidentStatus(Model):
+    reason: str | None = None
+    metric: str | None = None
+    value: float | None = None
+    threshold: str | None = None
+    weight_at_breach: int | None = None
+    stage_at_breach: int | None = None
+    first_failed_at: str | None = None
+    detected_at: str | None = None
+    decided_at: str | None = None
+    traffic_reverted_at: str | None = None
+    images_reverted_at: str | None = None
+    restored_at: str | None = None
+    verified_at: str | None = None
+    report_ref: str | None = None
+    metrics: list[MetricStatus] = Field(default_factory=list)
+
+
+class HistoryEntry(Model):
+    action: str
+    at: str
+    stage: int | None = None
+    weight: int | None = None
+    metric: str | None = None
+    message: str | None = None
+
+
+class SafeRolloutStatus(Model):
+    """Everything the operator needs to resume after a restart lives here."""
+
+    phase: Phase | None = None
+    message: str | None = None
+    step: str | None = Field(default=None, description="Sub-step inside the phase, for resumption.")
+    template_hash: str | None = None
+    attempt: int = 0
+    observed_generation: int | None = None
+    stage: int | None = Field(default=None, description="1-based index of the current stage.")
+    weight: int = Field(default=0, description="Canary weight last applied by the router.")
+    max_weight: int = 0
+    stage_started_at: str | None = None
+    stage_elapsed_seconds: float = 0
+    stage_checks: int = Field(default=0, description="Analysis runs since the current stage's weight was applied.")
+    preflight_attempts: int = 0
+    stage_resumed_at: str | None = None
+    stepped_back: bool = False
+    pause_reason: Literal["user", "breach", "inconclusive"] | None = None
+    stable_images: dict[str, str] | None = None
+    canary_images: dict[str, str] | None = None
+    stable_revision: str | None = None
+    canary_revision: str | None = None
+    canary_ready: bool = False
+    promoted_at: str | None = None
+    started_at: str | None = None
+    finished_at: str | None = None
+    verify_started_at: str | None = None
+    verify_successes: int = 0
+    last_command: str | None = None
+    failure: str | None = None
+    incident_severity: str | None = None
+    snapshot: SnapshotStatus | None = None
+    restore: RestoreStatus | None = None
+    analysis: AnalysisStatus = Field(default_factory=AnalysisStatus)
+    incident: IncidentStatus | None = None
+    history: list[HistoryEntry] = Field(default_factory=list)
+    conditions: list[Condition] = Field(default_factory=list)
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="ignore")
+
+
+class SafeRollout(Model):
+    """The whole object, used only to generate the CRD."""
+
+    api_version: Literal["saferollout.dev/v1alpha1"] = "saferollout.dev/v1alpha1"
+    kind: Literal["SafeRollout"] = "SafeRollout"
+    spec: SafeRolloutSpec
+    status: SafeRolloutStatus | None = None

@@ -1,0 +1,88 @@
+"""The incident report written after every rollback: what happened, when, and what it cost."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from saferollout.core.durations import format_duration
+from saferollout.core.models import SafeRolloutSpec, SafeRolloutStatus
+
+
+def _t(s: str | None) -> datetime | None:
+    return datetime.fromisoformat(s.replace("Z", "+00:00")) if s else None
+
+
+def _between(a: str | None, b: str | None) -> str:
+    ta, tb = _t(a), _t(b)
+    return format_duration(max(0.0, (tb - ta).total_seconds())) if ta and tb else "n/a"
+
+
+def incident_report(name: str, spec: SafeRolloutSpec, s: SafeRolloutStatus, now: datetime) -> str:
+    inc = s.incident
+    assert inc is not None
+    images_new = ", ".join(f"`{k}={v}`" for k, v in (s.canary_images or {}).items())
+    images_old = ", ".join(f"`{k}={v}`" for k, v in (s.stable_images or {}).items())
+    lines = [
+        f"# Incident: rollback of {name} (rollout {s.attempt})",
+        "",
+        f"- **Outcome:** {'rollback incomplete: ' + s.failure if s.failure else 'rolled back, stable version verified'}",
+        f"- **Reason:** {inc.reason}" + (f" — `{inc.metric}` = {_v(inc.value)} (threshold {inc.threshold})"
+                                          if inc.metric else ""),
+        f"- **New version:** {images_new}",
+        f"- **Restored version:** {images_old}",
+        f"- **At breach:** stage {inc.stage_at_breach}, canary weight {inc.weight_at_breach}%",
+        f"- **Time to detect** (first failed check → decision): {_between(inc.first_failed_at, inc.decided_at)}",
+        f"- **Time to revert traffic** (decision → weight 0 written): {_between(inc.decided_at, inc.traffic_reverted_at)}",
+        f"- **Time to recover** (decision → stable verified): {_between(inc.decided_at, inc.verified_at)}",
+        "",
+        "## Timeline",
+        "",
+        "| time (UTC) | event |",
+        "|---|---|",
+    ]
+    timeline: list[tuple[str, str]] = [
+        (t, what) for t, what in (
+            (s.started_at, "rollout started"),
+            (s.snapshot.taken_at if s.snapshot else None, f"snapshot `{s.snapshot.id}` taken" if s.snapshot else ""),
+            (inc.first_failed_at, f"breach first seen: `{inc.metric}` failed its threshold"),
+            (inc.detected_at, "failure limit reached"),
+            (inc.decided_at, "decision: roll back"),
+            (inc.traffic_reverted_at, "traffic reverted: canary weight 0"),
+            (inc.images_reverted_at, "images reverted on the target, canary removed"),
+            (s.restore.started_at if s.restore else None, "database restore started"),
+            (inc.restored_at, "database restored and verified"),
+            (inc.verified_at, "stable version verified healthy"),
+        ) if t
+    ]
+    timeline += [(h.at, f"{h.action}" + (f" on `{h.metric}`: {h.message}" if h.metric else "")) for h in s.history]
+    for t, what in sorted(timeline, key=lambda x: x[0]):
+        lines.append(f"| {t} | {what} |")
+    lines += ["", "## Metrics at the breach", "", "| metric | value | threshold | verdict | consecutive failures |",
+              "|---|---|---|---|---|"]
+    for m in inc.metrics:
+        lines.append(f"| {m.name} | {_v(m.value)} | {m.threshold} | {m.verdict.value} | {m.consecutive_failures} |")
+    if not inc.metrics:
+        lines.append("| (no analysis had run) | | | | |")
+    lines += ["", "## Database", ""]
+    db = spec.database
+    if s.restore is not None and s.snapshot is not None:
+        window = _between(s.snapshot.taken_at, s.restore.started_at)
+        lines += [
+            f"- Snapshot `{s.snapshot.id}` ({s.snapshot.size_bytes} bytes, sha256 `{s.snapshot.sha256}`), "
+            f"taken {s.snapshot.taken_at}, verified: {'yes' if s.snapshot.verified else 'no'}.",
+            f"- Restore: {s.restore.state} after {s.restore.attempts} attempt(s)"
+            + (f"; {s.restore.message}" if s.restore.message else "") + ".",
+            f"- **Data-loss window:** {window} (from the snapshot at {s.snapshot.taken_at} to the restore at "
+            f"{s.restore.started_at}). Rows written in that window are not in the restored database; they are "
+            f"kept in the pre-restore dump `{s.restore.pre_restore_dump}`, so nothing is lost.",
+        ]
+    elif db is not None and s.snapshot is not None:
+        lines.append(f"- Snapshot `{s.snapshot.id}` taken; the rollout did not ask to restore it.")
+    else:
+        lines.append("- No database action was part of this rollout.")
+    lines += ["", f"_Written by SafeRollout at {now.strftime('%Y-%m-%dT%H:%M:%SZ')}._", ""]
+    return "\n".join(lines)
+
+
+def _v(v: float | None) -> str:
+    return "no data" if v is None else f"{v:.4g}"

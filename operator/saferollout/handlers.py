@@ -1,0 +1,76 @@
+"""kopf handlers, kept thin: read the object, run the core's loop with the executor, write status."""
+
+from __future__ import annotations
+
+import logging
+from datetime import UTC, datetime
+from typing import Any
+
+import kopf
+from pydantic import ValidationError
+
+from saferollout.adapters import events, kube
+from saferollout.adapters.kube import RolloutRef
+from saferollout.config import OperatorConfig
+from saferollout.core import actions as a
+from saferollout.core.engine import Inputs
+from saferollout.core.loop import drive
+from saferollout.core.models import GROUP, PLURAL, VERSION, SafeRolloutSpec, SafeRolloutStatus
+from saferollout.executor import Executor
+from saferollout.redact import redact
+
+COMMAND_ANNOTATION = "saferollout.dev/command"
+CFG = OperatorConfig.from_env()
+log = logging.getLogger("saferollout")
+
+
+@kopf.on.startup()
+def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="saferollout.dev")
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix="saferollout.dev")
+    settings.posting.enabled = False  # our own Events carry the story; kopf's would repeat it
+    settings.execution.max_workers = 32
+    settings.watching.server_timeout = 300
+
+
+def _status_dict(status: SafeRolloutStatus) -> dict[str, Any]:
+    return status.model_dump(by_alias=True, exclude_none=True, mode="json")
+
+
+@kopf.timer(GROUP, VERSION, PLURAL, interval=CFG.tick_seconds, sharp=False)
+def reconcile(name: str, namespace: str, uid: str, spec: dict[str, Any], status: dict[str, Any],
+              meta: dict[str, Any], **_: Any) -> None:
+    ref = RolloutRef(namespace, name, uid)
+    generation = meta.get("generation")
+    try:
+        parsed = SafeRolloutSpec.model_validate(spec)
+    except ValidationError as e:
+        _invalid(ref, status, generation, e)
+        return
+    current = SafeRolloutStatus.model_validate(status or {})
+    holder = {"status": current}
+    executor = Executor(ref, parsed, CFG, lambda: holder["status"])
+    command = (meta.get("annotations") or {}).get(COMMAND_ANNOTATION)
+
+    def inputs(results: list[a.Result]) -> Inputs:
+        return Inputs(now=datetime.now(UTC), name=name, generation=generation, command=command, results=results)
+
+    def write(new: SafeRolloutStatus) -> None:
+        kube.write_status(ref, _status_dict(new))
+        holder["status"] = new
+        if new.phase != holder.get("logged_phase", current.phase):
+            log.info("%s/%s phase %s: %s", namespace, name, new.phase.value if new.phase else None, new.message)
+            holder["logged_phase"] = new.phase  # type: ignore[assignment]
+
+    drive(parsed, current, inputs, executor, write, CFG.settings)
+
+
+def _invalid(ref: RolloutRef, status: dict[str, Any], generation: int | None, e: ValidationError) -> None:
+    """A spec the CRD let through but the models refuse: say so once, touch nothing."""
+    if (status or {}).get("observedGeneration") == generation and (status or {}).get("phase") == "Blocked":
+        return
+    problems = "; ".join(f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in e.errors()[:5])
+    message = redact(f"invalid spec: {problems}")
+    new = {**(status or {}), "phase": "Blocked", "message": message, "observedGeneration": generation}
+    kube.write_status(ref, new)
+    events.emit(ref, "InvalidSpec", message, "Warning")

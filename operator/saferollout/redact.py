@@ -1,0 +1,36 @@
+"""Secrets never leave the operator: every string bound for logs, events, status or reports passes through here."""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+
+_lock = threading.Lock()
+_secrets: set[str] = set()
+_URL_PASSWORD = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*://)(?P<user>[^:/@\s]+):(?P<pw>[^@/\s]+)@", re.I)
+_KV_PASSWORD = re.compile(r"(password\s*=\s*)('[^']*'|\S+)", re.I)
+
+
+def register(secret: str | None) -> None:
+    """Remember a secret value (a password read from a Secret) so it is masked wherever it appears."""
+    if secret and len(secret) >= 3:
+        with _lock:
+            _secrets.add(secret)
+
+
+def redact(text: str) -> str:
+    text = _URL_PASSWORD.sub(r"\g<scheme>\g<user>:***@", text)
+    text = _KV_PASSWORD.sub(r"\1***", text)
+    with _lock:
+        known = sorted(_secrets, key=len, reverse=True)
+    for s in known:
+        text = text.replace(s, "***")
+    return text
+
+
+class RedactingFilter(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.msg = redact(record.getMessage())
+        record.args = None
+        return True
