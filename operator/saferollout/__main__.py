@@ -43,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     from saferollout import handlers
     setup_logging(handlers.CFG.log_format, args.verbose)
     asyncio.run(kopf.operator(
-        namespaces=args.namespace or None,
+        namespaces=list(args.namespace),
         clusterwide=not args.namespace,
         standalone=args.peering is None,
         peering_name=args.peering,

@@ -38,16 +38,17 @@ def _status_dict(status: SafeRolloutStatus) -> dict[str, Any]:
 
 
 @kopf.timer(GROUP, VERSION, PLURAL, interval=CFG.tick_seconds, sharp=False)
-def reconcile(name: str, namespace: str, uid: str, spec: dict[str, Any], status: dict[str, Any],
-              meta: dict[str, Any], **_: Any) -> None:
+def reconcile(name: str, namespace: str | None, uid: str, spec: kopf.Spec, status: kopf.Status, meta: kopf.Meta,
+              **_: Any) -> None:
+    assert namespace is not None  # the resource is namespaced
     ref = RolloutRef(namespace, name, uid)
     generation = meta.get("generation")
     try:
-        parsed = SafeRolloutSpec.model_validate(spec)
+        parsed = SafeRolloutSpec.model_validate(dict(spec))
     except ValidationError as e:
-        _invalid(ref, status, generation, e)
+        _invalid(ref, dict(status), generation, e)
         return
-    current = SafeRolloutStatus.model_validate(status or {})
+    current = SafeRolloutStatus.model_validate(dict(status))
     holder = {"status": current}
     executor = Executor(ref, parsed, CFG, lambda: holder["status"])
     command = (meta.get("annotations") or {}).get(COMMAND_ANNOTATION)

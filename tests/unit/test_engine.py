@@ -8,11 +8,11 @@ import pytest
 
 from saferollout.core import actions as a
 from saferollout.core.engine import Inputs, decide
-from saferollout.core.models import Phase, SafeRolloutStatus
-from tests.unit.world import T0, Crash, World, make_spec
+from saferollout.core.models import Phase, SafeRolloutSpec, SafeRolloutStatus
+from tests.unit.world import T0, MetricFn, World, make_spec
 
 
-def canary_error(rate: float) -> object:
+def canary_error(rate: float) -> MetricFn:
     def fn(name: str, target: str, weight: int, t: float) -> float | None:
         if name == "error-rate":
             return rate if target == "canary" else 0.001
@@ -267,14 +267,14 @@ def test_preflight_stable_unhealthy_blocks() -> None:
     assert w.phase() == "Blocked" and "stable version does not meet" in (w.status.message or "")
 
 
-def _db_spec() -> object:
+def _db_spec() -> SafeRolloutSpec:
     return make_spec(database={"postgres": {"secretRef": {"name": "db", "key": "dsn"}},
                                "snapshotBeforeRollout": True, "verifySnapshot": True, "restoreOnRollback": True},
                      preflight={"databaseReachable": True})
 
 
 def test_snapshot_is_taken_and_restored_once_on_rollback() -> None:
-    w = World(_db_spec(), metrics=canary_error(0.5), migration="v2-migrated")  # type: ignore[arg-type]
+    w = World(_db_spec(), metrics=canary_error(0.5), migration="v2-migrated")
     w.run(60, until=World.done)
     assert w.status.snapshot and w.status.snapshot.verified
     assert w.phase() == "RolledBack"
@@ -285,7 +285,7 @@ def test_snapshot_is_taken_and_restored_once_on_rollback() -> None:
 
 
 def test_operator_killed_during_restore_checks_before_restoring_again() -> None:
-    w = World(_db_spec(), metrics=canary_error(0.5), crash_after=a.RestoreDatabase)  # type: ignore[arg-type]
+    w = World(_db_spec(), metrics=canary_error(0.5), crash_after=a.RestoreDatabase)
     w.run(60, until=World.done)
     assert w.phase() == "RolledBack"
     assert w.restores == 1  # the restarted loop found the database restored and did not restore again
@@ -293,13 +293,13 @@ def test_operator_killed_during_restore_checks_before_restoring_again() -> None:
 
 
 def test_operator_killed_during_snapshot_never_takes_it_twice() -> None:
-    w = World(_db_spec(), crash_after=a.TakeSnapshot)  # type: ignore[arg-type]
+    w = World(_db_spec(), crash_after=a.TakeSnapshot)
     w.run(200, until=World.done)
     assert w.phase() == "Succeeded" and w.snapshots_taken == 1
 
 
 def test_failed_restore_is_retried_with_backoff_then_fails_without_looping() -> None:
-    w = World(_db_spec(), metrics=canary_error(0.5), restore_fails=99)  # type: ignore[arg-type]
+    w = World(_db_spec(), metrics=canary_error(0.5), restore_fails=99)
     w.run(120, until=World.done)
     assert w.phase() == "Failed"
     assert w.restores == 3 and w.status.restore is not None and w.status.restore.attempts == 3
@@ -309,7 +309,7 @@ def test_failed_restore_is_retried_with_backoff_then_fails_without_looping() -> 
 
 
 def test_restore_succeeds_on_second_attempt() -> None:
-    w = World(_db_spec(), metrics=canary_error(0.5), restore_fails=1)  # type: ignore[arg-type]
+    w = World(_db_spec(), metrics=canary_error(0.5), restore_fails=1)
     w.run(120, until=World.done)
     assert w.phase() == "RolledBack" and w.restores == 2 and "RestoreRetry" in w.reasons()
 

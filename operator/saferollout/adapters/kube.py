@@ -76,7 +76,7 @@ def error_text(e: Exception) -> str:
         import json
 
         try:
-            return f"{e.status} {json.loads(e.body).get('message', e.reason)}"
+            return f"{e.status} {json.loads(e.body or '').get('message', e.reason)}"
         except (ValueError, TypeError, AttributeError):
             return f"{e.status} {e.reason}"
     return f"{type(e).__name__}: {e}"

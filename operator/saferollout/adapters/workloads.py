@@ -32,7 +32,7 @@ def images_of(dep: dict[str, Any]) -> dict[str, str]:
 
 def available(dep: dict[str, Any]) -> bool:
     st, want = dep.get("status") or {}, dep["spec"].get("replicas", 1)
-    return (st.get("observedGeneration", 0) >= dep["metadata"].get("generation", 0)
+    return bool(st.get("observedGeneration", 0) >= dep["metadata"].get("generation", 0)
             and st.get("updatedReplicas", 0) >= want and st.get("availableReplicas", 0) >= want
             and st.get("replicas", 0) <= want)
 
@@ -66,7 +66,7 @@ def _selector_keys(ref: RolloutRef, spec: SafeRolloutSpec, target: dict[str, Any
     keys = set((target["spec"].get("selector") or {}).get("matchLabels") or {})
     try:
         svc = kube.core().read_namespaced_service(stable, ref.namespace)
-        keys |= set(svc.spec.selector or {})
+        keys |= set((svc.spec.selector if svc.spec else None) or {})
     except ApiException as e:
         if e.status != 404:
             raise
@@ -85,7 +85,7 @@ def ensure_canary(ref: RolloutRef, spec: SafeRolloutSpec, images: dict[str, str]
     wanted = {c["name"]: c for c in _patch_containers(images, spec)}
     for c in tmpl["spec"]["containers"]:
         c.update(wanted.get(c["name"], {}))
-    body = {
+    body: dict[str, Any] = {
         "apiVersion": "apps/v1", "kind": "Deployment",
         "metadata": {"name": name, "namespace": ref.namespace, "labels": {CANARY_OF: spec.target_ref.name, ROLLOUT: ref.name},
                      "ownerReferences": [ref.owner()]},

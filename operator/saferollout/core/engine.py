@@ -123,7 +123,7 @@ class _Run:
                 c.status, c.reason, c.message = status, reason, message  # type: ignore[assignment]
                 c.observed_generation = self.inp.generation
                 return
-        self.s.conditions.append(Condition(type=type_, status=status, reason=reason, message=message,  # type: ignore[arg-type]
+        self.s.conditions.append(Condition(type=type_, status=status, reason=reason, message=message,
                                            last_transition_time=iso(self.now),
                                            observed_generation=self.inp.generation))
 
@@ -451,7 +451,7 @@ class _Run:
                 if snap is None:
                     sid = f"snap-{self.s.attempt}-{self.now.strftime('%Y%m%dT%H%M%S')}"
                     provider = "postgres" if db.postgres else "volumeSnapshot"
-                    self.s.snapshot = snap = SnapshotStatus(id=sid, provider=provider, state="Taking")  # type: ignore[arg-type]
+                    self.s.snapshot = snap = SnapshotStatus(id=sid, provider=provider, state="Taking")
                     self.s.message = f"taking snapshot {sid}"
                 if snap.state == "Taking":
                     self.act(a.TakeSnapshot(snap.id))
@@ -642,7 +642,8 @@ class _Run:
                 return
             if self.analysis_due():
                 self.act(a.QueryMetrics("stable", "analysis", self.metric_names()))
-            self.s.message = f"promoted; watching the target for {format_duration(max(0.0, watch.seconds - self.stage_elapsed()))}"
+            left = max(0.0, watch.seconds - self.stage_elapsed())
+            self.s.message = f"promoted; watching the target for {format_duration(left)}"
 
     def stage_done_any(self) -> bool:
         latest = {m.name: m.verdict for m in self.s.analysis.metrics}

@@ -7,12 +7,14 @@ by the API server first and by the operator again if it ever slips through.
 
 from __future__ import annotations
 
+import itertools
 import math
-from enum import Enum
+from enum import StrEnum
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic.alias_generators import to_camel
+from pydantic.config import JsonDict
 
 from saferollout.core.durations import DURATION_PATTERN, parse_duration
 
@@ -24,8 +26,8 @@ PLURAL = "saferollouts"
 NAME_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 
 
-def cel(rule: str, message: str, field_path: str | None = None) -> dict[str, str]:
-    out = {"rule": rule, "message": message}
+def cel(rule: str, message: str, field_path: str | None = None) -> JsonDict:
+    out: JsonDict = {"rule": rule, "message": message}
     if field_path:
         out["fieldPath"] = field_path
     return out
@@ -43,7 +45,7 @@ class Model(BaseModel):
 # ---------------------------------------------------------------------------------------------------------- spec
 
 
-class Severity(str, Enum):
+class Severity(StrEnum):
     critical = "critical"
     high = "high"
     medium = "medium"
@@ -54,14 +56,14 @@ class Severity(str, Enum):
         return {"critical": 4, "high": 3, "medium": 2, "low": 1}[self.value]
 
 
-class BreachAction(str, Enum):
+class BreachAction(StrEnum):
     rollback = "rollback"
     step_back = "stepBack"
     pause = "pause"
     notify = "notify"
 
 
-class InconclusiveAction(str, Enum):
+class InconclusiveAction(StrEnum):
     pause = "pause"
     rollback = "rollback"
 
@@ -181,7 +183,7 @@ class CanaryStrategy(Model):
     def _rising(cls, stages: list[Stage] | None) -> list[Stage] | None:
         if stages:
             weights = [s.weight for s in stages]
-            if any(b <= a for a, b in zip(weights, weights[1:], strict=False)):
+            if any(b <= a for a, b in itertools.pairwise(weights)):
                 raise ValueError("stage weights must rise strictly from one stage to the next")
         return stages
 
@@ -393,7 +395,7 @@ class SafeRolloutSpec(Model):
 # -------------------------------------------------------------------------------------------------------- status
 
 
-class Phase(str, Enum):
+class Phase(StrEnum):
     pending = "Pending"
     preflight = "Preflight"
     progressing = "Progressing"
@@ -410,7 +412,7 @@ class Phase(str, Enum):
         return self in (Phase.succeeded, Phase.rolled_back, Phase.failed, Phase.blocked)
 
 
-class Verdict(str, Enum):
+class Verdict(StrEnum):
     passed = "pass"
     fail = "fail"
     inconclusive = "inconclusive"

@@ -39,7 +39,7 @@ class GatewayAPIRouter:
         api = kube.custom()
 
         def write() -> None:
-            route = api.get_namespaced_custom_object(GROUP, VERSION, ref.namespace, PLURAL, cfg.http_route)
+            route: dict[str, Any] = api.get_namespaced_custom_object(GROUP, VERSION, ref.namespace, PLURAL, cfg.http_route)
             rules = weighted_rules(route["spec"].get("rules", []), cfg.stable_service, cfg.canary_service, weight)
             if rules == route["spec"].get("rules"):
                 return

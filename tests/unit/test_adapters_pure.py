@@ -1,0 +1,57 @@
+"""The pure parts of the adapters: HTTPRoute rule rewriting, redaction, notification bodies, settings."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import pytest
+
+from saferollout.adapters.notify import body_for
+from saferollout.adapters.routers.gateway import weighted_rules
+from saferollout.config import OperatorConfig
+from saferollout.redact import RedactingFilter, redact, register
+
+
+def test_weighted_rules_sets_both_weights_and_keeps_other_rules() -> None:
+    rules: list[dict[str, Any]] = [
+        {"matches": [{"path": {"type": "PathPrefix", "value": "/"}}],
+         "backendRefs": [{"name": "web", "port": 80, "weight": 100}]},
+        {"backendRefs": [{"name": "other", "port": 81}]},
+    ]
+    out = weighted_rules(rules, "web", "web-canary", 25)
+    assert out[0]["backendRefs"] == [{"name": "web", "port": 80, "weight": 75},
+                                     {"name": "web-canary", "port": 80, "weight": 25}]
+    assert out[0]["matches"] == rules[0]["matches"] and out[1] == rules[1]
+    back = weighted_rules(out, "web", "web-canary", 0)
+    assert back[0]["backendRefs"][0]["weight"] == 100 and back[0]["backendRefs"][1]["weight"] == 0
+
+
+def test_weighted_rules_refuses_a_route_without_the_stable_service() -> None:
+    with pytest.raises(LookupError, match="stable Service"):
+        weighted_rules([{"backendRefs": [{"name": "x"}]}], "web", "web-canary", 5)
+
+
+def test_redaction_of_urls_keywords_and_registered_secrets() -> None:
+    register("s3cr3t-pw")
+    assert redact("postgresql://app:hunter2@db:5432/app") == "postgresql://app:***@db:5432/app"
+    assert redact("host=db password=hunter2 user=x") == "host=db password=*** user=x"
+    assert redact("failed for s3cr3t-pw") == "failed for ***"
+    record = logging.LogRecord("x", logging.INFO, "f", 1, "dsn %s", ("postgresql://a:b@c/d",), None)
+    RedactingFilter().filter(record)
+    assert record.getMessage() == "dsn postgresql://a:***@c/d"
+
+
+def test_notification_bodies() -> None:
+    generic = body_for("generic", "demo/web", "critical", "rolled back", "error-rate 0.08", "web-incident-1")
+    assert generic == {"rollout": "demo/web", "severity": "critical", "title": "rolled back",
+                       "text": "error-rate 0.08", "reportRef": "web-incident-1"}
+    slack = body_for("slack", "demo/web", "critical", "rolled back", "error-rate 0.08", None)
+    assert slack["text"] == "rolled back: error-rate 0.08" and ":rotating_light:" in str(slack["blocks"])
+
+
+def test_settings_from_env() -> None:
+    cfg = OperatorConfig.from_env({"SAFEROLLOUT_DEFAULT_STAGES": "10:1m,100:2m", "SAFEROLLOUT_SERVICE_LABEL": "svc",
+                                   "SAFEROLLOUT_RATE_WINDOW": "30s"})
+    assert [(s.weight, s.duration) for s in cfg.settings.default_stages] == [(10, "1m"), (100, "2m")]
+    assert cfg.labels.service == "svc" and cfg.rate_window == "30s"
