@@ -28,7 +28,6 @@ fi
 
 start=$(date +%s)
 minor=${K8S_VERSION#v1.}            # 35.4
-staging="v0.$minor"                 # v0.35.4
 ldf="-s -w"
 for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
   ldf+=" -X $pkg.gitVersion=$K8S_VERSION -X $pkg.gitMajor=1 -X $pkg.gitMinor=${minor%%.*}"

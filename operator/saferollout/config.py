@@ -33,6 +33,7 @@ class OperatorConfig:
     settings: Settings = field(default_factory=Settings)
     log_format: str = "text"
     metrics_port: int = 8080
+    metrics_host: str = "0.0.0.0"
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> OperatorConfig:
@@ -54,4 +55,5 @@ class OperatorConfig:
             settings=Settings(default_stages=_stages(e.get("SAFEROLLOUT_DEFAULT_STAGES"))),
             log_format=e.get("SAFEROLLOUT_LOG_FORMAT", cls.log_format),
             metrics_port=int(e.get("SAFEROLLOUT_METRICS_PORT", cls.metrics_port)),
+            metrics_host=e.get("SAFEROLLOUT_METRICS_HOST", cls.metrics_host),
         )

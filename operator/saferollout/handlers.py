@@ -9,6 +9,7 @@ from typing import Any
 import kopf
 from pydantic import ValidationError
 
+from saferollout import observability
 from saferollout.adapters import events, kube
 from saferollout.adapters.kube import RolloutRef
 from saferollout.config import OperatorConfig
@@ -31,6 +32,9 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.posting.enabled = False  # our own Events carry the story; kopf's would repeat it
     settings.execution.max_workers = 32
     settings.watching.server_timeout = 300
+    if CFG.metrics_port:
+        observability.serve(CFG.metrics_port, CFG.metrics_host)
+        log.info("metrics and health on :%d (/metrics, /healthz)", CFG.metrics_port)
 
 
 def _status_dict(status: SafeRolloutStatus) -> dict[str, Any]:
@@ -58,12 +62,25 @@ def reconcile(name: str, namespace: str | None, uid: str, spec: kopf.Spec, statu
 
     def write(new: SafeRolloutStatus) -> None:
         kube.write_status(ref, _status_dict(new))
+        observability.observe(f"{namespace}/{name}", holder["status"], new)
         holder["status"] = new
         if new.phase != holder.get("logged_phase", current.phase):
             log.info("%s/%s phase %s: %s", namespace, name, new.phase.value if new.phase else None, new.message)
             holder["logged_phase"] = new.phase  # type: ignore[assignment]
 
-    drive(parsed, current, inputs, executor, write, CFG.settings)
+    observability.heartbeat()
+    with observability.RECONCILE_SECONDS.time():
+        try:
+            drive(parsed, current, inputs, executor, write, CFG.settings)
+        except Exception:
+            observability.RECONCILE_ERRORS.inc()
+            raise
+
+
+@kopf.on.delete(GROUP, VERSION, PLURAL, optional=True)
+def forget(name: str, namespace: str | None, **_: Any) -> None:
+    """Owner references let the garbage collector remove the canary and reports; only the gauge needs us."""
+    observability.set_phase(f"{namespace}/{name}", None)
 
 
 def _invalid(ref: RolloutRef, status: dict[str, Any], generation: int | None, e: ValidationError) -> None:

@@ -68,7 +68,8 @@ class RolloutRef:
 def write_status(ref: RolloutRef, status: dict[str, Any]) -> None:
     """Replace the whole status (JSON patch `add` creates or replaces it), so cleared fields really go."""
     custom().patch_namespaced_custom_object_status(
-        GROUP, VERSION, ref.namespace, PLURAL, ref.name, [{"op": "add", "path": "/status", "value": status}])
+        GROUP, VERSION, ref.namespace, PLURAL, ref.name, [{"op": "add", "path": "/status", "value": status}],
+        _content_type="application/json-patch+json")
 
 
 def error_text(e: Exception) -> str:

@@ -6,7 +6,9 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+import requests
 from prometheus_api_client import PrometheusConnect
+from urllib3.util.retry import Retry
 
 from saferollout.core.models import Metric
 from saferollout.core.queries import LabelNames, TemplateError, builtin_templates, render
@@ -23,7 +25,9 @@ class PrometheusProvider:
         self.url = url
         self.timeout = timeout
         self.templates = {**builtin_templates(labels), **(user_templates or {})}
-        self._client = PrometheusConnect(url=url, disable_ssl=True, timeout=timeout)
+        # no retries inside a query: the next analysis tick is the retry, and a dead Prometheus must cost
+        # one timeout, not a backoff series that delays every other decision
+        self._client = PrometheusConnect(url=url, disable_ssl=True, timeout=timeout, retry=Retry(total=0))
         self.queries = 0
 
     def query_text(self, metric: Metric, context: dict[str, str]) -> str:
@@ -45,8 +49,12 @@ class PrometheusProvider:
         self.queries += 1
         try:
             result = self._client.custom_query(text, timeout=self.timeout)
-        except Exception as e:  # connection refused, timeout, bad query: all inconclusive, reported
-            return Reading(None, f"Prometheus unreachable or query failed: {type(e).__name__}: {str(e)[:200]}")
+        except requests.ConnectionError:
+            return Reading(None, f"Prometheus unreachable at {self.url}")
+        except requests.Timeout:
+            return Reading(None, f"Prometheus did not answer within {self.timeout:g}s")
+        except Exception as e:  # a bad query or a server error: inconclusive, and said
+            return Reading(None, f"query failed: {type(e).__name__}: {str(e).splitlines()[0][:160]}")
         if not result:
             return Reading(None, "no data")
         if isinstance(result[0], dict):  # instant vector

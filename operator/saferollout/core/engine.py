@@ -501,7 +501,8 @@ class _Run:
             self.act(a.QueryMetrics("canary", "analysis", self.metric_names()))
         left = max(0.0, stage.seconds - self.stage_elapsed())
         self.s.message = (f"stage {self.s.stage}/{len(self.stages)} at {stage.weight}%: "
-                          f"{format_duration(left)} of analysis left")
+                          + (f"{format_duration(left)} of analysis left" if left > 0 else
+                             "stage time is up; waiting for every metric to pass"))
 
     def stage_done(self, stage: Stage) -> bool:
         if self.stage_elapsed() < stage.seconds or self.s.stage_checks < 1:

@@ -1,0 +1,312 @@
+#!/usr/bin/env bash
+# Starts, on loopback, the local test cluster: etcd, kube-apiserver, kube-controller-manager, kube-scheduler
+# and a kwok controller that plays the kubelet of fake nodes (their pods become Running and Ready without
+# containers). Real control plane, so the operator meets real admission, RBAC, TokenRequest, garbage
+# collection and Deployment rollouts; only the nodes are simulated (no Docker on these machines).
+#
+# Usage: bash cluster/up.sh   -> progress on stderr, the kubeconfig path as the only line on stdout.
+# A second run while the cluster is healthy does nothing but print the kubeconfig path.
+# Stop it with cluster/down.sh. Env overrides: see the "settings" block below and cluster/README.md.
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+repo=$(cd "$here/.." && pwd)
+# shellcheck source=cluster/versions.env
+source "$here/versions.env"
+
+# --- settings -------------------------------------------------------------------------------------------
+bin=${SR_BIN:-$repo/.cache/bin/$K8S_VERSION}
+state=${SR_STATE_DIR:-$repo/.cache/cluster}
+apiserver_port=${SR_APISERVER_PORT:-16443}
+etcd_port=${SR_ETCD_PORT:-12379}
+etcd_peer_port=${SR_ETCD_PEER_PORT:-12380}
+kcm_port=${SR_KCM_PORT:-16257}
+scheduler_port=${SR_SCHEDULER_PORT:-16259}
+nodes=${SR_NODES:-2}
+# The address written into the "kubernetes" Service endpoints. Nothing in the cluster dials it (no real pods);
+# it must not be loopback (Endpoints validation), so a fixed TEST-NET-2 address keeps the host network out.
+advertise=${SR_ADVERTISE_ADDRESS:-198.51.100.1}
+service_cidr=${SR_SERVICE_CIDR:-10.96.0.0/16}
+pod_cidr=${SR_POD_CIDR:-10.244.0.1/16}
+timeout_s=${SR_UP_TIMEOUT:-90}
+# ---------------------------------------------------------------------------------------------------------
+
+kubeconfig=$state/kubeconfig
+pki=$state/pki
+logs=$state/logs
+pids=$state/pids
+components=(etcd kube-apiserver kube-controller-manager kube-scheduler kwok)
+
+log() { echo "cluster/up.sh: $*" >&2; }
+die() { echo "cluster/up.sh: ERROR: $*" >&2; exit 1; }
+now() { date +%s.%N; }
+elapsed() { awk -v a="$1" -v b="$(now)" 'BEGIN { printf "%.1f", b - a }'; }
+
+tail_log() {  # prints the end of a component's log, to say why it failed
+  local c=$1 f=$logs/$1.log
+  if [ -s "$f" ]; then echo "----- last 30 lines of $f -----" >&2; tail -n 30 "$f" >&2; echo "-----" >&2
+  else echo "(no log output in $f)" >&2; fi
+}
+# A component failed: stop everything started so far (the state dir and its logs stay for debugging),
+# say which one and why, exit non-zero.
+fail() {
+  local msg=$1; shift
+  echo "cluster/up.sh: ERROR: $msg" >&2
+  local c; for c in "$@"; do tail_log "$c"; done
+  SR_LOCK_HELD=1 bash "$here/down.sh" --keep-state >&2 || true
+  echo "cluster/up.sh: the cluster was stopped; logs are kept in $logs (cluster/down.sh removes them)" >&2
+  exit 1
+}
+
+# Kubectl from the build, always against this cluster, never the user's ~/.kube/config.
+k() { "$bin/kubectl" --kubeconfig "$kubeconfig" "$@"; }
+
+pid_alive() {  # pid file exists and the process is still that component (not a recycled pid)
+  local c=$1 f=$pids/$1.pid p
+  [ -s "$f" ] || return 1
+  p=$(cat "$f")
+  [ -r "/proc/$p/cmdline" ] && tr '\0' ' ' <"/proc/$p/cmdline" | grep -q -- "$bin/$c "
+}
+all_alive() { local c; for c in "${components[@]}"; do pid_alive "$c" || return 1; done; }
+check_alive() {  # fails naming the first component that exited
+  local c; for c in "${components[@]}"; do
+    if [ -s "$pids/$c.pid" ] && ! pid_alive "$c"; then fail "$c exited during startup" "$c"; fi
+  done
+}
+# wait_for <what> <blamed components...> -- <command...>: polls the command until it succeeds.
+wait_for() {
+  local what=$1; shift
+  local blame=(); while [ "$1" != "--" ]; do blame+=("$1"); shift; done; shift
+  local deadline; deadline=$(( $(date +%s) + timeout_s ))
+  until "$@" >/dev/null 2>&1; do
+    check_alive
+    [ "$(date +%s)" -lt "$deadline" ] || fail "timed out after ${timeout_s}s waiting for $what" "${blame[@]}"
+    sleep 0.2
+  done
+}
+
+# --- build (returns at once when the binaries are cached) -----------------------------------------------
+bash "$here/build.sh" >&2 || die "cluster/build.sh failed: the cluster tools could not be built (see above)"
+for c in "${components[@]}" kubectl; do
+  [ -x "$bin/$c" ] || die "missing binary $bin/$c after cluster/build.sh (component $c)"
+done
+command -v openssl >/dev/null || die "openssl is needed to create the cluster's certificates"
+command -v curl >/dev/null || die "curl is needed to probe the control plane's health endpoints"
+
+# One up.sh or down.sh at a time (parallel test workers may call it together). The lock file lives outside
+# the state dir, which down.sh removes.
+mkdir -p "$(dirname "$state")"
+exec 9>"$state.lock"
+flock 9
+
+# --- already running? --------------------------------------------------------------------------------------
+if [ -d "$state" ]; then
+  if all_alive && k get --raw /readyz >/dev/null 2>&1; then
+    log "cluster already running (logs in $logs)"
+    echo "$kubeconfig"
+    exit 0
+  fi
+  log "found a stopped or broken cluster in $state; removing it and starting anew"
+  SR_LOCK_HELD=1 bash "$here/down.sh" >&2
+fi
+
+port_busy() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+for spec in "SR_APISERVER_PORT:$apiserver_port" "SR_ETCD_PORT:$etcd_port" "SR_ETCD_PEER_PORT:$etcd_peer_port" \
+            "SR_KCM_PORT:$kcm_port" "SR_SCHEDULER_PORT:$scheduler_port"; do
+  port_busy "${spec#*:}" && die "port ${spec#*:} on 127.0.0.1 is already in use; choose another with ${spec%%:*}=<port>"
+done
+
+t0=$(now)
+mkdir -p "$pki" "$logs" "$pids" "$state/etcd"
+chmod 700 "$state"
+
+# --- certificates and keys ---------------------------------------------------------------------------------
+# EC P-256 keys: generated in milliseconds; the API server accepts ES256 service-account signing keys.
+newkey() { openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "$1" 2>/dev/null; }
+# sign <name> <subject> <extensions>: a certificate for pki/<name>.key signed by the cluster CA.
+sign() {
+  local name=$1 subj=$2 ext=$3
+  newkey "$pki/$name.key"
+  openssl req -new -key "$pki/$name.key" -subj "$subj" -out "$pki/$name.csr" 2>/dev/null
+  printf '%s\n' "$ext" >"$pki/$name.ext"
+  openssl x509 -req -in "$pki/$name.csr" -CA "$pki/ca.crt" -CAkey "$pki/ca.key" -CAcreateserial \
+    -days 365 -sha256 -extfile "$pki/$name.ext" -out "$pki/$name.crt" 2>/dev/null
+}
+(
+  set -e
+  newkey "$pki/ca.key"
+  openssl req -x509 -new -key "$pki/ca.key" -subj "/CN=saferollout-local-ca" -days 365 -sha256 \
+    -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign,cRLSign" \
+    -out "$pki/ca.crt" 2>/dev/null
+  client="basicConstraints=CA:FALSE
+keyUsage=critical,digitalSignature,keyEncipherment
+extendedKeyUsage=clientAuth"
+  sign apiserver "/CN=kube-apiserver" "basicConstraints=CA:FALSE
+keyUsage=critical,digitalSignature,keyEncipherment
+extendedKeyUsage=serverAuth
+subjectAltName=IP:127.0.0.1,DNS:localhost,IP:${service_cidr%.0/*}.1,IP:$advertise,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local"
+  sign admin "/O=system:masters/CN=kubernetes-admin" "$client"
+  sign controller-manager "/CN=system:kube-controller-manager" "$client"
+  sign scheduler "/CN=system:kube-scheduler" "$client"
+  sign kwok "/O=system:masters/CN=kwok-controller" "$client"
+  # Front proxy (request-header authentication, for aggregated APIs): without it the controller-manager and
+  # the scheduler log an error for the missing requestheader CA bundle on every resync.
+  newkey "$pki/front-proxy-ca.key"
+  openssl req -x509 -new -key "$pki/front-proxy-ca.key" -subj "/CN=saferollout-front-proxy-ca" -days 365 \
+    -sha256 -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign,cRLSign" \
+    -out "$pki/front-proxy-ca.crt" 2>/dev/null
+  newkey "$pki/front-proxy-client.key"
+  printf '%s\n' "$client" >"$pki/front-proxy-client.ext"
+  openssl req -new -key "$pki/front-proxy-client.key" -subj "/CN=front-proxy-client" 2>/dev/null |
+    openssl x509 -req -CA "$pki/front-proxy-ca.crt" -CAkey "$pki/front-proxy-ca.key" -CAcreateserial \
+      -days 365 -sha256 -extfile "$pki/front-proxy-client.ext" -out "$pki/front-proxy-client.crt" 2>/dev/null
+  newkey "$pki/sa.key"
+  openssl pkey -in "$pki/sa.key" -pubout -out "$pki/sa.pub" 2>/dev/null
+  rm -f "$pki"/*.csr "$pki"/*.ext
+) || die "creating the certificates with openssl failed (in $pki)"
+
+# write_kubeconfig <file> <cert name>: certificates embedded, so the file works from any directory.
+write_kubeconfig() {
+  local b64='base64 -w0'
+  cat >"$1" <<EOF
+apiVersion: v1
+kind: Config
+clusters:
+- name: saferollout
+  cluster:
+    server: https://127.0.0.1:$apiserver_port
+    certificate-authority-data: $($b64 <"$pki/ca.crt")
+users:
+- name: $2
+  user:
+    client-certificate-data: $($b64 <"$pki/$2.crt")
+    client-key-data: $($b64 <"$pki/$2.key")
+contexts:
+- name: saferollout
+  context: {cluster: saferollout, user: $2}
+current-context: saferollout
+EOF
+  chmod 600 "$1"
+}
+write_kubeconfig "$kubeconfig" admin
+write_kubeconfig "$state/controller-manager.kubeconfig" controller-manager
+write_kubeconfig "$state/scheduler.kubeconfig" scheduler
+write_kubeconfig "$state/kwok.kubeconfig" kwok
+: >"$state/kwok.yaml"   # explicit empty config: kwok's built-in stages, never a stray ~/.kwok/kwok.yaml
+
+# --- processes ---------------------------------------------------------------------------------------------
+# start <component> <args...>: own session (a Ctrl-C in the caller's terminal does not reach it), no
+# inherited stdout (callers capturing up.sh's output are not held open), and the lock fd closed.
+start() {
+  local c=$1; shift
+  setsid "$bin/$c" "$@" </dev/null >>"$logs/$c.log" 2>&1 9>&- &
+  echo $! >"$pids/$c.pid"
+}
+
+start etcd --name saferollout --data-dir "$state/etcd" \
+  --listen-client-urls "http://127.0.0.1:$etcd_port" --advertise-client-urls "http://127.0.0.1:$etcd_port" \
+  --listen-peer-urls "http://127.0.0.1:$etcd_peer_port" \
+  --initial-advertise-peer-urls "http://127.0.0.1:$etcd_peer_port" \
+  --initial-cluster "saferollout=http://127.0.0.1:$etcd_peer_port" \
+  --unsafe-no-fsync --log-level warn
+
+wait_for "etcd /health" etcd -- curl -sf --max-time 2 "http://127.0.0.1:$etcd_port/health"
+
+start kube-apiserver \
+  --etcd-servers "http://127.0.0.1:$etcd_port" \
+  --bind-address 127.0.0.1 --secure-port "$apiserver_port" --advertise-address "$advertise" \
+  --tls-cert-file "$pki/apiserver.crt" --tls-private-key-file "$pki/apiserver.key" \
+  --client-ca-file "$pki/ca.crt" \
+  --requestheader-client-ca-file "$pki/front-proxy-ca.crt" --requestheader-allowed-names front-proxy-client \
+  --requestheader-username-headers X-Remote-User --requestheader-group-headers X-Remote-Group \
+  --requestheader-extra-headers-prefix X-Remote-Extra- \
+  --proxy-client-cert-file "$pki/front-proxy-client.crt" --proxy-client-key-file "$pki/front-proxy-client.key" \
+  --service-account-issuer https://kubernetes.default.svc.cluster.local \
+  --service-account-key-file "$pki/sa.pub" --service-account-signing-key-file "$pki/sa.key" \
+  --service-cluster-ip-range "$service_cidr" \
+  --authorization-mode Node,RBAC --allow-privileged=true \
+  --profiling=false --v=1
+
+log "started etcd and kube-apiserver (logs in $logs)"
+
+# --- readiness ---------------------------------------------------------------------------------------------
+healthz() { curl -sf --max-time 2 -k "https://127.0.0.1:$1/healthz"; }
+wait_for "kube-apiserver /readyz" kube-apiserver etcd -- k get --raw /readyz
+log "kube-apiserver ready after $(elapsed "$t0")s"
+
+# The others start once the API server has bootstrapped its RBAC roles: before that the controller-manager
+# exits, forbidden to read the extension-apiserver-authentication ConfigMap.
+common=(--bind-address 127.0.0.1 --leader-elect=false --profiling=false --v=1)
+start kube-controller-manager "${common[@]}" --secure-port "$kcm_port" \
+  --kubeconfig "$state/controller-manager.kubeconfig" \
+  --authentication-kubeconfig "$state/controller-manager.kubeconfig" \
+  --authorization-kubeconfig "$state/controller-manager.kubeconfig" \
+  --controllers '*' --use-service-account-credentials \
+  --root-ca-file "$pki/ca.crt" --service-account-private-key-file "$pki/sa.key" \
+  --cluster-signing-cert-file "$pki/ca.crt" --cluster-signing-key-file "$pki/ca.key" \
+  --service-cluster-ip-range "$service_cidr" --cluster-name saferollout
+
+start kube-scheduler "${common[@]}" --secure-port "$scheduler_port" \
+  --kubeconfig "$state/scheduler.kubeconfig" \
+  --authentication-kubeconfig "$state/scheduler.kubeconfig" \
+  --authorization-kubeconfig "$state/scheduler.kubeconfig"
+
+start kwok --config "$state/kwok.yaml" --kubeconfig "$state/kwok.kubeconfig" \
+  --manage-nodes-with-annotation-selector kwok.x-k8s.io/node=fake \
+  --cidr "$pod_cidr" --node-lease-duration-seconds 40
+
+log "started kube-controller-manager, kube-scheduler, kwok"
+
+# Vendored third-party CRDs (Gateway API, VolumeSnapshot, Istio VirtualService). Server-side apply: the
+# largest CRDs exceed the size limit of client-side apply's last-applied annotation.
+if [ -d "$here/crds" ] && [ -n "$(find "$here/crds" -name '*.yaml' -print -quit)" ]; then
+  k apply --server-side --force-conflicts -R -f "$here/crds" >"$logs/crds.log" 2>&1 \
+    || fail "applying the CRDs under cluster/crds failed" crds kube-apiserver
+fi
+
+nodefile=$state/nodes.yaml
+: >"$nodefile"
+for i in $(seq 0 $((nodes - 1))); do
+  cat >>"$nodefile" <<EOF
+---
+apiVersion: v1
+kind: Node
+metadata:
+  name: kwok-node-$i
+  annotations:
+    kwok.x-k8s.io/node: fake
+    node.alpha.kubernetes.io/ttl: "0"
+  labels:
+    type: kwok
+    kubernetes.io/arch: amd64
+    kubernetes.io/os: linux
+    kubernetes.io/hostname: kwok-node-$i
+    node-role.kubernetes.io/agent: ""
+    topology.kubernetes.io/zone: zone-$i
+EOF
+done
+k apply -f "$nodefile" >/dev/null 2>"$logs/nodes.log" || fail "creating the fake nodes failed" nodes kube-apiserver
+
+wait_for "kube-controller-manager /healthz" kube-controller-manager -- healthz "$kcm_port"
+wait_for "kube-scheduler /healthz" kube-scheduler -- healthz "$scheduler_port"
+
+wait_for "the default ServiceAccount in namespace default" kube-controller-manager -- \
+  k get serviceaccount default -n default
+wait_for "fake nodes to become Ready" kwok -- k wait --for=condition=Ready node --all --timeout=2s
+if [ -d "$here/crds" ]; then
+  wait_for "the vendored CRDs to be Established" kube-apiserver -- \
+    k wait --for=condition=Established crd --all --timeout=2s
+fi
+
+# Smoke test: a Deployment's pods get scheduled onto a kwok node and become Ready.
+smoke=sr-smoke
+k create namespace "$smoke" >/dev/null
+wait_for "the default ServiceAccount in namespace $smoke" kube-controller-manager -- \
+  k get serviceaccount default -n "$smoke"
+k -n "$smoke" create deployment smoke --image demo/x:1 --replicas 1 >/dev/null
+wait_for "the smoke Deployment's pod to become Ready" kube-scheduler kube-controller-manager kwok -- \
+  k -n "$smoke" wait --for=jsonpath='{.status.readyReplicas}'=1 deployment/smoke --timeout=2s
+k delete namespace "$smoke" --wait=false >/dev/null
+
+log "cluster up in $(elapsed "$t0")s: kube-apiserver https://127.0.0.1:$apiserver_port, $nodes kwok node(s)"
+log "use it with: export KUBECONFIG=$kubeconfig"
+echo "$kubeconfig"

@@ -1,0 +1,96 @@
+"""The operator's own metrics (/metrics) and liveness (/healthz), derived from the status transitions it writes."""
+
+from __future__ import annotations
+
+import threading
+import time
+from datetime import datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, Histogram, generate_latest
+
+from saferollout.core.models import SafeRolloutStatus
+
+ROLLOUTS = Gauge("saferollout_rollouts", "SafeRollouts by phase", ["phase"])
+ANALYSIS = Counter("saferollout_analysis_results_total", "Analysis verdicts", ["metric", "verdict"])
+ROLLBACKS = Counter("saferollout_rollbacks_total", "Rollbacks started", ["reason"])
+TIME_TO_DETECT = Histogram("saferollout_time_to_detect_seconds", "First failed check to the rollback decision",
+                           buckets=(0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300, 600))
+TIME_TO_REVERT = Histogram("saferollout_time_to_revert_seconds", "Rollback decision to traffic back on stable",
+                           buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30))
+RECONCILE_ERRORS = Counter("saferollout_reconcile_errors_total", "Reconciles that raised")
+RECONCILE_SECONDS = Histogram("saferollout_reconcile_duration_seconds", "One reconcile (all of its steps)",
+                              buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))
+
+_phases: dict[str, str] = {}
+_lock = threading.Lock()
+_last_tick = time.monotonic()
+
+
+def _seconds(a: str | None, b: str | None) -> float | None:
+    if not a or not b:
+        return None
+    ta, tb = (datetime.fromisoformat(x.replace("Z", "+00:00")) for x in (a, b))
+    return max(0.0, (tb - ta).total_seconds())
+
+
+def observe(key: str, old: SafeRolloutStatus, new: SafeRolloutStatus) -> None:
+    """Count what changed between two writes of one rollout's status."""
+    if new.analysis.runs > old.analysis.runs or (new.analysis.last_run != old.analysis.last_run and new.analysis.metrics):
+        for m in new.analysis.metrics:
+            ANALYSIS.labels(m.name, m.verdict.value).inc()
+    if new.phase and new.phase.value == "RollingBack" and (old.phase is None or old.phase.value != "RollingBack"):
+        ROLLBACKS.labels((new.incident.reason if new.incident else None) or "unknown").inc()
+    inc_old, inc = old.incident, new.incident
+    if inc and inc.traffic_reverted_at and not (inc_old and inc_old.traffic_reverted_at):
+        detect = _seconds(inc.first_failed_at, inc.decided_at)
+        revert = _seconds(inc.decided_at, inc.traffic_reverted_at)
+        if detect is not None:
+            TIME_TO_DETECT.observe(detect)
+        if revert is not None:
+            TIME_TO_REVERT.observe(revert)
+    set_phase(key, new.phase.value if new.phase else None)
+
+
+def set_phase(key: str, phase: str | None) -> None:
+    with _lock:
+        if phase is None:
+            _phases.pop(key, None)
+        else:
+            _phases[key] = phase
+        counts: dict[str, int] = {}
+        for p in _phases.values():
+            counts[p] = counts.get(p, 0) + 1
+        for p in ("Pending", "Preflight", "Progressing", "Paused", "Promoting", "Succeeded", "RollingBack",
+                  "RolledBack", "Failed", "Blocked"):
+            ROLLOUTS.labels(p).set(counts.get(p, 0))
+
+
+def heartbeat() -> None:
+    global _last_tick
+    _last_tick = time.monotonic()
+
+
+class _Handler(BaseHTTPRequestHandler):
+    def do_GET(self) -> None:
+        if self.path.startswith("/metrics"):
+            body, ctype, code = generate_latest(), CONTENT_TYPE_LATEST, 200
+        elif self.path.startswith("/healthz"):
+            stale = bool(_phases) and time.monotonic() - _last_tick > 120
+            body, ctype, code = (b"stale\n" if stale else b"ok\n"), "text/plain", 503 if stale else 200
+        else:
+            body, ctype, code = b"not found\n", "text/plain", 404
+        self.send_response(code)
+        self.send_header("Content-Type", ctype)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: object) -> None:  # probes every few seconds are not news
+        return
+
+
+def serve(port: int, host: str = "0.0.0.0") -> ThreadingHTTPServer:
+    server = ThreadingHTTPServer((host, port), _Handler)
+    threading.Thread(target=server.serve_forever, name="metrics", daemon=True).start()
+    return server
