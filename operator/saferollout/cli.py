@@ -1,0 +1,309 @@
+"""kubectl-saferollout: watch and steer SafeRollouts from a terminal or a script.
+
+Exit codes a script can rely on:
+  0  done / the rollout Succeeded (status --watch)
+  1  an API or connection error
+  2  bad usage
+  3  the rollout ended RolledBack, Failed or Blocked (status --watch), or a command was refused
+  4  not found
+  5  status --watch timed out
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+from saferollout.core.durations import format_duration, parse_duration
+from saferollout.core.engine import DEFAULT_STAGES
+from saferollout.core.models import GROUP, PLURAL, VERSION
+
+OK, API_ERROR, USAGE, ENDED_BADLY, NOT_FOUND, TIMEOUT = 0, 1, 2, 3, 4, 5
+TERMINAL = {"Succeeded", "RolledBack", "Failed", "Blocked"}
+BAR = 30
+
+
+# ------------------------------------------------------------------------------------------------------- render
+
+
+def _age(ts: str | None, now: datetime) -> str:
+    if not ts:
+        return "-"
+    t = datetime.fromisoformat(ts.replace("Z", "+00:00"))
+    return format_duration(max(0.0, (now - t).total_seconds()))
+
+
+def stages_of(obj: dict[str, Any]) -> list[tuple[int, str]]:
+    canary = ((obj.get("spec") or {}).get("strategy") or {}).get("canary") or {}
+    stages = canary.get("stages")
+    if stages:
+        return [(int(s["weight"]), str(s["duration"])) for s in stages]
+    return [(s.weight, s.duration) for s in DEFAULT_STAGES]
+
+
+def progress(obj: dict[str, Any]) -> float:
+    """Fraction of the rollout's planned time that is behind it (stages done + elapsed part of the current one)."""
+    st = obj.get("status") or {}
+    phase = st.get("phase")
+    if phase in ("Succeeded",):
+        return 1.0
+    stages = stages_of(obj)
+    total = sum(parse_duration(d) for _, d in stages) or 1.0
+    stage = st.get("stage") or 0
+    if phase == "Promoting":
+        return 1.0 if stage >= len(stages) else 0.99
+    if stage < 1:
+        return 0.0
+    done = sum(parse_duration(d) for _, d in stages[: stage - 1])
+    elapsed = float(st.get("stageElapsedSeconds") or 0)
+    if st.get("stageResumedAt"):
+        elapsed += (datetime.now(UTC) - datetime.fromisoformat(st["stageResumedAt"].replace("Z", "+00:00"))).total_seconds()
+    current = parse_duration(stages[stage - 1][1])
+    return min(1.0, (done + min(elapsed, current)) / total)
+
+
+def bar(fraction: float, width: int = BAR) -> str:
+    filled = round(fraction * width)
+    return "[" + "#" * filled + "-" * (width - filled) + f"] {fraction * 100:3.0f}%"
+
+
+def render_row(obj: dict[str, Any], now: datetime) -> list[str]:
+    st = obj.get("status") or {}
+    meta = obj["metadata"]
+    return [meta.get("namespace", ""), meta["name"], st.get("phase") or "-", str(st.get("stage") or "-"),
+            f"{st.get('weight', 0)}%", _age(meta.get("creationTimestamp"), now), (st.get("message") or "")[:70]]
+
+
+def table(rows: list[list[str]], header: list[str]) -> str:
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in [header, *rows]]
+    return "\n".join(lines)
+
+
+def render_status(obj: dict[str, Any], now: datetime | None = None) -> str:
+    now = now or datetime.now(UTC)
+    st = obj.get("status") or {}
+    spec = obj.get("spec") or {}
+    meta = obj["metadata"]
+    images = ", ".join(f"{c['name']}={c['image']}" for c in (spec.get("template") or {}).get("containers", []))
+    lines = [
+        f"Name:      {meta.get('namespace')}/{meta['name']}",
+        f"Phase:     {st.get('phase') or 'Pending (not seen by the operator yet)'}"
+        + (f" ({st['pauseReason']})" if st.get("pauseReason") else ""),
+        f"Message:   {st.get('message') or '-'}",
+        f"New:       {images}",
+        f"Stable:    {', '.join(f'{k}={v}' for k, v in (st.get('stableImages') or {}).items()) or '-'}",
+        f"Weight:    {st.get('weight', 0)}% to the canary",
+        f"Progress:  {bar(progress(obj))}",
+        "Stages:",
+    ]
+    current = st.get("stage") or 0
+    phase = st.get("phase")
+    for i, (w, d) in enumerate(stages_of(obj), start=1):
+        if phase == "Succeeded" or (phase == "Promoting" and current >= i) or i < current:
+            mark = "done"
+        elif i == current and phase in ("Progressing", "Paused"):
+            mark = "<- now"
+        else:
+            mark = ""
+        lines.append(f"  {i}. {w:>3}%  {d:>5}  {mark}")
+    metrics = (st.get("analysis") or {}).get("metrics") or []
+    if metrics:
+        lines.append(f"Analysis:  last run {_age((st.get('analysis') or {}).get('lastRun'), now)} ago")
+        rows = [[m["name"], "no data" if m.get("value") is None else f"{m['value']:.4g}", m.get("threshold", ""),
+                 m.get("verdict", ""), str(m.get("consecutiveFailures", 0)), (m.get("message") or "")[:50]]
+                for m in metrics]
+        lines += ["  " + line for line in table(rows, ["METRIC", "VALUE", "THRESHOLD", "VERDICT", "FAILS", "NOTE"]
+                                                ).splitlines()]
+    snap = st.get("snapshot")
+    if snap:
+        lines.append(f"Snapshot:  {snap['id']} {snap.get('state')} {snap.get('sizeBytes') or '?'} bytes"
+                     + (" verified" if snap.get("verified") else ""))
+    inc = st.get("incident")
+    if inc:
+        lines.append(f"Incident:  {inc.get('reason')} on {inc.get('metric') or '-'}; report "
+                     f"{inc.get('reportRef') or '(being written)'}")
+    conds = st.get("conditions") or []
+    if conds:
+        lines.append("Conditions: " + ", ".join(f"{c['type']}={c['status']} ({c['reason']})" for c in conds))
+    return "\n".join(lines)
+
+
+def render_history(obj: dict[str, Any]) -> str:
+    st = obj.get("status") or {}
+    rows = [[h["at"][:19].replace("T", " "), h["action"], str(h.get("stage") or "-"), f"{h.get('weight', '-')}%",
+             h.get("metric") or "-", (h.get("message") or "")[:60]] for h in st.get("history") or []]
+    out = [f"rollout attempt {st.get('attempt', 0)} of {obj['metadata']['name']}: {st.get('phase')}"]
+    out.append(table(rows, ["TIME", "ACTION", "STAGE", "WEIGHT", "METRIC", "MESSAGE"]) if rows else "no breach actions")
+    inc = st.get("incident") or {}
+    if inc.get("reportRef"):
+        out.append(f"incident report: kubectl get configmap {inc['reportRef']} -o jsonpath='{{.data.report\\.md}}'")
+    return "\n".join(out)
+
+
+# ---------------------------------------------------------------------------------------------------------- api
+
+
+class Api:
+    def __init__(self, kubeconfig: str | None, context: str | None) -> None:
+        from kubernetes import client, config
+
+        config.load_kube_config(config_file=kubeconfig, context=context)
+        self.custom = client.CustomObjectsApi()
+        self.exc = client.exceptions.ApiException
+
+    def get(self, ns: str, name: str) -> dict[str, Any]:
+        obj: dict[str, Any] = self.custom.get_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, name)
+        return obj
+
+    def list(self, ns: str | None) -> list[dict[str, Any]]:
+        if ns is None:
+            res = self.custom.list_cluster_custom_object(GROUP, VERSION, PLURAL)
+        else:
+            res = self.custom.list_namespaced_custom_object(GROUP, VERSION, ns, PLURAL)
+        items: list[dict[str, Any]] = res.get("items", [])
+        return items
+
+    def patch(self, ns: str, name: str, body: dict[str, Any]) -> None:
+        self.custom.patch_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, name, body,
+                                                   _content_type="application/merge-patch+json")
+
+
+def command_patch(verb: str) -> dict[str, Any]:
+    return {"metadata": {"annotations": {"saferollout.dev/command": f"{verb}/{time.time_ns()}"}}}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="kubectl saferollout", description="Watch and steer SafeRollouts.",
+                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    p.add_argument("-n", "--namespace", default=None)
+    p.add_argument("-A", "--all-namespaces", action="store_true")
+    p.add_argument("--kubeconfig", default=None)
+    p.add_argument("--context", default=None)
+    p.add_argument("-o", "--output", choices=["text", "json"], default="text")
+    sub = p.add_subparsers(dest="cmd", required=True)
+    sub.add_parser("get", help="list rollouts")
+    s = sub.add_parser("status", help="show one rollout; --watch follows it to the end")
+    s.add_argument("name")
+    s.add_argument("-w", "--watch", action="store_true")
+    s.add_argument("--timeout", default="30m", help="with --watch: give up after this long (exit 5)")
+    s.add_argument("--interval", type=float, default=1.0)
+    for verb, text in (("pause", "hold the weight (spec.paused: true)"),
+                       ("resume", "resume a paused rollout"), ("abort", "roll back now"),
+                       ("promote", "skip the remaining stages and promote"), ("retry", "start a rolled-back or blocked "
+                                                                                      "rollout again"),
+                       ("history", "breach actions and the incident report of the last attempt")):
+        sub.add_parser(verb, help=text).add_argument("name")
+    try:
+        args = p.parse_args(argv)
+    except SystemExit as e:
+        return USAGE if e.code else OK
+    try:
+        api = Api(args.kubeconfig, args.context)
+    except Exception as e:
+        print(f"error: cannot load the kubeconfig: {e}", file=sys.stderr)
+        return API_ERROR
+    ns = None if args.all_namespaces else (args.namespace or _current_namespace(args.kubeconfig, args.context))
+    try:
+        return run(api, args, ns)
+    except api.exc as e:
+        if e.status == 404:
+            print(f"error: safeRollout {getattr(args, 'name', '')!r} not found in namespace {ns}", file=sys.stderr)
+            return NOT_FOUND
+        print(f"error: the API server answered {e.status}: {e.reason}", file=sys.stderr)
+        return API_ERROR
+    except (OSError, ConnectionError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return API_ERROR
+
+
+def _current_namespace(kubeconfig: str | None, context: str | None) -> str:
+    from kubernetes import config
+
+    try:
+        _, active = config.list_kube_config_contexts(config_file=kubeconfig)
+        if context:
+            contexts, _ = config.list_kube_config_contexts(config_file=kubeconfig)
+            active = next(c for c in contexts if c["name"] == context)
+        return str(active["context"].get("namespace") or "default")
+    except Exception:
+        return "default"
+
+
+def run(api: Api, args: argparse.Namespace, ns: str | None) -> int:
+    out_json = args.output == "json"
+    if args.cmd == "get":
+        items = api.list(ns)
+        if out_json:
+            print(json.dumps([{"namespace": i["metadata"].get("namespace"), "name": i["metadata"]["name"],
+                               **(i.get("status") or {})} for i in items], indent=2))
+        else:
+            now = datetime.now(UTC)
+            print(table([render_row(i, now) for i in items],
+                        ["NAMESPACE", "NAME", "PHASE", "STAGE", "WEIGHT", "AGE", "MESSAGE"]) if items
+                  else f"no SafeRollouts in {ns or 'any namespace'}")
+        return OK
+    assert ns is not None or not args.all_namespaces, "-A only goes with get"
+    ns = ns or "default"
+    if args.cmd == "status":
+        deadline = time.monotonic() + parse_duration(args.timeout)
+        while True:
+            obj = api.get(ns, args.name)
+            phase = (obj.get("status") or {}).get("phase")
+            if out_json:
+                print(json.dumps({"name": args.name, "namespace": ns, **(obj.get("status") or {})}))
+            else:
+                if args.watch and sys.stdout.isatty():
+                    print("\x1b[2J\x1b[H", end="")
+                print(render_status(obj))
+            if not args.watch:
+                return OK
+            if phase in TERMINAL:
+                return OK if phase == "Succeeded" else ENDED_BADLY
+            if time.monotonic() > deadline:
+                print(f"timed out after {args.timeout} in phase {phase}", file=sys.stderr)
+                return TIMEOUT
+            time.sleep(args.interval)
+            if not out_json and not sys.stdout.isatty():
+                print("---")
+    obj = api.get(ns, args.name)
+    phase = (obj.get("status") or {}).get("phase")
+    if args.cmd == "history":
+        print(json.dumps((obj.get("status") or {}).get("history") or []) if out_json else render_history(obj))
+        return OK
+    if args.cmd == "pause":
+        api.patch(ns, args.name, {"spec": {"paused": True}})
+        return _said(out_json, args.name, "paused", "spec.paused set; the weight is held")
+    if args.cmd == "resume":
+        if (obj.get("spec") or {}).get("paused"):
+            api.patch(ns, args.name, {"spec": {"paused": False}})
+            return _said(out_json, args.name, "resumed", "spec.paused cleared")
+        if phase != "Paused":
+            return _refused(out_json, args.name, f"resume: the rollout is {phase}, not Paused")
+    allowed = {"abort": {"Pending", "Preflight", "Progressing", "Paused", "Promoting"},
+               "promote": {"Progressing", "Paused"}, "resume": {"Paused"},
+               "retry": {"RolledBack", "Failed", "Blocked"}}
+    if phase not in allowed[args.cmd]:
+        return _refused(out_json, args.name, f"{args.cmd}: not possible in phase {phase}")
+    api.patch(ns, args.name, command_patch(args.cmd))
+    return _said(out_json, args.name, args.cmd, f"{args.cmd} requested; the operator acts on its next tick")
+
+
+def _said(out_json: bool, name: str, verb: str, text: str) -> int:
+    print(json.dumps({"name": name, "command": verb, "accepted": True, "message": text}) if out_json
+          else f"safeRollout/{name}: {text}")
+    return OK
+
+
+def _refused(out_json: bool, name: str, text: str) -> int:
+    print(json.dumps({"name": name, "accepted": False, "message": text}) if out_json else f"error: {text}",
+          file=sys.stdout if out_json else sys.stderr)
+    return ENDED_BADLY
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,64 @@
+"""The kubectl plugin's rendering and its refusals, on status objects like the operator writes."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from saferollout.cli import USAGE, bar, command_patch, main, progress, render_history, render_status
+
+NOW = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
+
+
+def obj(**status: Any) -> dict[str, Any]:
+    return {
+        "metadata": {"name": "web", "namespace": "demo", "creationTimestamp": "2026-01-01T11:58:00Z"},
+        "spec": {"template": {"containers": [{"name": "web", "image": "demo/web:2.0"}]},
+                 "strategy": {"canary": {"stages": [{"weight": 5, "duration": "10s"}, {"weight": 25, "duration": "10s"},
+                                                    {"weight": 50, "duration": "10s"}, {"weight": 100, "duration": "10s"}]}}},
+        "status": status,
+    }
+
+
+def test_status_shows_stages_weight_metrics_and_progress() -> None:
+    o = obj(phase="Progressing", stage=2, weight=25, stageElapsedSeconds=5, stableImages={"web": "demo/web:1.0"},
+            message="stage 2/4 at 25%: 5s of analysis left",
+            analysis={"lastRun": "2026-01-01T11:59:58Z", "metrics": [
+                {"name": "error-rate", "value": 0.0021, "threshold": "<= 0.01", "verdict": "pass",
+                 "consecutiveFailures": 0}]})
+    text = render_status(o, NOW)
+    assert "Phase:     Progressing" in text and "Weight:    25% to the canary" in text
+    assert "  1.   5%    10s  done" in text and "  2.  25%    10s  <- now" in text
+    assert "error-rate" in text and "0.0021" in text and "<= 0.01" in text and "pass" in text
+    assert progress(o) == 15 / 40
+    assert bar(0.375) == "[" + "#" * 11 + "-" * 19 + "]  38%"
+
+
+def test_status_of_a_rollout_not_seen_yet() -> None:
+    assert "not seen by the operator yet" in render_status(obj(), NOW)
+    assert progress(obj()) == 0.0
+
+
+def test_succeeded_is_complete() -> None:
+    assert progress(obj(phase="Succeeded", stage=4)) == 1.0
+    assert "  4. 100%    10s  done" in render_status(obj(phase="Succeeded", stage=4), NOW)
+
+
+def test_history() -> None:
+    at = (NOW - timedelta(seconds=5)).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    o = obj(phase="RolledBack", attempt=1, history=[
+        {"action": "stepBack", "at": at, "stage": 2, "weight": 25, "metric": "p95-latency", "message": "2.6 > 2"},
+        {"action": "rollback", "at": at, "stage": 1, "weight": 5, "metric": "p95-latency", "message": "2.4 > 2"}],
+        incident={"reportRef": "web-incident-1"})
+    text = render_history(o)
+    assert text.index("stepBack") < text.index("rollback") and "web-incident-1" in text
+
+
+def test_command_patch_is_unique_per_call() -> None:
+    a, b = command_patch("abort"), command_patch("abort")
+    assert a["metadata"]["annotations"]["saferollout.dev/command"].startswith("abort/")
+    assert a != b
+
+
+def test_bad_usage_exits_2() -> None:
+    assert main(["frobnicate"]) == USAGE
