@@ -329,3 +329,82 @@ def test_failure_limit_is_the_number_of_consecutive_failures(limit: int) -> None
     assert inc.decided_at == (first + timedelta(seconds=2 * (limit - 1))).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
+
+
+# ------------------------------------------------------------------------------------------------ blue-green
+
+
+def _bg_spec(**bg: object) -> SafeRolloutSpec:
+    return make_spec(strategy={"blueGreen": {"activeService": "web", "previewService": "web-preview",
+                                             "previewDuration": "10s", "postPromotionDuration": "10s",
+                                             "scaleDownDelay": "20s", **bg}})
+
+
+def test_blue_green_previews_switches_in_one_write_and_promotes() -> None:
+    targets: list[str] = []
+
+    def fn(name: str, target: str, weight: int, t: float) -> float | None:
+        targets.append(target)
+        return 0.001
+    w = World(_bg_spec(), metrics=fn).run(200, until=World.done)
+    assert w.phase() == "Succeeded"
+    assert w.weights_seen == [100]  # one switch of the active Service
+    assert targets[0] == "preview" and "stable" in targets
+    assert w.target_images == {"web": "demo/web:2.0"} and w.canary is None
+    switch = next(i for i, line in enumerate(w.log) if "SetWeight(weight=100)" in line)
+    promote = next(i for i, line in enumerate(w.log) if "SetTargetImages" in line)
+    t_switch, t_promote = float(w.log[switch].split()[0]), float(w.log[promote].split()[0])
+    assert t_promote - t_switch >= 20  # the old version stays for scaleDownDelay after the switch
+
+
+def test_blue_green_breach_after_switch_switches_back_while_old_is_up() -> None:
+    def fn(name: str, target: str, weight: int, t: float) -> float | None:
+        return 0.3 if target == "stable" and weight == 100 else 0.001
+    w = World(_bg_spec(), metrics=fn).run(200, until=World.done)
+    assert w.phase() == "RolledBack"
+    assert w.weights_seen == [100] and w.weight == 0
+    assert w.target_images == {"web": "demo/web:1.0"}  # blue was never touched
+
+
+def test_blue_green_without_auto_promote_waits_for_promote() -> None:
+    w = World(_bg_spec(autoPromote=False)).run(60)
+    assert w.phase() == "Paused" and w.status.pause_reason == "approval" and w.weights_seen == []
+    w.command = "promote/1"
+    w.run(200, until=World.done)
+    assert w.phase() == "Succeeded" and w.weights_seen == [100]
+
+
+def test_blue_green_preview_breach_rolls_back_without_switching() -> None:
+    def fn(name: str, target: str, weight: int, t: float) -> float | None:
+        return 0.3 if target == "preview" else 0.001
+    w = World(_bg_spec(), metrics=fn).run(100, until=World.done)
+    assert w.phase() == "RolledBack" and w.weights_seen == []
+
+
+# --------------------------------------------------------------------------------------- graded and judged
+
+
+def test_health_check_warns_after_two_failures_and_acts_after_three() -> None:
+    metrics = [{"name": "health", "httpGet": {"url": "http://x/healthz"}, "warnAfter": 2, "failureLimit": 3,
+                "onBreach": "rollback", "severity": "critical"}]
+
+    def fn(name: str, target: str, weight: int, t: float) -> float | None:
+        return 0.0 if target == "canary" and t >= 4 else 1.0
+    w = World(make_spec(**{"analysis.metrics": metrics}), metrics=fn).run(60, until=World.done)
+    reasons = w.reasons()
+    assert reasons.index("AnalysisDegraded") < reasons.index("AnalysisFailed")
+    degraded = next(line for line in w.log if "AnalysisDegraded" in line)
+    failed = next(line for line in w.log if "'AnalysisFailed'" in line)
+    assert float(failed.split()[0]) - float(degraded.split()[0]) == 2.0  # one interval later
+    assert w.phase() == "RolledBack"
+
+
+def test_baseline_comparison_fails_on_difference() -> None:
+    metrics = [{"name": "memory", "query": 'sum(container_memory_working_set_bytes{pod=~"{{ service }}.*"})',
+                "baseline": {"maxDifference": 50e6}, "onBreach": "rollback"}]
+
+    def fn(name: str, target: str, weight: int, t: float) -> float | None:
+        return 80e6 if t >= 10 else 10e6  # the executor reports canary - stable
+    w = World(make_spec(**{"analysis.metrics": metrics}), metrics=fn).run(60, until=World.done)
+    assert w.phase() == "RolledBack"
+    assert w.status.incident is not None and w.status.incident.threshold == "canary - stable <= 5e+07"

@@ -72,7 +72,7 @@ def test_crd_is_structural() -> None:
             walk(node["additionalProperties"], f"{path}{{}}")
     walk(schema, "")
     rules = yaml.safe_dump(schema)
-    for text in ("exactly one traffic router", "exactly one strategy", "exactly one of query or template",
+    for text in ("exactly one traffic router", "exactly one strategy", "exactly one of query, template or httpGet",
                  "stage weights must rise"):
         assert text in rules
 

@@ -134,6 +134,8 @@ class MetricValues:
     values: dict[str, float | None] = field(hash=False)
     errors: dict[str, str] = field(default_factory=dict, hash=False)
     samples: dict[str, int] = field(default_factory=dict, hash=False)
+    # for judged metrics: the window's samples of (canary, stable)
+    series: dict[str, tuple[list[float], list[float]]] = field(default_factory=dict, hash=False)
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,7 @@ from datetime import UTC, datetime, timedelta
 
 from saferollout.core import actions as a
 from saferollout.core.durations import format_duration, parse_duration
+from saferollout.core.judge import judge
 from saferollout.core.models import (
     BreachAction,
     Condition,
@@ -190,6 +191,9 @@ class _Run:
         if verb == "abort" and phase in _ACTIVE:
             self.history("abort", message="aborted by a person")
             self.rollback("Aborted", "aborted by a person", Severity.high)
+        elif verb == "promote" and self.blue_green and self.s.stage == 0 and phase in (Phase.progressing, Phase.paused):
+            self.history("promote", message="switch requested by a person")
+            self.switch("promotion requested")
         elif verb == "promote" and phase in (Phase.progressing, Phase.paused):
             self.history("promote", message="promoted by a person")
             self.event("PromotionRequested", "full promotion requested; remaining stages skipped")
@@ -263,7 +267,12 @@ class _Run:
                 self.s.step = "RemoveCanary"
         elif isinstance(act, a.DeleteCanary):
             self.s.canary_ready = False
-            if self.s.phase == Phase.promoting and self.s.step == "RemoveCanary":
+            if self.s.phase == Phase.promoting and self.s.step == "RemoveCanary" and self.blue_green:
+                self.s.promoted_at = iso(self.now)
+                self.event("Promoted", f"the target runs {_images(self.s.canary_images)}; the old version is gone")
+                self.finish(Phase.succeeded, "RolloutSucceeded",
+                            f"{_images(self.s.canary_images)} promoted after post-promotion analysis")
+            elif self.s.phase == Phase.promoting and self.s.step == "RemoveCanary":
                 self.s.promoted_at = iso(self.now)
                 self.s.step = "Watch"
                 self.reset_analysis()
@@ -340,14 +349,24 @@ class _Run:
         out: list[MetricStatus] = []
         for name, value in r.values.items():
             metric = self.metric(name) if name in {m.name for m in self.spec.analysis.metrics} else None
-            if metric is not None:
+            judged = None
+            if metric is not None and metric.judge is not None and r.purpose != "preflight":
+                canary, stable = r.series.get(name, ([], []))
+                j = metric.judge
+                judged = judge(canary, stable, j.min_samples, j.confidence, j.direction)
+                value = judged.p_value
+                verdict, threshold = Verdict(judged.verdict), metric.threshold
+            elif metric is not None and metric.judge is not None:
+                verdict, threshold = Verdict.passed, metric.threshold  # nothing to compare the stable version with
+            elif metric is not None:
                 verdict, threshold = metric.verdict(value), metric.threshold
             else:  # rollback.verify.maxErrorRate
                 verdict = Verdict.inconclusive if value is None or value != value else (
                     Verdict.fail if self.spec.rollback.verify.max_error_rate is not None
                     and value > self.spec.rollback.verify.max_error_rate else Verdict.passed)
                 threshold = f"<= {self.spec.rollback.verify.max_error_rate:g}"
-            message = r.errors.get(name) or ("no data" if verdict == Verdict.inconclusive else None)
+            message = r.errors.get(name) or (judged.message if judged else None) or (
+                "no data" if verdict == Verdict.inconclusive else None)
             if verdict != Verdict.passed:
                 bad.append((name, verdict, message or f"{_fmt(value)} not {threshold}"))
             prev = previous.get(name)
@@ -367,9 +386,19 @@ class _Run:
                 ms.consecutive_failures = ms.consecutive_inconclusive = 0
                 ms.failing_since = None
             out.append(ms)
+            if metric is not None and metric.warn_after and verdict == Verdict.fail and r.purpose == "analysis" \
+                    and ms.consecutive_failures == metric.warn_after:
+                text = f"{name} failed {ms.consecutive_failures} checks in a row ({message or _fmt(ms.value)}); " \
+                       f"the breach action follows at {self.failure_limit(metric)}"
+                self.event("AnalysisDegraded", text, warning=True)
+                self.notify(Severity.medium if metric.severity.rank > 2 else Severity.low, f"{name} degraded",
+                            f"{self.inp.name}: {text}")
         if record:
             self.s.analysis.metrics = out
         return bad
+
+    def failure_limit(self, metric: Metric) -> int:
+        return metric.failure_limit or self.spec.analysis.failure_limit
 
     def apply_snapshot(self, r: a.SnapshotResult) -> None:
         snap = self.s.snapshot
@@ -440,7 +469,7 @@ class _Run:
         if self.s.step == "GateStable":
             if pf.stable_healthy:
                 if self.analysis_due():
-                    self.act(a.QueryMetrics("stable", "preflight", self.metric_names()))
+                    self.act(a.QueryMetrics("stable", "preflight", self.metric_names("stable")))
                 return
             self.s.step = "Snapshot"
         if self.s.step == "Snapshot":
@@ -465,7 +494,7 @@ class _Run:
                 self.s.step = "Canary"
         if self.s.step == "Canary":
             if self.s.canary_ready:
-                self.s.phase, self.s.step, self.s.stage = Phase.progressing, None, 1
+                self.s.phase, self.s.step, self.s.stage = Phase.progressing, None, 0 if self.blue_green else 1
                 self.reset_analysis()
                 self.event("CanaryReady", f"canary workload available with {_images(self.s.canary_images)}")
                 self.progressing()
@@ -473,12 +502,29 @@ class _Run:
                 self.act(a.EnsureCanary(dict(self.s.canary_images or {}), self.stages[0].weight))
                 self.s.message = "waiting for the canary workload to become available"
 
-    def metric_names(self) -> tuple[str, ...]:
-        return tuple(m.name for m in self.spec.analysis.metrics)
+    def metrics_for(self, target: a.AnalysisTarget) -> list[Metric]:
+        """Comparative metrics (baseline, judge) need a canary beside the stable version; elsewhere they sit out."""
+        both = target in ("canary", "preview")
+        return [m for m in self.spec.analysis.metrics if both or m.kind not in ("baseline", "judge")]
+
+    def metric_names(self, target: a.AnalysisTarget | None = None) -> tuple[str, ...]:
+        return tuple(m.name for m in self.metrics_for(target or self.analysis_target()))
+
+    @property
+    def blue_green(self) -> bool:
+        return self.spec.strategy.blue_green is not None
+
+    def analysis_target(self) -> a.AnalysisTarget:
+        if self.blue_green:
+            return "preview" if self.s.stage == 0 else "stable"  # after the switch the active Service serves green
+        return "canary"
 
     def progressing(self) -> None:
         if self.spec.paused:
             self.pause("user", "RolloutPaused", "spec.paused is true")
+            return
+        if self.blue_green and self.s.stage == 0:
+            self.preview()
             return
         stage = self.stages[(self.s.stage or 1) - 1]
         if self.s.weight != stage.weight:
@@ -498,17 +544,49 @@ class _Run:
                 self.begin_promotion()
             return
         if self.analysis_due():
-            self.act(a.QueryMetrics("canary", "analysis", self.metric_names()))
+            self.act(a.QueryMetrics(self.analysis_target(), "analysis", self.metric_names()))
         left = max(0.0, stage.seconds - self.stage_elapsed())
         self.s.message = (f"stage {self.s.stage}/{len(self.stages)} at {stage.weight}%: "
                           + (f"{format_duration(left)} of analysis left" if left > 0 else
                              "stage time is up; waiting for every metric to pass"))
 
+    def preview(self) -> None:
+        """Blue-green before the switch: the new version answers on the preview Service and is analysed there."""
+        bg = self.spec.strategy.blue_green
+        assert bg is not None
+        if self.s.stage_started_at is None:
+            self.s.stage_started_at = self.s.stage_resumed_at = iso(self.now)
+            self.s.stage_elapsed_seconds, self.s.stage_checks = 0, 0
+            self.event("PreviewReady", f"{_images(self.s.canary_images)} answers on {bg.preview_service}")
+        if self.judge_breaches():
+            return
+        if self.stage_done(Stage(weight=100, duration=bg.preview_duration)):
+            if bg.auto_promote:
+                self.switch("pre-promotion analysis passed")
+            else:
+                self.pause("approval", "AwaitingPromotion",
+                           f"pre-promotion analysis passed; `promote` switches {bg.active_service}")
+            return
+        if self.analysis_due():
+            self.act(a.QueryMetrics("preview", "analysis", self.metric_names()))
+        left = max(0.0, parse_duration(bg.preview_duration) - self.stage_elapsed())
+        self.s.message = f"preview on {bg.preview_service}: {format_duration(left)} of analysis left"
+
+    def switch(self, why: str) -> None:
+        assert self.spec.strategy.blue_green is not None
+        self.s.stage, self.s.phase, self.s.pause_reason = 1, Phase.progressing, None
+        self.reset_analysis()
+        self.event("Switching", f"{why}; {self.spec.strategy.blue_green.active_service} switches to the new version")
+        self.progressing()
+
     def stage_done(self, stage: Stage) -> bool:
-        if self.stage_elapsed() < stage.seconds or self.s.stage_checks < 1:
+        needed = stage.seconds
+        if self.blue_green and self.s.stage == 1 and self.spec.strategy.blue_green:
+            needed = max(needed, parse_duration(self.spec.strategy.blue_green.scale_down_delay))
+        if self.stage_elapsed() < needed or self.s.stage_checks < 1:
             return False
         latest = {m.name: m for m in self.s.analysis.metrics}
-        for metric in self.spec.analysis.metrics:
+        for metric in self.metrics_for(self.analysis_target()):
             ms = latest.get(metric.name)
             if ms is None or ms.verdict == Verdict.inconclusive:
                 return False  # never advance on what we could not see
@@ -518,9 +596,8 @@ class _Run:
 
     def judge_breaches(self) -> bool:
         """Apply the strongest breach action due; True when the phase changed."""
-        limit = self.spec.analysis.failure_limit
-        breached = [(self.metric(ms.name), ms) for ms in self.s.analysis.metrics
-                    if ms.consecutive_failures >= limit and ms.name in self.metric_names()]
+        breached = [(self.metric(ms.name), ms) for ms in self.s.analysis.metrics if ms.name in self.metric_names()
+                    and ms.consecutive_failures >= self.failure_limit(self.metric(ms.name))]
         if breached:
             metric, ms = max(breached, key=lambda x: (_ORDER[x[0].on_breach], x[0].severity.rank))
             self.s.incident = IncidentStatus(
@@ -600,6 +677,8 @@ class _Run:
             if not self.spec.paused:
                 self.resume("spec.paused is false again")
             return
+        if why == "approval":
+            return  # the promote command switches (see command())
         if self.spec.paused:
             self.s.pause_reason = "user"
             return
@@ -611,7 +690,7 @@ class _Run:
             if self.judge_breaches():
                 return
             if self.analysis_due():
-                self.act(a.QueryMetrics("canary", "analysis", self.metric_names()))
+                self.act(a.QueryMetrics(self.analysis_target(), "analysis", self.metric_names()))
 
     # ----------------------------------------------------------------------------------------------- promote
 
@@ -642,7 +721,7 @@ class _Run:
                             f"{_images(self.s.canary_images)} promoted and healthy for {watch.duration}")
                 return
             if self.analysis_due():
-                self.act(a.QueryMetrics("stable", "analysis", self.metric_names()))
+                self.act(a.QueryMetrics("stable", "analysis", self.metric_names("stable")))
             left = max(0.0, watch.seconds - self.stage_elapsed())
             self.s.message = f"promoted; watching the target for {format_duration(left)}"
 
@@ -650,7 +729,7 @@ class _Run:
         latest = {m.name: m.verdict for m in self.s.analysis.metrics}
         return all(latest.get(m.name) == Verdict.passed or
                    (latest.get(m.name) == Verdict.fail and m.on_breach == BreachAction.notify)
-                   for m in self.spec.analysis.metrics)
+                   for m in self.metrics_for("stable"))
 
     # ---------------------------------------------------------------------------------------------- rollback
 
@@ -726,8 +805,13 @@ class _Run:
             self.s.step = "Report"
             self.write_report()
             return
+        names = ("error-rate",) if v.max_error_rate is not None else self.metric_names("stable")
+        if not names:  # every metric compares canary with stable: there is nothing to check the stable version by
+            self.s.verify_successes = v.successes
+            self.s.message = "no metric applies to the stable version alone; rollback verification skipped"
+            self.verify_rollback()
+            return
         if self.analysis_due():
-            names = ("error-rate",) if v.max_error_rate is not None else self.metric_names()
             self.act(a.QueryMetrics("stable", "verify", names, v.max_error_rate))
 
     def write_report(self) -> None:

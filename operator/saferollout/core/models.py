@@ -220,13 +220,51 @@ class PrometheusSource(Model):
     address: str | None = Field(default=None, description="Defaults to the operator's Prometheus address.")
 
 
+class HttpCheck(Model):
+    """A health probe of the new version: 2xx within the timeout is healthy (value 1), anything else 0."""
+
+    url: str = Field(default="http://{{ service }}.{{ namespace }}.svc:80/healthz",
+                     description="With placeholders; by default the health endpoint behind the analysed Service.")
+    timeout: str = Field(default="2s", pattern=DURATION_PATTERN)
+
+
+class Baseline(Model):
+    """The same query for canary and stable; fail when the canary is worse by more than the tolerance."""
+
+    model_config = ConfigDict(json_schema_extra={"x-kubernetes-validations": [
+        cel("has(self.maxDifference) != has(self.maxRatio)", "a baseline needs exactly one of maxDifference or maxRatio")
+    ]})
+    max_difference: float | None = Field(default=None, description="canary - stable may be at most this")
+    max_ratio: float | None = Field(default=None, gt=0, description="canary / stable may be at most this")
+
+    @model_validator(mode="after")
+    def _one(self) -> Baseline:
+        if (self.max_difference is None) == (self.max_ratio is None):
+            raise ValueError("a baseline needs exactly one of maxDifference or maxRatio")
+        return self
+
+
+class Judge(Model):
+    """Mann-Whitney U over the window's samples of canary and stable: fail when the canary is worse beyond chance."""
+
+    min_samples: int = Field(default=20, ge=3, le=10000)
+    confidence: float = Field(default=0.95, gt=0.5, lt=1)
+    direction: Literal["increase", "decrease"] = Field(default="increase", description="which way is worse")
+    window: str = Field(default="2m", pattern=DURATION_PATTERN, description="how far back the samples go")
+    step: str = Field(default="5s", pattern=DURATION_PATTERN, description="one sample every step")
+
+
 class Metric(Model):
     model_config = ConfigDict(
         json_schema_extra={
             "x-kubernetes-validations": [
-                cel("has(self.query) != has(self.template)",
-                    "a metric needs exactly one of query or template"),
-                cel("has(self.max) || has(self.min)", "a metric needs a threshold: max, min or both"),
+                cel("[has(self.query), has(self.template), has(self.httpGet)].filter(x, x).size() == 1",
+                    "a metric needs exactly one of query, template or httpGet"),
+                cel("has(self.max) || has(self.min) || has(self.baseline) || has(self.judge) || has(self.httpGet)",
+                    "a metric needs a threshold: max, min, baseline or judge"),
+                cel("!(has(self.baseline) && has(self.judge))", "baseline and judge are two ways to compare: pick one"),
+                cel("!has(self.warnAfter) || !has(self.failureLimit) || self.warnAfter < self.failureLimit",
+                    "warnAfter must be below failureLimit", ".warnAfter"),
             ]
         }
     )
@@ -234,23 +272,47 @@ class Metric(Model):
     query: str | None = Field(default=None, min_length=1, description="PromQL with {{ placeholders }}.")
     template: str | None = Field(default=None, pattern=NAME_PATTERN,
                                  description="A built-in template (error-rate, p95-latency) or a MetricTemplate.")
+    http_get: HttpCheck | None = None
     max: float | None = None
     min: float | None = None
+    baseline: Baseline | None = None
+    judge: Judge | None = None
     severity: Severity = Severity.high
     on_breach: BreachAction = BreachAction.rollback
+    failure_limit: int | None = Field(default=None, ge=1, le=100, description="Overrides analysis.failureLimit.")
+    warn_after: int | None = Field(default=None, ge=1, le=100,
+                                   description="A warning Event and notification after this many consecutive failures.")
 
     @model_validator(mode="after")
     def _source_and_threshold(self) -> Metric:
-        if (self.query is None) == (self.template is None):
-            raise ValueError(f"metric {self.name!r}: a metric needs exactly one of query or template")
-        if self.max is None and self.min is None:
-            raise ValueError(f"metric {self.name!r}: a metric needs a threshold: max, min or both")
+        if sum(x is not None for x in (self.query, self.template, self.http_get)) != 1:
+            raise ValueError(f"metric {self.name!r}: a metric needs exactly one of query, template or httpGet")
+        if self.max is None and self.min is None and self.baseline is None and self.judge is None \
+                and self.http_get is None:
+            raise ValueError(f"metric {self.name!r}: a metric needs a threshold: max, min, baseline or judge")
+        if self.baseline is not None and self.judge is not None:
+            raise ValueError(f"metric {self.name!r}: baseline and judge are two ways to compare: pick one")
+        if self.warn_after is not None and self.failure_limit is not None and self.warn_after >= self.failure_limit:
+            raise ValueError(f"metric {self.name!r}: warnAfter must be below failureLimit")
         return self
+
+    @property
+    def kind(self) -> Literal["value", "http", "baseline", "judge"]:
+        if self.http_get is not None:
+            return "http"
+        if self.baseline is not None:
+            return "baseline"
+        return "judge" if self.judge is not None else "value"
 
     def verdict(self, value: float | None) -> Verdict:
         """No data, NaN and errors are inconclusive, never a pass."""
         if value is None or math.isnan(value):
             return Verdict.inconclusive
+        if self.http_get is not None and self.min is None and self.max is None:
+            return Verdict.passed if value >= 1 else Verdict.fail
+        if self.baseline is not None:
+            limit = self.baseline.max_difference if self.baseline.max_difference is not None else self.baseline.max_ratio
+            return Verdict.fail if limit is not None and value > limit else Verdict.passed
         if self.max is not None and value > self.max:
             return Verdict.fail
         if self.min is not None and value < self.min:
@@ -259,6 +321,14 @@ class Metric(Model):
 
     @property
     def threshold(self) -> str:
+        if self.baseline is not None:
+            if self.baseline.max_difference is not None:
+                return f"canary - stable <= {self.baseline.max_difference:g}"
+            return f"canary / stable <= {self.baseline.max_ratio:g}"
+        if self.judge is not None:
+            return f"Mann-Whitney p >= {1 - self.judge.confidence:g} ({self.judge.direction} is worse)"
+        if self.http_get is not None and self.min is None and self.max is None:
+            return "healthy (2xx)"
         parts = []
         if self.min is not None:
             parts.append(f">= {self.min:g}")
@@ -513,7 +583,7 @@ class SafeRolloutStatus(Model):
     preflight_attempts: int = 0
     stage_resumed_at: str | None = None
     stepped_back: bool = False
-    pause_reason: Literal["user", "breach", "inconclusive"] | None = None
+    pause_reason: Literal["user", "breach", "inconclusive", "approval"] | None = None
     stable_images: dict[str, str] | None = None
     canary_images: dict[str, str] | None = None
     stable_revision: str | None = None
