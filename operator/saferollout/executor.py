@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import base64
 import logging
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
+
+import requests
 
 from saferollout.adapters import events, kube, notify, workloads
 from saferollout.adapters.kube import RolloutRef
@@ -18,6 +21,7 @@ from saferollout.adapters.snapshots import SnapshotProvider
 from saferollout.adapters.snapshots.postgres import PostgresSnapshots
 from saferollout.config import OperatorConfig
 from saferollout.core import actions as a
+from saferollout.core.durations import parse_duration
 from saferollout.core.models import Metric, SafeRolloutSpec, SafeRolloutStatus
 from saferollout.redact import redact
 
@@ -31,6 +35,23 @@ def prometheus(cfg: OperatorConfig, spec: SafeRolloutSpec) -> PrometheusProvider
     if url not in _providers:
         _providers[url] = PrometheusProvider(url, cfg.prometheus_timeout, cfg.labels)
     return _providers[url]
+
+
+def probe(metric: Metric, ctx: dict[str, str]) -> tuple[float, str | None]:
+    """1.0 for a 2xx answer within the timeout, else 0.0: an unreachable canary is unhealthy, not 'no data'."""
+    assert metric.http_get is not None
+    url = render_url(metric.http_get.url, ctx)
+    try:
+        r = requests.get(url, timeout=parse_duration(metric.http_get.timeout))
+    except requests.RequestException as e:
+        return 0.0, f"{url}: {type(e).__name__}"
+    return (1.0, None) if 200 <= r.status_code < 300 else (0.0, f"{url}: HTTP {r.status_code}")
+
+
+def render_url(template: str, ctx: dict[str, str]) -> str:
+    for key, value in ctx.items():
+        template = template.replace("{{ " + key + " }}", value).replace("{{" + key + "}}", value)
+    return template
 
 
 def secret_value(namespace: str, name: str, key: str) -> str:
@@ -129,12 +150,7 @@ class Executor:
 
     def context(self, target: str) -> dict[str, str]:
         spec = self.spec
-        traffic = spec.strategy.canary.traffic if spec.strategy.canary else None
-        if traffic:
-            stable, canary = traffic.services(spec.target_ref.name)
-        else:
-            assert spec.strategy.blue_green
-            stable, canary = spec.strategy.blue_green.active_service, spec.strategy.blue_green.preview_service
+        stable, canary = workloads.service_names(spec)
         service = canary if target in ("canary", "preview") else stable
         return {"service": service, "canaryService": service, "stableService": stable, "namespace": self.ref.namespace,
                 "window": self.cfg.rate_window, "interval": spec.analysis.interval, "name": self.ref.name,
@@ -145,16 +161,42 @@ class Executor:
         ctx = self.context(act.target)
         values: dict[str, float | None] = {}
         errors: dict[str, str] = {}
+        series: dict[str, tuple[list[float], list[float]]] = {}
         if act.max_error_rate is not None:
             metrics = [Metric(name=VERIFY_ERROR_RATE, template="error-rate", max=act.max_error_rate)]
         else:
             metrics = [m for m in self.spec.analysis.metrics if m.name in act.metrics]
         for m in metrics:
-            reading = prom.read(m, ctx)
-            values[m.name] = reading.value
-            if reading.error:
-                errors[m.name] = reading.error
-        return a.MetricValues(act.target, act.purpose, values, errors)
+            if m.kind == "http":
+                values[m.name], err = probe(m, ctx)
+            elif m.kind == "baseline" or m.kind == "judge":
+                values[m.name], err = self.compare(prom, m, ctx, series)
+            else:
+                reading = prom.read(m, ctx)
+                values[m.name], err = reading.value, reading.error
+            if err:
+                errors[m.name] = err
+        return a.MetricValues(act.target, act.purpose, values, errors, series=series)
+
+    def compare(self, prom: PrometheusProvider, m: Metric, ctx: dict[str, str],
+                series: dict[str, tuple[list[float], list[float]]]) -> tuple[float | None, str | None]:
+        """Baseline: canary minus (or over) stable now. Judge: both sides' samples over the window."""
+        stable_ctx = {**ctx, "service": ctx["stableService"], "canaryService": ctx["stableService"]}
+        if m.judge is not None:
+            window, step = parse_duration(m.judge.window), parse_duration(m.judge.step)
+            canary, err1 = prom.samples(m, ctx, window, step)
+            stable, err2 = prom.samples(m, stable_ctx, window, step)
+            series[m.name] = (canary, stable)
+            return None, err1 or err2
+        assert m.baseline is not None
+        c, s = prom.read(m, ctx), prom.read(m, stable_ctx)
+        if c.value is None or s.value is None:
+            return None, c.error or s.error
+        if m.baseline.max_difference is not None:
+            return c.value - s.value, None
+        if s.value == 0:
+            return (1.0 if c.value == 0 else math.inf), None
+        return c.value / s.value, None
 
     def write_report(self, act: a.WriteReport) -> str:
         body: dict[str, Any] = {

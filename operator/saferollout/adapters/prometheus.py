@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 
 import requests
 from prometheus_api_client import PrometheusConnect
@@ -44,6 +45,26 @@ class PrometheusProvider:
         except TemplateError as e:
             return Reading(None, str(e))
         return self.instant(text)
+
+    def samples(self, metric: Metric, context: dict[str, str], window: float, step: float) -> tuple[list[float], str | None]:
+        """The metric's values over the last `window` seconds, one every `step`: the judge's samples."""
+        try:
+            text = self.query_text(metric, context)
+        except TemplateError as e:
+            return [], str(e)
+        self.queries += 1
+        end = datetime.now(UTC)
+        try:
+            result = self._client.custom_query_range(text, start_time=end - timedelta(seconds=window), end_time=end,
+                                                     step=f"{step:g}s")
+        except requests.RequestException:
+            return [], f"Prometheus unreachable at {self.url}"
+        except Exception as e:
+            return [], f"query failed: {type(e).__name__}: {str(e).splitlines()[0][:160]}"
+        if len(result) > 1:
+            return [], f"query returned {len(result)} series; it must return one"
+        values = [float(v) for _, v in (result[0]["values"] if result else [])]
+        return [v for v in values if not (math.isnan(v) or math.isinf(v))], None
 
     def instant(self, text: str) -> Reading:
         self.queries += 1

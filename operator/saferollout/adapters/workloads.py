@@ -61,8 +61,7 @@ def set_target_images(ref: RolloutRef, spec: SafeRolloutSpec, images: dict[str, 
 
 def _selector_keys(ref: RolloutRef, spec: SafeRolloutSpec, target: dict[str, Any]) -> set[str]:
     """Labels the stable Service selects on: the canary's pods must not carry them, or stable would serve them."""
-    traffic = spec.strategy.canary.traffic if spec.strategy.canary else None
-    stable = traffic.services(spec.target_ref.name)[0] if traffic else spec.target_ref.name
+    stable = service_names(spec)[0]
     keys = set((target["spec"].get("selector") or {}).get("matchLabels") or {})
     try:
         svc = kube.core().read_namespaced_service(stable, ref.namespace)
@@ -108,14 +107,26 @@ def ensure_canary(ref: RolloutRef, spec: SafeRolloutSpec, images: dict[str, str]
     return available(current)
 
 
+def service_names(spec: SafeRolloutSpec) -> tuple[str, str]:
+    """(stable, new-version) Services: the router's stable/canary pair, or blue-green's active/preview pair."""
+    if spec.strategy.blue_green is not None:
+        return spec.strategy.blue_green.active_service, spec.strategy.blue_green.preview_service
+    assert spec.strategy.canary is not None
+    return spec.strategy.canary.traffic.services(spec.target_ref.name)
+
+
 def _ensure_canary_service(ref: RolloutRef, spec: SafeRolloutSpec) -> None:
-    traffic = spec.strategy.canary.traffic if spec.strategy.canary else None
-    if traffic is None:
-        return
-    stable_name, canary_svc = traffic.services(spec.target_ref.name)
+    """The new version's Service exists and selects the canary's pods (and only them)."""
+    stable_name, canary_svc = service_names(spec)
     core = kube.core()
+    selector = {CANARY_OF: spec.target_ref.name}
     try:
-        core.read_namespaced_service(canary_svc, ref.namespace)
+        svc = core.read_namespaced_service(canary_svc, ref.namespace)
+        current = dict((svc.spec.selector if svc.spec else None) or {})
+        if current != selector:
+            core.patch_namespaced_service(canary_svc, ref.namespace,
+                                          {"spec": {"selector": {**{k: None for k in current}, **selector}}},
+                                          _content_type="application/merge-patch+json")
         return
     except ApiException as e:
         if e.status != 404:
@@ -131,7 +142,7 @@ def _ensure_canary_service(ref: RolloutRef, spec: SafeRolloutSpec) -> None:
     core.create_namespaced_service(ref.namespace, {
         "apiVersion": "v1", "kind": "Service",
         "metadata": {"name": canary_svc, "labels": {CANARY_OF: spec.target_ref.name}, "ownerReferences": [ref.owner()]},
-        "spec": {"selector": {CANARY_OF: spec.target_ref.name}, "ports": ports},
+        "spec": {"selector": selector, "ports": ports},
     })
 
 
