@@ -13,15 +13,28 @@ from saferollout.redact import RedactingFilter
 
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
-        return json.dumps({"time": self.formatTime(record), "level": record.levelname, "logger": record.name,
-                           "message": record.getMessage()})
+        line: dict[str, object] = {"time": self.formatTime(record), "level": record.levelname, "logger": record.name}
+        name = getattr(record, "rollout_name", None)
+        if name:
+            line["namespace"], line["name"] = getattr(record, "rollout_namespace", ""), name
+        line["message"] = record.getMessage()
+        if record.exc_info:
+            line["exception"] = self.formatException(record.exc_info)
+        return json.dumps(line)
+
+
+class TextFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        name = getattr(record, "rollout_name", None)
+        where = f" [{getattr(record, 'rollout_namespace', '')}/{name}]" if name else ""
+        return f"{self.formatTime(record)} {record.levelname}{where} {record.name}: {record.getMessage()}" + (
+            "\n" + self.formatException(record.exc_info) if record.exc_info else "")
 
 
 def setup_logging(fmt: str, verbose: bool) -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.addFilter(RedactingFilter())
-    handler.setFormatter(JsonFormatter() if fmt == "json" else
-                         logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(logging.DEBUG if verbose else logging.INFO)

@@ -18,7 +18,7 @@ from saferollout.core.engine import Inputs
 from saferollout.core.loop import drive
 from saferollout.core.models import GROUP, PLURAL, VERSION, SafeRolloutSpec, SafeRolloutStatus
 from saferollout.executor import Executor
-from saferollout.redact import redact
+from saferollout.redact import CURRENT_ROLLOUT, redact
 
 COMMAND_ANNOTATION = "saferollout.dev/command"
 CFG = OperatorConfig.from_env()
@@ -69,12 +69,15 @@ def reconcile(name: str, namespace: str | None, uid: str, spec: kopf.Spec, statu
             holder["logged_phase"] = new.phase  # type: ignore[assignment]
 
     observability.heartbeat()
+    token = CURRENT_ROLLOUT.set((namespace, name))
     with observability.RECONCILE_SECONDS.time():
         try:
             drive(parsed, current, inputs, executor, write, CFG.settings)
         except Exception:
             observability.RECONCILE_ERRORS.inc()
             raise
+        finally:
+            CURRENT_ROLLOUT.reset(token)
 
 
 @kopf.on.delete(GROUP, VERSION, PLURAL, optional=True)

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import re
 import threading
+
+# the rollout being reconciled in this thread: every log line names it
+CURRENT_ROLLOUT: contextvars.ContextVar[tuple[str, str] | None] = contextvars.ContextVar("rollout", default=None)
 
 _lock = threading.Lock()
 _secrets: set[str] = set()
@@ -30,7 +34,17 @@ def redact(text: str) -> str:
 
 
 class RedactingFilter(logging.Filter):
+    """Masks secrets and attaches the rollout (ours, or kopf's object reference) to the record."""
+
     def filter(self, record: logging.LogRecord) -> bool:
         record.msg = redact(record.getMessage())
         record.args = None
+        ref = getattr(record, "k8s_ref", None)
+        current = CURRENT_ROLLOUT.get()
+        if current is not None:
+            record.rollout_namespace, record.rollout_name = current
+        elif isinstance(ref, dict) and ref.get("name"):
+            record.rollout_namespace, record.rollout_name = ref.get("namespace") or "", ref["name"]
+        else:
+            record.rollout_namespace = record.rollout_name = None
         return True

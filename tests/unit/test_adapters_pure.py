@@ -55,3 +55,20 @@ def test_settings_from_env() -> None:
                                    "SAFEROLLOUT_RATE_WINDOW": "30s"})
     assert [(s.weight, s.duration) for s in cfg.settings.default_stages] == [(10, "1m"), (100, "2m")]
     assert cfg.labels.service == "svc" and cfg.rate_window == "30s"
+
+
+def test_log_lines_name_the_rollout_in_text_and_json() -> None:
+    import json
+
+    from saferollout.__main__ import JsonFormatter, TextFormatter
+    from saferollout.redact import CURRENT_ROLLOUT
+
+    token = CURRENT_ROLLOUT.set(("demo", "web"))
+    try:
+        record = logging.LogRecord("saferollout.x", logging.INFO, "f", 1, "weight %d%%", (25,), None)
+        RedactingFilter().filter(record)
+    finally:
+        CURRENT_ROLLOUT.reset(token)
+    assert "[demo/web] saferollout.x: weight 25%" in TextFormatter().format(record)
+    line = json.loads(JsonFormatter().format(record))
+    assert line["namespace"] == "demo" and line["name"] == "web" and line["message"] == "weight 25%"
