@@ -26,6 +26,7 @@ def _stages(text: str | None) -> tuple[Stage, ...]:
 class OperatorConfig:
     prometheus_url: str = "http://prometheus-operated.monitoring:9090"
     prometheus_timeout: float = 5.0
+    query_group_ttl: float = 1.0  # seconds a grouped built-in query serves every rollout; 0 = one query each
     rate_window: str = "1m"
     labels: LabelNames = field(default_factory=LabelNames)
     snapshot_dir: Path = Path("/var/lib/saferollout/snapshots")
@@ -43,6 +44,7 @@ class OperatorConfig:
             prometheus_url=e.get("SAFEROLLOUT_PROMETHEUS_URL", cls.prometheus_url),
             prometheus_timeout=float(e.get("SAFEROLLOUT_PROMETHEUS_TIMEOUT", cls.prometheus_timeout)),
             rate_window=e.get("SAFEROLLOUT_RATE_WINDOW", cls.rate_window),
+            query_group_ttl=float(e.get("SAFEROLLOUT_QUERY_GROUP_TTL", cls.query_group_ttl)),
             labels=LabelNames(
                 requests=e.get("SAFEROLLOUT_REQUESTS_METRIC", d.requests),
                 duration_bucket=e.get("SAFEROLLOUT_DURATION_BUCKET_METRIC", d.duration_bucket),

@@ -33,7 +33,7 @@ _providers: dict[str, PrometheusProvider] = {}
 def prometheus(cfg: OperatorConfig, spec: SafeRolloutSpec) -> PrometheusProvider:
     url = (spec.analysis.prometheus.address if spec.analysis.prometheus else None) or cfg.prometheus_url
     if url not in _providers:
-        _providers[url] = PrometheusProvider(url, cfg.prometheus_timeout, cfg.labels)
+        _providers[url] = PrometheusProvider(url, cfg.prometheus_timeout, cfg.labels, group_ttl=cfg.query_group_ttl)
     return _providers[url]
 
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+import threading
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -12,7 +14,7 @@ from prometheus_api_client import PrometheusConnect
 from urllib3.util.retry import Retry
 
 from saferollout.core.models import Metric
-from saferollout.core.queries import LabelNames, TemplateError, builtin_templates, render
+from saferollout.core.queries import LabelNames, TemplateError, alternation, builtin_templates, grouped_templates, render
 
 
 @dataclass(frozen=True)
@@ -22,10 +24,13 @@ class Reading:
 
 
 class PrometheusProvider:
-    def __init__(self, url: str, timeout: float, labels: LabelNames, user_templates: Mapping[str, str] | None = None):
+    def __init__(self, url: str, timeout: float, labels: LabelNames, user_templates: Mapping[str, str] | None = None,
+                 group_ttl: float = 0.0):
         self.url = url
         self.timeout = timeout
+        self.labels = labels
         self.templates = {**builtin_templates(labels), **(user_templates or {})}
+        self.grouped = GroupedQueries(self, grouped_templates(labels), group_ttl) if group_ttl > 0 else None
         # no retries inside a query: the next analysis tick is the retry, and a dead Prometheus must cost
         # one timeout, not a backoff series that delays every other decision
         self._client = PrometheusConnect(url=url, disable_ssl=True, timeout=timeout, retry=Retry(total=0))
@@ -40,6 +45,8 @@ class PrometheusProvider:
         return render(self.templates[metric.template], context)
 
     def read(self, metric: Metric, context: dict[str, str]) -> Reading:
+        if self.grouped is not None and metric.query is None and metric.template in self.grouped.templates:
+            return self.grouped.read(metric.template, context)
         try:
             text = self.query_text(metric, context)
         except TemplateError as e:
@@ -91,3 +98,74 @@ class PrometheusProvider:
         if math.isnan(value) or math.isinf(value):
             return Reading(None, "NaN (no requests in the window)")
         return Reading(value)
+
+
+class GroupedQueries:
+    """Many rollouts, one query: the built-in templates asked `by (service, namespace)` for every rollout that
+    has asked lately, cached for `ttl` seconds and split per rollout.
+
+    Without it the operator sends one query per metric per rollout per tick; with it, one per template and rate
+    window per `ttl`, however many rollouts share them.
+    """
+
+    FORGET_AFTER = 300.0
+
+    def __init__(self, provider: PrometheusProvider, templates: dict[str, str], ttl: float) -> None:
+        self.provider = provider
+        self.templates = templates
+        self.ttl = ttl
+        self._lock = threading.Lock()
+        self._key_locks: dict[tuple[str, str], threading.Lock] = {}
+        self._interest: dict[tuple[str, str], dict[tuple[str, str], float]] = {}
+        self._cache: dict[tuple[str, str], tuple[float, set[tuple[str, str]], dict[tuple[str, str], Reading]]] = {}
+
+    def read(self, template: str, context: dict[str, str]) -> Reading:
+        key = (template, context["window"])
+        who = (context["service"], context["namespace"] if self.provider.labels.namespace else "")
+        now = time.monotonic()
+        with self._lock:
+            wanted = self._interest.setdefault(key, {})
+            wanted[who] = now
+            key_lock = self._key_locks.setdefault(key, threading.Lock())
+        with key_lock:  # one refresh per key at a time; the others wait and read its result
+            fetched = self._cache.get(key)
+            if fetched is None or now - fetched[0] > self.ttl or who not in fetched[1]:
+                fetched = self._refresh(key)
+        return fetched[2].get(who, Reading(None, "no data"))
+
+    def _refresh(self, key: tuple[str, str]) -> tuple[float, set[tuple[str, str]], dict[tuple[str, str], Reading]]:
+        template, window = key
+        now = time.monotonic()
+        with self._lock:
+            wanted = self._interest[key]
+            for who in [w for w, seen in wanted.items() if now - seen > self.FORGET_AFTER]:
+                del wanted[who]
+            members = set(wanted)
+        labels = self.provider.labels
+        text = render(self.templates[template], {
+            "services": alternation(sorted({s for s, _ in members})),
+            "namespaces": alternation(sorted({n for _, n in members})), "window": window})
+        self.provider.queries += 1
+        readings: dict[tuple[str, str], Reading] = {}
+        try:
+            result = self.provider._client.custom_query(text, timeout=self.provider.timeout)
+        except requests.ConnectionError:
+            readings = {m: Reading(None, f"Prometheus unreachable at {self.provider.url}") for m in members}
+        except requests.Timeout:
+            readings = {m: Reading(None, f"Prometheus did not answer within {self.provider.timeout:g}s") for m in members}
+        except Exception as e:
+            readings = {m: Reading(None, f"query failed: {type(e).__name__}: {str(e).splitlines()[0][:160]}")
+                        for m in members}
+        else:
+            for series in result:
+                lab = series.get("metric", {})
+                who = (lab.get(labels.service, ""), lab.get(labels.namespace, "") if labels.namespace else "")
+                try:
+                    value = float(series["value"][1])
+                except (KeyError, TypeError, ValueError):
+                    continue
+                ok = not (math.isnan(value) or math.isinf(value))
+                readings[who] = Reading(value) if ok else Reading(None, "NaN (no requests in the window)")
+        entry = (time.monotonic(), members, readings)
+        self._cache[key] = entry
+        return entry

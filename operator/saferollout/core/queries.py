@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from saferollout.core.durations import DURATION_PATTERN
 
 _PLACEHOLDER = re.compile(r"\{\{\s*([a-zA-Z][a-zA-Z0-9_]*)\s*\}\}")
+_PRE_ESCAPED = {"services", "namespaces"}  # built by `alternation` from validated names
 
 
 @dataclass(frozen=True)
@@ -40,6 +41,34 @@ def builtin_templates(labels: LabelNames) -> dict[str, str]:
     }
 
 
+def grouped_templates(labels: LabelNames) -> dict[str, str]:
+    """The built-in templates for many rollouts at once: one series per (service, namespace), split afterwards.
+
+    `{{ services }}` and `{{ namespaces }}` are anchored regex alternations of escaped names (see `alternation`).
+    """
+    by = ", ".join(x for x in (labels.service, labels.namespace) if x)
+    ns = f',{labels.namespace}=~"{{{{ namespaces }}}}"' if labels.namespace else ""
+    sel = f'{labels.service}=~"{{{{ services }}}}"{ns}'
+    total = f"sum by ({by}) (rate({labels.requests}{{{sel}}}[{{{{ window }}}}]))"
+    return {
+        "error-rate": (
+            f'(sum by ({by}) (rate({labels.requests}{{{sel},{labels.code}=~"5.."}}[{{{{ window }}}}])) or 0 * {total})'
+            f" / {total}"
+        ),
+        "p95-latency": (
+            f"histogram_quantile(0.95, sum by (le, {by}) (rate({labels.duration_bucket}{{{sel}}}[{{{{ window }}}}])))"
+        ),
+    }
+
+
+def alternation(names: list[str]) -> str:
+    """A regex that matches exactly these Kubernetes names (which only hold [a-z0-9.-]); dots escaped."""
+    for n in names:
+        if not re.fullmatch(r"[a-z0-9]([-a-z0-9.]*[a-z0-9])?", n):
+            raise TemplateError(f"not a Kubernetes name: {n!r}")
+    return "|".join(sorted({n.replace(".", "\\\\.") for n in names}))
+
+
 class TemplateError(ValueError):
     pass
 
@@ -60,7 +89,7 @@ def render(query: str, values: dict[str, str]) -> str:
         before = query[: m.start()]
         in_string = before.count('"') - before.count('\\"') * 1
         if in_string % 2 == 1:
-            return escape_string(value)
+            return value if key in _PRE_ESCAPED else escape_string(value)
         if re.fullmatch(DURATION_PATTERN, value) or re.fullmatch(r"[a-z0-9]([-a-z0-9.]*[a-z0-9])?", value):
             return value
         raise TemplateError(f"value of {{{{ {key} }}}} may only be used inside a quoted string: {value!r}")

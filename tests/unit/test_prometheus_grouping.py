@@ -1,0 +1,70 @@
+"""Grouped queries: one query for many rollouts, split per (service, namespace). A fake client stands in for
+Prometheus here (a unit test of one adapter); the e2e scenarios use the real one."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import requests
+
+from saferollout.adapters.prometheus import PrometheusProvider
+from saferollout.core.models import Metric
+from saferollout.core.queries import LabelNames
+
+
+class FakeClient:
+    def __init__(self, result: list[dict[str, Any]] | Exception) -> None:
+        self.result = result
+        self.queries: list[str] = []
+
+    def custom_query(self, text: str, timeout: float | None = None) -> list[dict[str, Any]]:
+        self.queries.append(text)
+        if isinstance(self.result, Exception):
+            raise self.result
+        return self.result
+
+
+def provider(result: list[dict[str, Any]] | Exception, ttl: float = 60.0) -> tuple[PrometheusProvider, FakeClient]:
+    p = PrometheusProvider("http://127.0.0.1:9", 1.0, LabelNames(), group_ttl=ttl)
+    fake = FakeClient(result)
+    p._client = fake
+    return p, fake
+
+
+METRIC = Metric(name="error-rate", template="error-rate", max=0.01)
+
+
+def ctx(service: str, ns: str = "demo") -> dict[str, str]:
+    return {"service": service, "namespace": ns, "window": "1m", "canaryService": service}
+
+
+def test_many_rollouts_share_one_query_and_get_their_own_value() -> None:
+    series = [{"metric": {"service": f"app{i}-canary", "namespace": "demo"}, "value": [0, str(i / 1000)]}
+              for i in range(50)]
+    p, fake = provider(series)
+    for i in range(50):  # everyone registers interest; the cache is refreshed when a newcomer is not in it
+        p.read(METRIC, ctx(f"app{i}-canary"))
+    before = len(fake.queries)
+    values = [p.read(METRIC, ctx(f"app{i}-canary")).value for i in range(50)]
+    assert values == [i / 1000 for i in range(50)]
+    assert len(fake.queries) == before  # the second round of 50 reads cost no query at all
+    assert 'service=~"app0-canary|app1-canary|' in fake.queries[-1] and "sum by (service, namespace)" in fake.queries[-1]
+
+
+def test_missing_series_is_no_data_and_nan_is_inconclusive() -> None:
+    p, _ = provider([{"metric": {"service": "a", "namespace": "demo"}, "value": [0, "NaN"]}])
+    assert p.read(METRIC, ctx("a")).value is None
+    assert p.read(METRIC, ctx("b")).error == "no data"
+
+
+def test_prometheus_down_is_reported_to_every_member() -> None:
+    p, _ = provider(requests.ConnectionError("refused"))
+    r = p.read(METRIC, ctx("a"))
+    assert r.value is None and r.error is not None and "unreachable" in r.error
+
+
+def test_user_queries_are_not_grouped() -> None:
+    p, fake = provider([{"metric": {}, "value": [0, "0.5"]}])
+    m = Metric(name="x", query='sum(up{job="{{ service }}"})', max=1)
+    assert p.read(m, ctx("a")).value == 0.5
+    assert fake.queries == ['sum(up{job="a"})']
