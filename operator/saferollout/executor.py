@@ -13,6 +13,7 @@ from typing import Any
 
 import requests
 
+from saferollout import observability
 from saferollout.adapters import events, kube, notify, workloads
 from saferollout.adapters.kube import RolloutRef
 from saferollout.adapters.prometheus import PrometheusProvider
@@ -34,6 +35,7 @@ def prometheus(cfg: OperatorConfig, spec: SafeRolloutSpec) -> PrometheusProvider
     url = (spec.analysis.prometheus.address if spec.analysis.prometheus else None) or cfg.prometheus_url
     if url not in _providers:
         _providers[url] = PrometheusProvider(url, cfg.prometheus_timeout, cfg.labels, group_ttl=cfg.query_group_ttl)
+        _providers[url].on_query = observability.PROM_QUERIES.inc
     return _providers[url]
 
 

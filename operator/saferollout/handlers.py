@@ -32,6 +32,7 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.posting.enabled = False  # our own Events carry the story; kopf's would repeat it
     settings.execution.max_workers = 32
     settings.watching.server_timeout = 300
+    kube.on_request = lambda verb: observability.API_REQUESTS.labels(verb).inc()
     if CFG.metrics_port:
         observability.serve(CFG.metrics_port, CFG.metrics_host)
         log.info("metrics and health on :%d (/metrics, /healthz)", CFG.metrics_port)
@@ -62,7 +63,7 @@ def reconcile(name: str, namespace: str | None, uid: str, spec: kopf.Spec, statu
 
     def write(new: SafeRolloutStatus) -> None:
         kube.write_status(ref, _status_dict(new))
-        observability.observe(f"{namespace}/{name}", holder["status"], new)
+        observability.observe(f"{namespace}/{name}", holder["status"], new, parsed.analysis.interval_seconds)
         holder["status"] = new
         if new.phase != holder.get("logged_phase", current.phase):
             log.info("%s/%s phase %s: %s", namespace, name, new.phase.value if new.phase else None, new.message)

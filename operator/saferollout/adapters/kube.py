@@ -14,6 +14,14 @@ from saferollout.core.models import GROUP, KIND, PLURAL, VERSION
 
 T = TypeVar("T")
 _api: client.ApiClient | None = None
+on_request: Callable[[str], None] | None = None  # set by the operator to count requests (a metric)
+
+
+class _CountingApiClient(client.ApiClient):  # type: ignore[misc]
+    def call_api(self, *args: Any, **kwargs: Any) -> Any:
+        if on_request is not None:
+            on_request(str(args[0] if args else kwargs.get("method", "?")))
+        return super().call_api(*args, **kwargs)
 
 
 def api() -> client.ApiClient:
@@ -23,7 +31,7 @@ def api() -> client.ApiClient:
             config.load_incluster_config()
         else:
             config.load_kube_config()
-        _api = client.ApiClient()
+        _api = _CountingApiClient()
     return _api
 
 

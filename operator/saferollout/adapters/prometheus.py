@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -31,10 +31,16 @@ class PrometheusProvider:
         self.labels = labels
         self.templates = {**builtin_templates(labels), **(user_templates or {})}
         self.grouped = GroupedQueries(self, grouped_templates(labels), group_ttl) if group_ttl > 0 else None
+        self.on_query: Callable[[], None] | None = None
         # no retries inside a query: the next analysis tick is the retry, and a dead Prometheus must cost
         # one timeout, not a backoff series that delays every other decision
         self._client = PrometheusConnect(url=url, disable_ssl=True, timeout=timeout, retry=Retry(total=0))
         self.queries = 0
+
+    def count_query(self) -> None:
+        self.queries += 1
+        if self.on_query is not None:
+            self.on_query()
 
     def query_text(self, metric: Metric, context: dict[str, str]) -> str:
         if metric.query is not None:
@@ -59,7 +65,7 @@ class PrometheusProvider:
             text = self.query_text(metric, context)
         except TemplateError as e:
             return [], str(e)
-        self.queries += 1
+        self.count_query()
         end = datetime.now(UTC)
         try:
             result = self._client.custom_query_range(text, start_time=end - timedelta(seconds=window), end_time=end,
@@ -74,7 +80,7 @@ class PrometheusProvider:
         return [v for v in values if not (math.isnan(v) or math.isinf(v))], None
 
     def instant(self, text: str) -> Reading:
-        self.queries += 1
+        self.count_query()
         try:
             result = self._client.custom_query(text, timeout=self.timeout)
         except requests.ConnectionError:
@@ -145,7 +151,7 @@ class GroupedQueries:
         text = render(self.templates[template], {
             "services": alternation(sorted({s for s, _ in members})),
             "namespaces": alternation(sorted({n for _, n in members})), "window": window})
-        self.provider.queries += 1
+        self.provider.count_query()
         readings: dict[tuple[str, str], Reading] = {}
         try:
             result = self.provider._client.custom_query(text, timeout=self.provider.timeout)
