@@ -49,6 +49,10 @@ def structural(schema: dict[str, Any]) -> dict[str, Any]:
                 node = {**walk(part), **node}
         if "const" in node:
             node["enum"] = [node.pop("const")]
+        for bound, plain in (("exclusiveMinimum", "minimum"), ("exclusiveMaximum", "maximum")):
+            if isinstance(node.get(bound), int | float) and not isinstance(node.get(bound), bool):
+                node[plain] = node.pop(bound)  # OpenAPI v3.0: a number in minimum, a flag in exclusiveMinimum
+                node[bound] = True
         for key in _DROP:
             node.pop(key, None)
         if node.get("default", ...) is None:

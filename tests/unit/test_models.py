@@ -62,6 +62,8 @@ def test_crd_is_structural() -> None:
         assert "type" in node, path
         for banned in ("$ref", "anyOf", "oneOf", "allOf", "const", "title", "$defs"):
             assert banned not in node, f"{banned} at {path}"
+        for flag in ("exclusiveMinimum", "exclusiveMaximum"):
+            assert node.get(flag, True) is True, f"{flag} must be a boolean beside minimum/maximum at {path}"
         if "properties" in node:
             assert "additionalProperties" not in node, path
             for k, v in node["properties"].items():
