@@ -11,6 +11,7 @@ Run: .venv/bin/python bench/scale.py --counts 100,500,1000 [--interval 10s] [--m
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import re
 import subprocess
@@ -27,8 +28,6 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "operator"), str(ROOT)]
-
-import contextlib
 
 from harness.services import Prometheus, free_port, wait_http  # noqa: E402
 from tests.e2e.cluster import ensure_cluster, kubectl  # noqa: E402
