@@ -76,7 +76,15 @@ class Executor:
     def snapshots(self) -> SnapshotProvider:
         if self._snapshots is None:
             db = self.spec.database
-            if db is None or db.postgres is None:
+            if db is None:
+                raise ValueError("spec.database is not set")
+            if db.volume_snapshot is not None:
+                from saferollout.adapters.snapshots.volume import VolumeSnapshotProvider
+
+                self._snapshots = VolumeSnapshotProvider(self.ref.namespace, self.ref.name, db.volume_snapshot,
+                                                         target=self.spec.target_ref.name)
+                return self._snapshots
+            if db.postgres is None:
                 raise ValueError("spec.database.postgres is not set")
             dsn = secret_value(self.ref.namespace, db.postgres.secret_ref.name, db.postgres.secret_ref.key)
             store = self.cfg.snapshot_dir / self.ref.namespace / self.ref.name
@@ -117,9 +125,18 @@ class Executor:
             log.info("canary weight set to %d%%", act.weight)
             return a.Outcome(act, True)
         if isinstance(act, a.EnsureCanary):
-            return a.CanaryState(workloads.ensure_canary(ref, spec, act.images))
+            replicas = None
+            if spec.strategy.canary and spec.strategy.canary.traffic.replicas is not None:
+                from saferollout.adapters.routers.replicas import initial_canary_replicas
+
+                replicas = initial_canary_replicas(ref, spec, act.replicas_weight)
+            return a.CanaryState(workloads.ensure_canary(ref, spec, act.images, replicas))
         if isinstance(act, a.DeleteCanary):
             workloads.delete_canary(ref, spec)
+            if spec.strategy.canary and spec.strategy.canary.traffic.nginx is not None:
+                from saferollout.adapters.routers import nginx
+
+                nginx.cleanup(ref, spec)
             return a.Outcome(act, True)
         if isinstance(act, a.SetTargetImages):
             workloads.set_target_images(ref, spec, act.images)

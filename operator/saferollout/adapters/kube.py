@@ -30,7 +30,7 @@ def api() -> client.ApiClient:
         if os.environ.get("KUBERNETES_SERVICE_HOST") and not os.environ.get("KUBECONFIG"):
             config.load_incluster_config()
         else:
-            config.load_kube_config()
+            config.load_kube_config(config_file=os.environ.get("KUBECONFIG"))
         _api = _CountingApiClient()
     return _api
 

@@ -76,7 +76,9 @@ def ensure_canary(ref: RolloutRef, spec: SafeRolloutSpec, images: dict[str, str]
     """Create or update the canary Deployment and Service; True once the canary is available."""
     target = _dep(ref.namespace, spec.target_ref.name)
     name = canary_name(spec)
-    drop = _selector_keys(ref, spec, target)
+    traffic = spec.strategy.canary.traffic if spec.strategy.canary else None
+    # the replica-ratio router has no other way in: its canary pods must sit behind the stable Service
+    drop = set() if traffic is not None and traffic.replicas is not None else _selector_keys(ref, spec, target)
     tmpl = copy.deepcopy(target["spec"]["template"])
     labels = {k: v for k, v in (tmpl["metadata"].get("labels") or {}).items() if k not in drop}
     labels.update({CANARY_OF: spec.target_ref.name, ROLLOUT: ref.name})

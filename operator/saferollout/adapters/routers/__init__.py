@@ -14,11 +14,26 @@ class Router(Protocol):
 
 
 def router_for(spec: SafeRolloutSpec) -> Router:
-    traffic = spec.strategy.canary.traffic if spec.strategy.canary else None
-    if traffic is None:
-        raise ValueError("the blue-green strategy has no traffic router")
+    if spec.strategy.blue_green is not None:
+        from saferollout.adapters.routers.bluegreen import BlueGreenRouter
+
+        return BlueGreenRouter()
+    assert spec.strategy.canary is not None
+    traffic = spec.strategy.canary.traffic
     if traffic.gateway_api is not None:
         from saferollout.adapters.routers.gateway import GatewayAPIRouter
 
         return GatewayAPIRouter()
-    raise NotImplementedError("only the gatewayAPI router is implemented so far")
+    if traffic.istio is not None:
+        from saferollout.adapters.routers.istio import IstioRouter
+
+        return IstioRouter()
+    if traffic.nginx is not None:
+        from saferollout.adapters.routers.nginx import NginxRouter
+
+        return NginxRouter()
+    if traffic.replicas is not None:
+        from saferollout.adapters.routers.replicas import ReplicaRatioRouter
+
+        return ReplicaRatioRouter()
+    raise ValueError("spec.strategy.canary.traffic names no router")

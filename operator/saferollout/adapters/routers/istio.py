@@ -33,6 +33,10 @@ def canary_host(stable_host: str, stable: str, canary: str) -> str:
     return canary + stable_host[len(stable):]
 
 
+def _host(destination: dict[str, Any]) -> str:
+    return str((destination.get("destination") or {}).get("host", ""))
+
+
 def weighted_http(http: list[dict[str, Any]], route: str | None, namespace: str, stable: str, canary: str,
                   weight: int) -> list[dict[str, Any]]:
     """The VirtualService's `spec.http` with the chosen route's stable/canary weights set; the input is not changed."""
@@ -49,12 +53,11 @@ def weighted_http(http: list[dict[str, Any]], route: str | None, namespace: str,
             raise LookupError(f"the VirtualService has no HTTP route named {route!r} (routes: {names})")
     out = copy.deepcopy(http)
     dests: list[dict[str, Any]] = out[index].get("route") or []
-    host = lambda d: str((d.get("destination") or {}).get("host", ""))  # noqa: E731
-    stable_i = next((i for i, d in enumerate(dests) if host_is(host(d), stable, namespace)), -1)
+    stable_i = next((i for i, d in enumerate(dests) if host_is(_host(d), stable, namespace)), -1)
     if stable_i < 0:
         raise LookupError(f"HTTP route {out[index].get('name') or index} has no destination for the stable Service {stable!r}")
-    canary_i = next((i for i, d in enumerate(dests) if host_is(host(d), canary, namespace)), -1)
-    others = [host(d) for i, d in enumerate(dests) if i not in (stable_i, canary_i) and d.get("weight", 0) != 0]
+    canary_i = next((i for i, d in enumerate(dests) if host_is(_host(d), canary, namespace)), -1)
+    others = [_host(d) for i, d in enumerate(dests) if i not in (stable_i, canary_i) and d.get("weight", 0) != 0]
     if others:
         raise ValueError(f"HTTP route {out[index].get('name') or index} also sends traffic to {', '.join(others)}; "
                          "SafeRollout only splits between the stable and the canary Service")

@@ -1,0 +1,195 @@
+"""The pure parts of the routers and the volume snapshot provider: Istio route weights, the NGINX canary Ingress,
+the replica split, and the names and quantities of VolumeSnapshots."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import pytest
+
+from saferollout.adapters.routers.istio import host_is, weighted_http
+from saferollout.adapters.routers.nginx import CANARY, CANARY_WEIGHT, canary_ingress
+from saferollout.adapters.routers.replicas import TOTAL, canary_share, split, total_of
+from saferollout.adapters.snapshots.volume import claim_from_snapshot, identity, k8s_name, quantity_bytes
+
+# ------------------------------------------------------------------------------------------------------- istio
+
+
+def vs_http() -> list[dict[str, Any]]:
+    return [
+        {"name": "admin", "match": [{"uri": {"prefix": "/admin"}}],
+         "route": [{"destination": {"host": "admin", "port": {"number": 80}}}]},
+        {"name": "main", "retries": {"attempts": 3},
+         "route": [{"destination": {"host": "web.demo.svc.cluster.local", "port": {"number": 8080}},
+                    "headers": {"response": {"set": {"x-by": "mesh"}}}}]},
+    ]
+
+
+def test_istio_adds_the_canary_with_the_stable_port_and_keeps_the_rest() -> None:
+    http = vs_http()
+    before = copy.deepcopy(http)
+    out = weighted_http(http, "main", "demo", "web", "web-canary", 25)
+    assert http == before  # the input is not changed
+    assert out[0] == before[0] and out[1]["retries"] == {"attempts": 3}
+    assert out[1]["route"] == [
+        {"destination": {"host": "web.demo.svc.cluster.local", "port": {"number": 8080}},
+         "headers": {"response": {"set": {"x-by": "mesh"}}}, "weight": 75},
+        {"destination": {"host": "web-canary.demo.svc.cluster.local", "port": {"number": 8080}}, "weight": 25},
+    ]
+
+
+@pytest.mark.parametrize("weight", [0, 5, 25, 50, 100])
+def test_istio_weights_add_up_and_repeat_idempotently(weight: int) -> None:
+    once = weighted_http(vs_http(), "main", "demo", "web", "web-canary", 5)
+    out = weighted_http(once, "main", "demo", "web", "web-canary", weight)
+    assert [d["weight"] for d in out[1]["route"]] == [100 - weight, weight]
+    assert weighted_http(out, "main", "demo", "web", "web-canary", weight) == out
+
+
+def test_istio_first_route_by_default_and_existing_canary_destination_kept_in_place() -> None:
+    http = [{"route": [{"destination": {"host": "web-canary", "subset": "c"}, "weight": 10},
+                       {"destination": {"host": "web"}, "weight": 90}]}]
+    out = weighted_http(http, None, "demo", "web", "web-canary", 50)
+    assert out[0]["route"] == [{"destination": {"host": "web-canary", "subset": "c"}, "weight": 50},
+                               {"destination": {"host": "web"}, "weight": 50}]
+
+
+def test_istio_refusals() -> None:
+    with pytest.raises(LookupError, match="no HTTP route named 'nope'"):
+        weighted_http(vs_http(), "nope", "demo", "web", "web-canary", 5)
+    with pytest.raises(LookupError, match="stable Service 'web'"):
+        weighted_http(vs_http(), None, "demo", "web", "web-canary", 5)  # the first route goes to admin
+    with pytest.raises(LookupError, match="no HTTP route"):
+        weighted_http([], None, "demo", "web", "web-canary", 5)
+    third = [{"route": [{"destination": {"host": "web"}, "weight": 80}, {"destination": {"host": "legacy"}, "weight": 20}]}]
+    with pytest.raises(ValueError, match="also sends traffic to legacy"):
+        weighted_http(third, None, "demo", "web", "web-canary", 5)
+    with pytest.raises(ValueError, match="percentage"):
+        weighted_http(vs_http(), "main", "demo", "web", "web-canary", 101)
+
+
+def test_istio_host_forms() -> None:
+    assert host_is("web", "web", "demo") and host_is("web.demo", "web", "demo")
+    assert host_is("web.demo.svc.cluster.local", "web", "demo")
+    assert not host_is("web-canary", "web", "demo") and not host_is("web.other.svc.cluster.local", "web", "demo")
+
+
+# ------------------------------------------------------------------------------------------------------- nginx
+
+
+def stable_ingress() -> dict[str, Any]:
+    return {
+        "apiVersion": "networking.k8s.io/v1", "kind": "Ingress",
+        "metadata": {"name": "web", "namespace": "demo", "uid": "u1", "resourceVersion": "7",
+                     "annotations": {"nginx.ingress.kubernetes.io/rewrite-target": "/",
+                                     "kubectl.kubernetes.io/last-applied-configuration": "{}"}},
+        "spec": {"ingressClassName": "nginx", "tls": [{"hosts": ["web.example"], "secretName": "web-tls"}],
+                 "rules": [{"host": "web.example", "http": {"paths": [
+                     {"path": "/", "pathType": "Prefix", "backend": {"service": {"name": "web", "port": {"number": 80}}}},
+                     {"path": "/static", "pathType": "Prefix",
+                      "backend": {"service": {"name": "cdn", "port": {"number": 80}}}}]}},
+                           {"host": "other.example", "http": {"paths": [
+                               {"path": "/", "pathType": "Prefix",
+                                "backend": {"service": {"name": "other", "port": {"name": "http"}}}}]}}]},
+    }
+
+
+def test_nginx_canary_ingress_body() -> None:
+    src = stable_ingress()
+    before = copy.deepcopy(src)
+    owner = {"apiVersion": "saferollout.dev/v1alpha1", "kind": "SafeRollout", "name": "web", "uid": "r1"}
+    out = canary_ingress(src, "web", "web-canary", 25, "web-rollout", "web", owner)
+    assert src == before
+    assert out["metadata"] == {
+        "name": "web-canary", "namespace": "demo",
+        "labels": {"saferollout.dev/rollout": "web-rollout", "saferollout.dev/canary-of": "web"},
+        "annotations": {"nginx.ingress.kubernetes.io/rewrite-target": "/", CANARY: "true", CANARY_WEIGHT: "25"},
+        "ownerReferences": [owner]}
+    assert out["spec"] == {"ingressClassName": "nginx", "tls": [{"hosts": ["web.example"], "secretName": "web-tls"}],
+                           "rules": [{"host": "web.example", "http": {"paths": [
+                               {"path": "/", "pathType": "Prefix",
+                                "backend": {"service": {"name": "web-canary", "port": {"number": 80}}}}]}}]}
+
+
+@pytest.mark.parametrize("weight", [0, 5, 50, 100])
+def test_nginx_weight_is_a_string_and_zero_keeps_the_canary(weight: int) -> None:
+    out = canary_ingress(stable_ingress(), "web", "web-canary", weight, "r", "web")
+    assert out["metadata"]["annotations"][CANARY_WEIGHT] == str(weight) and "ownerReferences" not in out["metadata"]
+
+
+def test_nginx_default_backend_and_refusals() -> None:
+    src = {"metadata": {"name": "web"}, "spec": {"defaultBackend": {"service": {"name": "web", "port": {"number": 80}}},
+                                                 "rules": [{"http": {"paths": []}}]}}
+    out = canary_ingress(src, "web", "web-canary", 5, "r", "web")
+    assert out["spec"] == {"defaultBackend": {"service": {"name": "web-canary", "port": {"number": 80}}}}
+    with pytest.raises(LookupError, match="routes nothing to the stable Service 'api'"):
+        canary_ingress(stable_ingress(), "api", "api-canary", 5, "r", "api")
+    with pytest.raises(ValueError, match="percentage"):
+        canary_ingress(stable_ingress(), "web", "web-canary", -1, "r", "web")
+
+
+# ---------------------------------------------------------------------------------------------------- replicas
+
+# (total, weight) -> (target, canary)
+SPLITS = {
+    (1, 0): (1, 0), (1, 5): (1, 1), (1, 25): (1, 1), (1, 50): (1, 1), (1, 100): (0, 1),
+    (2, 0): (2, 0), (2, 5): (1, 1), (2, 25): (1, 1), (2, 50): (1, 1), (2, 100): (0, 2),
+    (3, 0): (3, 0), (3, 5): (2, 1), (3, 25): (2, 1), (3, 50): (1, 2), (3, 100): (0, 3),
+    (10, 0): (10, 0), (10, 5): (9, 1), (10, 25): (7, 3), (10, 50): (5, 5), (10, 100): (0, 10),
+}
+
+
+@pytest.mark.parametrize(("total", "weight"), sorted(SPLITS))
+def test_replica_split(total: int, weight: int) -> None:
+    target, canary = split(total, weight)
+    assert (target, canary) == SPLITS[(total, weight)]
+    if 0 < weight < 100:  # both versions run, and the pods add up to total, or total + 1 for the minimum of one
+        assert target >= 1 and canary >= 1 and total <= target + canary <= total + 1
+
+
+def test_replica_split_edges_and_share() -> None:
+    assert split(0, 50) == (0, 0)
+    with pytest.raises(ValueError):
+        split(3, 101)
+    with pytest.raises(ValueError):
+        split(-1, 5)
+    assert canary_share(9, 1) == 10.0 and canary_share(0, 0) == 0.0
+
+
+def test_replica_total_is_recorded_once() -> None:
+    target = {"spec": {"replicas": 7}}
+    assert total_of(target, None) == 7
+    assert total_of({"spec": {}}, None) == 1
+    assert total_of(target, {"metadata": {"annotations": {TOTAL: "10"}}}) == 10  # the target was scaled since
+    assert total_of(target, {"metadata": {"annotations": {TOTAL: "ten"}}}) == 7
+
+
+# -------------------------------------------------------------------------------------------- volume snapshots
+
+
+def test_snapshot_names_are_valid_and_stable() -> None:
+    assert k8s_name("web-snap-1-20260101T000000") == "web-snap-1-20260101t000000"
+    assert k8s_name("a_b//c.") == "a-b-c"
+    long = k8s_name("x" * 300)
+    assert len(long) <= 253 and long == k8s_name("x" * 300) and long != k8s_name("x" * 301)
+
+
+@pytest.mark.parametrize(("q", "n"), [("1Gi", 1 << 30), ("500Mi", 500 << 20), ("1G", 10**9), ("1.5Ki", 1536),
+                                      ("1e3", 1000), (2048, 2048), ("100m", 1), (None, 0), ("", 0)])
+def test_quantities(q: str | int | None, n: int) -> None:
+    assert quantity_bytes(q) == n
+
+
+def test_identity_and_claim_from_snapshot() -> None:
+    assert identity("u", "c") == identity("u", "c") != identity("u", "d")
+    source = {"spec": {"accessModes": ["ReadWriteOnce"], "storageClassName": "fast", "volumeMode": "Filesystem",
+                       "resources": {"requests": {"storage": "1Gi"}}}}
+    snap = {"metadata": {"name": "web-snap-1"}, "status": {"restoreSize": "2Gi"}}
+    pvc = claim_from_snapshot("data-restored-snap-1", source, snap, {"l": "v"}, {"a": "b"})
+    assert pvc["spec"] == {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "2Gi"}},
+                           "storageClassName": "fast", "volumeMode": "Filesystem",
+                           "dataSource": {"apiGroup": "snapshot.storage.k8s.io", "kind": "VolumeSnapshot",
+                                          "name": "web-snap-1"}}
+    small = claim_from_snapshot("x", source, {"metadata": {"name": "s"}, "status": {"restoreSize": "512Mi"}}, {}, {})
+    assert small["spec"]["resources"]["requests"]["storage"] == "1Gi"
