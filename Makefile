@@ -40,21 +40,24 @@ imports: venv
 
 crds: venv
 	$(PYTHON) -m saferollout.crdgen
+	bash scripts/sync-chart-crds.sh
 
 crds-check: venv
 	$(PYTHON) -m saferollout.crdgen --check
+	bash scripts/sync-chart-crds.sh --check
 
-unit: venv
+unit: venv tools
 	$(BIN)/pytest -q tests/unit
 
 helm-lint: tools
-	$(TOOLS)/helm lint charts/saferollout
+	$(TOOLS)/helm lint --strict charts/saferollout
 	$(TOOLS)/helm template sr charts/saferollout > /dev/null
+	$(TOOLS)/helm template sr charts/saferollout --set rbac.scope=namespaced --set 'watchNamespaces={a,b}' --set replicaCount=2 > /dev/null
 
 e2e: venv tools
 	$(BIN)/pytest -q -m e2e tests/e2e
 
-test: deps venv lint types imports crds-check tools
+test: deps venv lint types imports crds-check tools helm-lint
 	$(BIN)/pytest -q tests/unit tests/e2e
 
 cluster: tools

@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import json
 import logging
+import random
 import sys
 
 from saferollout.redact import RedactingFilter
@@ -49,17 +50,21 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--namespace", "-n", action="append", default=[], help="watch only these (repeatable)")
     run.add_argument("--verbose", "-v", action="store_true")
     run.add_argument("--peering", default=None, help="kopf peering name, for two replicas")
+    run.add_argument("--priority", type=int, default=None,
+                     help="kopf peering priority; default: random, so that exactly one of several replicas works")
     args = parser.parse_args(argv)
 
     import kopf
 
     from saferollout import handlers
     setup_logging(handlers.CFG.log_format, args.verbose)
+    priority = args.priority if args.priority is not None else random.randrange(1, 2**31)
     asyncio.run(kopf.operator(
         namespaces=list(args.namespace),
         clusterwide=not args.namespace,
         standalone=args.peering is None,
         peering_name=args.peering,
+        priority=priority,
     ))
     return 0
 

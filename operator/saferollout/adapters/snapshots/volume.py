@@ -262,8 +262,10 @@ class VolumeSnapshotProvider:
         if source is None:
             raise LookupError(f"PersistentVolumeClaim {self.cfg.pvc} not found: its class and size shape the scratch claim")
         try:  # leftovers of an interrupted verify
-            kube.core().delete_collection_namespaced_persistent_volume_claim(
-                self.ns, label_selector=f"{ROLLOUT}={self.rollout},{ROLE}=verify")
+            leftovers = kube.core().list_namespaced_persistent_volume_claim(
+                self.ns, label_selector=f"{ROLLOUT}={self.rollout},{ROLE}=verify").items
+            for claim in leftovers:  # one by one: the operator is not granted deletecollection
+                kube.core().delete_namespaced_persistent_volume_claim(claim.metadata.name, self.ns)
         except ApiException as e:
             _ignore_404(e)
         scratch = k8s_name(f"{self.rollout}-verify-{snapshot_id}", 243) + "-" + secrets.token_hex(4)

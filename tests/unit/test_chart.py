@@ -1,0 +1,488 @@
+"""The Helm chart (charts/saferollout): its CRD copy, `helm lint`, and the objects `helm template` renders.
+
+Runs the helm built by `make tools` (the pinned version), never one from PATH. No cluster is needed.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import re
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.e2e.cluster import tools_dir
+
+REPO = Path(__file__).resolve().parents[2]
+CHART = REPO / "charts" / "saferollout"
+NAMESPACE = "saferollout-system"
+FULLNAME = "sr-saferollout"
+
+Obj = dict[str, Any]
+
+
+def helm_bin() -> Path:
+    """The built helm; a missing one fails the test (a skipped chart test would let a broken chart ship)."""
+    path = tools_dir() / "helm"
+    if not path.is_file():
+        pytest.fail(f"helm is not built at {path}: run `make tools`")
+    return path
+
+
+def run_helm(*args: str) -> subprocess.CompletedProcess[str]:
+    """helm with its config and cache under .cache/, so no user setting or repository changes a render."""
+    home = REPO / ".cache" / "helm"
+    env = {**os.environ, "HELM_CONFIG_HOME": str(home / "config"), "HELM_CACHE_HOME": str(home / "cache"),
+           "HELM_DATA_HOME": str(home / "data")}
+    env.pop("KUBECONFIG", None)
+    return subprocess.run([str(helm_bin()), *args], capture_output=True, text=True, env=env, check=False,
+                          stdin=subprocess.DEVNULL, timeout=120)
+
+
+@functools.cache
+def _render(args: tuple[str, ...]) -> tuple[Obj, ...]:
+    result = run_helm("template", "sr", str(CHART), "--namespace", NAMESPACE, *args)
+    assert result.returncode == 0, f"helm template {' '.join(args)} failed:\n{result.stderr}"
+    return tuple(d for d in yaml.safe_load_all(result.stdout) if d)
+
+
+def render(*args: str) -> list[Obj]:
+    """The rendered objects; renders are cached, as several tests read the same one."""
+    return list(_render(args))
+
+
+def render_error(*args: str) -> str:
+    result = run_helm("template", "sr", str(CHART), "--namespace", NAMESPACE, *args)
+    assert result.returncode != 0, f"helm template {' '.join(args)} should fail"
+    return result.stderr
+
+
+def of_kind(objs: list[Obj], kind: str) -> list[Obj]:
+    return [o for o in objs if o["kind"] == kind]
+
+
+def one(objs: list[Obj], kind: str) -> Obj:
+    found = of_kind(objs, kind)
+    assert len(found) == 1, f"expected one {kind}, got {[o['metadata']['name'] for o in found]}"
+    return found[0]
+
+
+def container(objs: list[Obj]) -> Obj:
+    containers = one(objs, "Deployment")["spec"]["template"]["spec"]["containers"]
+    assert len(containers) == 1
+    result: Obj = containers[0]
+    return result
+
+
+def env_of(objs: list[Obj]) -> dict[str, str]:
+    return {e["name"]: e.get("value") for e in container(objs)["env"]}
+
+
+def rules_of(objs: list[Obj]) -> list[Obj]:
+    return [r for o in objs if o["kind"] in ("Role", "ClusterRole") for r in o["rules"]]
+
+
+def grants(rules: list[Obj]) -> set[tuple[str, str, str]]:
+    """(apiGroup, resource, verb) triples granted by the rules."""
+    return {(g, res, v) for r in rules for g in r["apiGroups"] for res in r["resources"] for v in r["verbs"]}
+
+
+DEFAULT = ()
+NAMESPACED = ("--set", "rbac.scope=namespaced", "--set", "watchNamespaces={a,b}")
+REPLICAS_2 = ("--set", "replicaCount=2")
+SERVICE_MONITOR = ("--set", "metrics.serviceMonitor.enabled=true")
+ALL_RENDERS = [DEFAULT, NAMESPACED, REPLICAS_2, SERVICE_MONITOR, NAMESPACED + REPLICAS_2]
+
+
+# --- the CRD ------------------------------------------------------------------------------------------------
+
+
+def test_the_chart_crd_is_the_generated_one() -> None:
+    source = REPO / "crds" / "saferollout.dev_saferollouts.yaml"
+    copy = CHART / "crds" / source.name
+    assert copy.is_file(), "run: bash scripts/sync-chart-crds.sh"
+    assert copy.read_text() == source.read_text(), "the chart's CRD differs from crds/: run bash scripts/sync-chart-crds.sh"
+
+
+def test_the_sync_script_check_mode_agrees() -> None:
+    result = subprocess.run(["bash", str(REPO / "scripts" / "sync-chart-crds.sh"), "--check"], capture_output=True, text=True,
+                            check=False)
+    assert result.returncode == 0, result.stderr
+
+
+def test_the_chart_ships_the_kopf_peering_crds() -> None:
+    docs = [d for f in sorted((CHART / "crds").glob("*.yaml")) for d in yaml.safe_load_all(f.read_text()) if d]
+    scopes = {d["metadata"]["name"]: d["spec"]["scope"] for d in docs}
+    assert scopes["clusterkopfpeerings.kopf.dev"] == "Cluster"
+    assert scopes["kopfpeerings.kopf.dev"] == "Namespaced"
+
+
+# --- lint -----------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("args", [DEFAULT, NAMESPACED + REPLICAS_2], ids=["default", "namespaced-2-replicas"])
+def test_helm_lint(args: tuple[str, ...]) -> None:
+    result = run_helm("lint", "--strict", str(CHART), *args)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+# --- default values --------------------------------------------------------------------------------------------
+
+
+def test_default_render_has_the_operator_objects() -> None:
+    objs = render()
+    kinds = sorted(o["kind"] for o in objs)
+    assert kinds == ["ClusterRole", "ClusterRoleBinding", "Deployment", "Service", "ServiceAccount"]
+    binding = one(objs, "ClusterRoleBinding")
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": FULLNAME, "namespace": NAMESPACE}]
+    assert binding["roleRef"]["name"] == one(objs, "ClusterRole")["metadata"]["name"]
+    pod = one(objs, "Deployment")["spec"]["template"]["spec"]
+    assert pod["serviceAccountName"] == one(objs, "ServiceAccount")["metadata"]["name"]
+
+
+@pytest.mark.parametrize("args", ALL_RENDERS)
+def test_restricted_security_context(args: tuple[str, ...]) -> None:
+    objs = render(*args)
+    pod = one(objs, "Deployment")["spec"]["template"]["spec"]
+    c = container(objs)
+    sc = c["securityContext"]
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert sc["runAsNonRoot"] is True
+    assert sc["runAsUser"] == 10001
+    assert sc["readOnlyRootFilesystem"] is True
+    assert sc["allowPrivilegeEscalation"] is False
+    assert sc["capabilities"] == {"drop": ["ALL"]}
+    assert sc["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert "privileged" not in sc
+    mounts = {m["name"]: m["mountPath"] for m in c["volumeMounts"]}
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert mounts["tmp"] == "/tmp" and "emptyDir" in volumes["tmp"]
+    assert mounts["snapshots"] == env_of(objs)["SAFEROLLOUT_SNAPSHOT_DIR"]
+
+
+def test_image_and_probes() -> None:
+    objs = render("--set", "image.repository=example/saferollout", "--set", "image.pullPolicy=Always")
+    c = container(objs)
+    assert c["image"] == "example/saferollout:0.1.0"  # the tag defaults to appVersion
+    assert c["imagePullPolicy"] == "Always"
+    assert container(render("--set", "image.tag=1.2.3"))["image"] == "saferollout/operator:1.2.3"
+    port = c["ports"][0]
+    assert port == {"name": "metrics", "containerPort": 8080, "protocol": "TCP"}
+    for probe in ("livenessProbe", "readinessProbe"):
+        assert c[probe]["httpGet"] == {"path": "/healthz", "port": "metrics"}
+    assert c["resources"]["requests"] and c["resources"]["limits"]
+
+
+def test_every_setting_is_an_env_var() -> None:
+    assert env_of(render()) == {
+        "SAFEROLLOUT_PROMETHEUS_URL": "http://prometheus-operated.monitoring:9090",
+        "SAFEROLLOUT_PROMETHEUS_TIMEOUT": "5",
+        "SAFEROLLOUT_RATE_WINDOW": "1m",
+        "SAFEROLLOUT_TICK_SECONDS": "1",
+        "SAFEROLLOUT_REQUESTS_METRIC": "http_requests_total",
+        "SAFEROLLOUT_DURATION_BUCKET_METRIC": "http_request_duration_seconds_bucket",
+        "SAFEROLLOUT_SERVICE_LABEL": "service",
+        "SAFEROLLOUT_NAMESPACE_LABEL": "namespace",
+        "SAFEROLLOUT_CODE_LABEL": "code",
+        "SAFEROLLOUT_DEFAULT_STAGES": "5:2m,25:3m,50:3m,100:5m",
+        "SAFEROLLOUT_LOG_FORMAT": "text",
+        "SAFEROLLOUT_SNAPSHOT_DIR": "/var/lib/saferollout/snapshots",
+        "SAFEROLLOUT_METRICS_PORT": "8080",
+    }
+
+
+def test_the_env_vars_are_the_ones_the_operator_reads() -> None:
+    """Each env var the chart sets is read by OperatorConfig.from_env (a renamed setting fails here)."""
+    source = (REPO / "operator" / "saferollout" / "config.py").read_text()
+    read = set(re.findall(r'"(SAFEROLLOUT_[A-Z_]+)"', source))
+    assert set(env_of(render())) <= read, set(env_of(render())) - read
+
+
+def test_the_default_env_parses_into_the_operator_config() -> None:
+    from saferollout.config import OperatorConfig
+
+    cfg = OperatorConfig.from_env(env_of(render()))
+    assert [(s.weight, s.duration) for s in cfg.settings.default_stages] == [(5, "2m"), (25, "3m"), (50, "3m"), (100, "5m")]
+    assert cfg.metrics_port == 8080 and cfg.prometheus_timeout == 5.0 and cfg.log_format == "text"
+
+
+def test_values_map_to_the_env_vars() -> None:
+    objs = render("--set", "prometheus.address=http://prom.mon:9090", "--set", "prometheus.timeout=2.5",
+                  "--set", "analysis.rateWindow=2m", "--set", "analysis.tickSeconds=0.5", "--set", "logFormat=json",
+                  "--set", "metricLabels.requests=istio_requests_total", "--set", "metricLabels.code=response_code",
+                  "--set", "metricLabels.namespace=", "--set", "metrics.port=9090",
+                  "--set-json", 'defaultStages=[{"weight":10,"duration":"90s"},{"weight":100,"duration":"10m"}]')
+    env = env_of(objs)
+    assert env["SAFEROLLOUT_PROMETHEUS_URL"] == "http://prom.mon:9090"
+    assert env["SAFEROLLOUT_PROMETHEUS_TIMEOUT"] == "2.5"
+    assert env["SAFEROLLOUT_RATE_WINDOW"] == "2m"
+    assert env["SAFEROLLOUT_TICK_SECONDS"] == "0.5"
+    assert env["SAFEROLLOUT_LOG_FORMAT"] == "json"
+    assert env["SAFEROLLOUT_REQUESTS_METRIC"] == "istio_requests_total"
+    assert env["SAFEROLLOUT_CODE_LABEL"] == "response_code"
+    assert env["SAFEROLLOUT_NAMESPACE_LABEL"] == ""
+    assert env["SAFEROLLOUT_DEFAULT_STAGES"] == "10:90s,100:10m"
+    assert env["SAFEROLLOUT_METRICS_PORT"] == "9090"
+    assert container(objs)["ports"][0]["containerPort"] == 9090
+    assert one(objs, "Service")["spec"]["ports"][0]["port"] == 9090
+
+
+def test_one_replica_is_standalone() -> None:
+    objs = render()
+    deployment = one(objs, "Deployment")
+    assert deployment["spec"]["replicas"] == 1
+    assert deployment["spec"]["strategy"] == {"type": "Recreate"}  # never two standalone operators at once
+    assert "args" not in container(objs)
+    assert not of_kind(objs, "PodDisruptionBudget")
+    assert not of_kind(objs, "ClusterKopfPeering")
+
+
+# --- RBAC ---------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("args", ALL_RENDERS)
+def test_rbac_has_no_wildcards(args: tuple[str, ...]) -> None:
+    rules = rules_of(render(*args))
+    assert rules
+    for rule in rules:
+        for key in ("apiGroups", "resources", "verbs"):
+            assert "*" not in rule[key], rule
+            assert not any("*" in item for item in rule[key]), rule
+        assert "nonResourceURLs" not in rule and "resourceNames" not in rule
+
+
+@pytest.mark.parametrize("args", ALL_RENDERS)
+def test_rbac_never_grants_escalation_or_secret_listing(args: tuple[str, ...]) -> None:
+    granted = grants(rules_of(render(*args)))
+    assert {(g, r, v) for g, r, v in granted if r == "secrets"} == {("", "secrets", "get")}
+    assert not {v for _, _, v in granted} & {"escalate", "bind", "impersonate", "deletecollection"}
+    assert not {r for _, r, _ in granted} & {"pods", "pods/exec", "roles", "clusterroles", "rolebindings", "clusterrolebindings",
+                                             "serviceaccounts/token", "nodes"}
+
+
+def test_cluster_scope_grants_what_the_operator_uses() -> None:
+    granted = grants(rules_of(render()))
+    for expected in [("saferollout.dev", "saferollouts", v) for v in ("get", "list", "watch", "patch")] + [
+        ("saferollout.dev", "saferollouts/status", "patch"),
+        ("saferollout.dev", "saferollouts/status", "update"),
+        ("apiextensions.k8s.io", "customresourcedefinitions", "watch"),
+        ("", "events", "create"),
+        ("events.k8s.io", "events", "create"),
+        ("apps", "deployments", "delete"),
+        ("", "services", "patch"),
+        ("", "configmaps", "update"),
+        ("", "persistentvolumeclaims", "create"),
+        ("gateway.networking.k8s.io", "httproutes", "patch"),
+        ("networking.istio.io", "virtualservices", "patch"),
+        ("networking.k8s.io", "ingresses", "delete"),
+        ("snapshot.storage.k8s.io", "volumesnapshots", "create"),
+    ]:
+        assert expected in granted, expected
+    assert not [g for g in granted if g[0] == "kopf.dev"], "peering rules without peering"
+
+
+def test_namespaced_scope_makes_a_role_per_namespace() -> None:
+    objs = render(*NAMESPACED)
+    roles = of_kind(objs, "Role")
+    assert sorted(r["metadata"]["namespace"] for r in roles) == ["a", "b"]
+    bindings = of_kind(objs, "RoleBinding")
+    assert sorted(b["metadata"]["namespace"] for b in bindings) == ["a", "b"]
+    for b in bindings:
+        assert b["subjects"] == [{"kind": "ServiceAccount", "name": FULLNAME, "namespace": NAMESPACE}]
+        assert b["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": FULLNAME}
+    # the same namespaced grants as the cluster mode, minus the cluster-scoped CRD read
+    cluster_grants = grants(rules_of(render()))
+    cluster_scoped = {"customresourcedefinitions", "storageclasses"}
+    for role in roles:
+        assert grants(role["rules"]) == {g for g in cluster_grants if g[1] not in cluster_scoped}
+    # cluster-wide: only what kopf needs to start, and the StorageClass read of the volume snapshot gate
+    cluster_role = one(objs, "ClusterRole")
+    assert cluster_role["rules"] == [{"apiGroups": ["apiextensions.k8s.io"], "resources": ["customresourcedefinitions"],
+                                      "verbs": ["get", "list", "watch"]},
+                                     {"apiGroups": ["storage.k8s.io"], "resources": ["storageclasses"], "verbs": ["get"]}]
+    assert one(objs, "ClusterRoleBinding")["roleRef"]["name"] == cluster_role["metadata"]["name"]
+
+
+def test_namespaced_scope_passes_the_namespaces_to_the_operator() -> None:
+    assert container(render(*NAMESPACED))["args"] == ["--namespace", "a", "--namespace", "b"]
+
+
+def test_namespaced_scope_without_namespaces_fails_with_a_hint() -> None:
+    assert "rbac.scope=namespaced needs watchNamespaces" in render_error("--set", "rbac.scope=namespaced")
+
+
+def test_rbac_create_false_renders_no_rbac() -> None:
+    objs = render("--set", "rbac.create=false")
+    assert not [o for o in objs if o["kind"] in ("Role", "ClusterRole", "RoleBinding", "ClusterRoleBinding")]
+
+
+# --- replicas and peering -----------------------------------------------------------------------------------------
+
+
+def test_two_replicas_turn_on_peering_and_a_pdb() -> None:
+    objs = render(*REPLICAS_2)
+    deployment = one(objs, "Deployment")
+    assert deployment["spec"]["replicas"] == 2
+    assert deployment["spec"]["strategy"]["type"] == "RollingUpdate"
+    assert container(objs)["args"] == ["--peering", "saferollout"]
+    pdb = one(objs, "PodDisruptionBudget")
+    assert pdb["spec"]["minAvailable"] == 1
+    assert pdb["spec"]["selector"]["matchLabels"] == deployment["spec"]["selector"]["matchLabels"]
+    assert one(objs, "ClusterKopfPeering")["metadata"]["name"] == "saferollout"
+    assert ("kopf.dev", "clusterkopfpeerings", "patch") in grants(rules_of(objs))
+    assert "podAntiAffinity" in deployment["spec"]["template"]["spec"]["affinity"]
+
+
+def test_two_replicas_in_namespaced_mode_peer_in_each_namespace() -> None:
+    objs = render(*NAMESPACED, *REPLICAS_2)
+    assert container(objs)["args"] == ["--namespace", "a", "--namespace", "b", "--peering", "saferollout"]
+    peerings = of_kind(objs, "KopfPeering")
+    assert sorted(p["metadata"]["namespace"] for p in peerings) == ["a", "b"]
+    assert not of_kind(objs, "ClusterKopfPeering")
+    for role in of_kind(objs, "Role"):
+        assert {("kopf.dev", "kopfpeerings", v) for v in ("get", "list", "watch", "patch")} <= grants(role["rules"])
+    assert one(objs, "PodDisruptionBudget")["spec"]["minAvailable"] == 1
+
+
+# --- metrics ----------------------------------------------------------------------------------------------------------
+
+
+def test_service_monitor_scrapes_the_metrics_service() -> None:
+    assert not of_kind(render(), "ServiceMonitor")
+    objs = render(*SERVICE_MONITOR, "--set", "metrics.serviceMonitor.labels.release=kube-prometheus-stack")
+    monitor = one(objs, "ServiceMonitor")
+    assert monitor["apiVersion"] == "monitoring.coreos.com/v1"
+    assert monitor["metadata"]["labels"]["release"] == "kube-prometheus-stack"
+    service = one(objs, "Service")
+    assert monitor["spec"]["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
+    assert monitor["spec"]["namespaceSelector"] == {"matchNames": [NAMESPACE]}
+    assert [e["port"] for e in monitor["spec"]["endpoints"]] == [p["name"] for p in service["spec"]["ports"]] == ["metrics"]
+    assert monitor["spec"]["endpoints"][0]["path"] == "/metrics"
+    assert service["spec"]["selector"] == one(objs, "Deployment")["spec"]["selector"]["matchLabels"]
+
+
+# --- snapshots ---------------------------------------------------------------------------------------------------------
+
+
+def test_snapshot_persistence_uses_a_claim() -> None:
+    assert not of_kind(render(), "PersistentVolumeClaim")
+    objs = render("--set", "snapshots.persistence.enabled=true", "--set", "snapshots.persistence.size=20Gi",
+                  "--set", "snapshots.persistence.storageClass=fast", "--set", "snapshots.dir=/data/snapshots")
+    claim = one(objs, "PersistentVolumeClaim")
+    assert claim["spec"]["resources"]["requests"]["storage"] == "20Gi"
+    assert claim["spec"]["storageClassName"] == "fast"
+    assert claim["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
+    volumes = {v["name"]: v for v in one(objs, "Deployment")["spec"]["template"]["spec"]["volumes"]}
+    assert volumes["snapshots"] == {"name": "snapshots", "persistentVolumeClaim": {"claimName": claim["metadata"]["name"]}}
+    assert env_of(objs)["SAFEROLLOUT_SNAPSHOT_DIR"] == "/data/snapshots"
+    mounts = {m["name"]: m["mountPath"] for m in container(objs)["volumeMounts"]}
+    assert mounts["snapshots"] == "/data/snapshots"
+    no_class = one(render("--set", "snapshots.persistence.enabled=true", "--set", "snapshots.persistence.storageClass=-"),
+                   "PersistentVolumeClaim")
+    assert no_class["spec"]["storageClassName"] == ""
+
+
+# --- Argo CD and Grafana --------------------------------------------------------------------------------------------
+
+
+def test_argocd_snippet_only_when_enabled() -> None:
+    assert not [o for o in render() if o["kind"] == "ConfigMap"]
+    objs = render("--set", "argocd.enabled=true", "--set", "argocd.namespace=argocd")
+    snippet = one(objs, "ConfigMap")
+    assert snippet["metadata"]["namespace"] == "argocd"
+    assert snippet["data"] == {
+        "resource.customizations.health.saferollout.dev_SafeRollout": (CHART / "argocd" / "health.lua").read_text()}
+
+
+def test_grafana_dashboard_configmap() -> None:
+    objs = render("--set", "grafana.dashboard.enabled=true", "--set", "grafana.dashboard.namespace=monitoring")
+    cm = one(objs, "ConfigMap")
+    assert cm["metadata"]["labels"]["grafana_dashboard"] == "1"
+    assert cm["metadata"]["namespace"] == "monitoring"
+    assert json.loads(cm["data"]["saferollout.json"]) == json.loads((CHART / "dashboards" / "saferollout.json").read_text())
+
+
+# The metrics the dashboard is about (docs/dashboard.md); the operator may export more.
+DASHBOARD_METRICS = {"saferollout_rollouts", "saferollout_analysis_results", "saferollout_rollbacks",
+                     "saferollout_time_to_detect_seconds", "saferollout_time_to_revert_seconds",
+                     "saferollout_reconcile_errors", "saferollout_reconcile_duration_seconds"}
+
+
+def _exprs(panel: Obj) -> list[str]:
+    return [t["expr"] for t in panel.get("targets", [])]
+
+
+def _operator_series() -> set[str]:
+    """The series the operator exports, read from its metric registry, so a renamed metric breaks this test."""
+    from prometheus_client import REGISTRY
+
+    import saferollout.observability  # noqa: F401  (registers the metrics)
+
+    series: set[str] = set()
+    for family in REGISTRY.collect():
+        if family.name.startswith("saferollout_"):
+            suffixes = {"counter": ["_total"], "histogram": ["_bucket", "_sum", "_count"]}.get(family.type, [""])
+            series |= {family.name + s for s in suffixes}
+    return series
+
+
+def test_dashboard_queries_read_only_the_operator_metrics() -> None:
+    dashboard = json.loads((CHART / "dashboards" / "saferollout.json").read_text())
+    assert dashboard["schemaVersion"] == 39
+    panels = dashboard["panels"]
+    ids = [p["id"] for p in panels]
+    assert len(ids) == len(set(ids))
+    known = _operator_series()
+    used: set[str] = set()
+    for panel in panels:
+        for expr in _exprs(panel):
+            names = set(re.findall(r"\bsaferollout_[a-z_]+", expr))
+            assert names <= known, f"{panel['title']}: unknown series {names - known}"
+            used |= names
+    shown = {re.sub(r"_(total|bucket|sum|count)$", "", n) for n in used}
+    assert shown >= DASHBOARD_METRICS, f"no panel for {DASHBOARD_METRICS - shown}"
+
+
+def test_every_dashboard_panel_is_documented() -> None:
+    doc = (REPO / "docs" / "dashboard.md").read_text()
+    for panel in json.loads((CHART / "dashboards" / "saferollout.json").read_text())["panels"]:
+        assert panel["title"] in doc, f"panel {panel['title']!r} is not described in docs/dashboard.md"
+        for expr in _exprs(panel):
+            assert " ".join(expr.split()) in " ".join(doc.split()), f"query of {panel['title']!r} is not in docs/dashboard.md"
+
+
+# --- values, schema, docs -------------------------------------------------------------------------------------------
+
+
+def test_the_schema_rejects_unknown_and_invalid_values() -> None:
+    assert "additional properties 'replicas' not allowed" in render_error("--set", "replicas=2")
+    assert "additional properties 'adress' not allowed" in render_error("--set", "prometheus.adress=http://x")
+    render_error("--set", "rbac.scope=everywhere")
+    render_error("--set", "logFormat=xml")
+    render_error("--set-json", 'defaultStages=[{"weight":0,"duration":"1m"}]')
+    render_error("--set-json", 'defaultStages=[{"weight":5,"duration":"soon"}]')
+    render_error("--set", "prometheus.timeout=soon")
+    render_error("--set-json", "prometheus.timeout=-1")
+    render_error("--set", "watchNamespaces={a,a}")
+
+
+def test_the_schema_is_strict_in_the_main_objects() -> None:
+    schema = json.loads((CHART / "values.schema.json").read_text())
+    assert schema["additionalProperties"] is False
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    assert set(values) == set(schema["properties"]), "values.yaml and values.schema.json list different keys"
+    for key, value in values.items():
+        if isinstance(value, dict) and key not in ("podAnnotations", "podLabels", "nodeSelector", "affinity"):
+            assert schema["properties"][key].get("additionalProperties") is False, key
+
+
+def test_every_top_level_value_is_documented() -> None:
+    doc = (REPO / "docs" / "install.md").read_text()
+    for key in yaml.safe_load((CHART / "values.yaml").read_text()):
+        assert re.search(rf"`{re.escape(key)}[.`\[=]", doc), f"values key {key!r} is not described in docs/install.md"
