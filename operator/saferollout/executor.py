@@ -181,6 +181,7 @@ class Executor:
         values: dict[str, float | None] = {}
         errors: dict[str, str] = {}
         series: dict[str, tuple[list[float], list[float]]] = {}
+        samples: dict[str, float] = {}
         if act.max_error_rate is not None:
             metrics = [Metric(name=VERIFY_ERROR_RATE, template="error-rate", max=act.max_error_rate)]
         else:
@@ -193,9 +194,11 @@ class Executor:
             else:
                 reading = prom.read(m, ctx)
                 values[m.name], err = reading.value, reading.error
+                if reading.requests is not None:
+                    samples[m.name] = reading.requests
             if err:
                 errors[m.name] = err
-        return a.MetricValues(act.target, act.purpose, values, errors, series=series)
+        return a.MetricValues(act.target, act.purpose, values, errors, samples, series)
 
     def compare(self, prom: PrometheusProvider, m: Metric, ctx: dict[str, str],
                 series: dict[str, tuple[list[float], list[float]]]) -> tuple[float | None, str | None]:

@@ -408,3 +408,17 @@ def test_baseline_comparison_fails_on_difference() -> None:
     w = World(make_spec(**{"analysis.metrics": metrics}), metrics=fn).run(60, until=World.done)
     assert w.phase() == "RolledBack"
     assert w.status.incident is not None and w.status.incident.threshold == "canary - stable <= 5e+07"
+
+
+def test_error_rate_needs_confidence_not_one_unlucky_request() -> None:
+    from saferollout.core.models import Metric, Verdict
+    from saferollout.core.stats import wilson_lower
+
+    m = Metric(name="error-rate", template="error-rate", max=0.01)
+    assert m.verdict(0.0119, requests=84) == Verdict.passed  # 1 error in 84 requests: not proof of > 1%
+    assert m.verdict(0.08, requests=120) == Verdict.fail  # ~10 errors in 120: clearly above
+    assert m.verdict(0.0119) == Verdict.fail  # without a request count the rate is taken as it is
+    assert m.verdict(0.005, requests=10) == Verdict.passed
+    assert 0.0 < wilson_lower(0.1, 20) < 0.1 and wilson_lower(0.0, 100) == 0.0
+    custom = Metric(name="x", query="q", max=0.01)
+    assert custom.verdict(0.0119, requests=84) == Verdict.fail  # only the built-in error-rate is judged so

@@ -14,13 +14,22 @@ from prometheus_api_client import PrometheusConnect
 from urllib3.util.retry import Retry
 
 from saferollout.core.models import Metric
-from saferollout.core.queries import LabelNames, TemplateError, alternation, builtin_templates, grouped_templates, render
+from saferollout.core.queries import (
+    REQUESTS,
+    LabelNames,
+    TemplateError,
+    alternation,
+    builtin_templates,
+    grouped_templates,
+    render,
+)
 
 
 @dataclass(frozen=True)
 class Reading:
     value: float | None
     error: str | None = None
+    requests: float | None = None  # behind a rate: how many requests it was computed from
 
 
 class PrometheusProvider:
@@ -51,6 +60,13 @@ class PrometheusProvider:
         return render(self.templates[metric.template], context)
 
     def read(self, metric: Metric, context: dict[str, str]) -> Reading:
+        reading = self._read(metric, context)
+        if metric.query is None and metric.template == "error-rate" and reading.value is not None:
+            count = self._read(Metric(name=REQUESTS, template=REQUESTS, min=0), context)
+            return Reading(reading.value, reading.error, count.value)
+        return reading
+
+    def _read(self, metric: Metric, context: dict[str, str]) -> Reading:
         if self.grouped is not None and metric.query is None and metric.template in self.grouped.templates:
             return self.grouped.read(metric.template, context)
         try:

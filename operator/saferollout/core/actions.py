@@ -133,7 +133,7 @@ class MetricValues:
     purpose: Literal["analysis", "preflight", "verify"]
     values: dict[str, float | None] = field(hash=False)
     errors: dict[str, str] = field(default_factory=dict, hash=False)
-    samples: dict[str, int] = field(default_factory=dict, hash=False)
+    samples: dict[str, float] = field(default_factory=dict, hash=False)  # requests behind a rate
     # for judged metrics: the window's samples of (canary, stable)
     series: dict[str, tuple[list[float], list[float]]] = field(default_factory=dict, hash=False)
 

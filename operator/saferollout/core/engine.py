@@ -359,19 +359,18 @@ class _Run:
             elif metric is not None and metric.judge is not None:
                 verdict, threshold = Verdict.passed, metric.threshold  # nothing to compare the stable version with
             elif metric is not None:
-                verdict, threshold = metric.verdict(value), metric.threshold
-            else:  # rollback.verify.maxErrorRate
-                verdict = Verdict.inconclusive if value is None or value != value else (
-                    Verdict.fail if self.spec.rollback.verify.max_error_rate is not None
-                    and value > self.spec.rollback.verify.max_error_rate else Verdict.passed)
-                threshold = f"<= {self.spec.rollback.verify.max_error_rate:g}"
+                verdict, threshold = metric.verdict(value, r.samples.get(name)), metric.threshold
+            else:  # rollback.verify.maxErrorRate: the built-in error-rate with that maximum
+                check = Metric(name=name, template="error-rate", max=self.spec.rollback.verify.max_error_rate)
+                verdict, threshold = check.verdict(value, r.samples.get(name)), check.threshold
             message = r.errors.get(name) or (judged.message if judged else None) or (
                 "no data" if verdict == Verdict.inconclusive else None)
             if verdict != Verdict.passed:
                 bad.append((name, verdict, message or f"{_fmt(value)} not {threshold}"))
             prev = previous.get(name)
             ms = MetricStatus(name=name, value=None if value is None or value != value else value,
-                              threshold=threshold, verdict=verdict, samples=r.samples.get(name, 0), message=message)
+                              threshold=threshold, verdict=verdict, samples=round(r.samples.get(name, 0)),
+                              message=message)
             if prev is not None and r.purpose == "analysis":
                 ms.consecutive_failures = prev.consecutive_failures
                 ms.consecutive_inconclusive = prev.consecutive_inconclusive

@@ -17,6 +17,7 @@ from pydantic.alias_generators import to_camel
 from pydantic.config import JsonDict
 
 from saferollout.core.durations import DURATION_PATTERN, parse_duration
+from saferollout.core.stats import wilson_lower
 
 GROUP = "saferollout.dev"
 VERSION = "v1alpha1"
@@ -304,10 +305,16 @@ class Metric(Model):
             return "baseline"
         return "judge" if self.judge is not None else "value"
 
-    def verdict(self, value: float | None) -> Verdict:
-        """No data, NaN and errors are inconclusive, never a pass."""
+    def verdict(self, value: float | None, requests: float | None = None) -> Verdict:
+        """No data, NaN and errors are inconclusive, never a pass.
+
+        The built-in error-rate, given the number of requests in its window, fails only when the rate is above
+        `max` with 95% confidence (Wilson lower bound): a single 500 among a few dozen requests is not a breach.
+        """
         if value is None or math.isnan(value):
             return Verdict.inconclusive
+        if self.template == "error-rate" and requests is not None and self.max is not None and value > self.max:
+            return Verdict.fail if wilson_lower(value, requests) > self.max else Verdict.passed
         if self.http_get is not None and self.min is None and self.max is None:
             return Verdict.passed if value >= 1 else Verdict.fail
         if self.baseline is not None:

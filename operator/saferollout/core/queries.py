@@ -38,7 +38,12 @@ def builtin_templates(labels: LabelNames) -> dict[str, str]:
         "p95-latency": (
             f"histogram_quantile(0.95, sum by (le) (rate({labels.duration_bucket}{{{sel}}}[{{{{ window }}}}])))"
         ),
+        # how many requests the error-rate stands on (see Metric.verdict)
+        REQUESTS: f"sum(increase({labels.requests}{{{sel}}}[{{{{ window }}}}]))",
     }
+
+
+REQUESTS = "request-count"  # also usable as a template of its own
 
 
 def grouped_templates(labels: LabelNames) -> dict[str, str]:
@@ -58,6 +63,7 @@ def grouped_templates(labels: LabelNames) -> dict[str, str]:
         "p95-latency": (
             f"histogram_quantile(0.95, sum by (le, {by}) (rate({labels.duration_bucket}{{{sel}}}[{{{{ window }}}}])))"
         ),
+        REQUESTS: f"sum by ({by}) (increase({labels.requests}{{{sel}}}[{{{{ window }}}}]))",
     }
 
 
