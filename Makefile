@@ -71,7 +71,7 @@ scenario: venv cluster
 	$(PYTHON) -m harness run $(FILE)
 
 demo: deps venv cluster
-	$(PYTHON) -m harness demo
+	$(PYTHON) -m harness.demo
 
 bench: venv
 	$(PYTHON) bench/decide.py
