@@ -1,0 +1,6 @@
+"""SafeRollout's scenario harness: runs the scenario files of the shared format against a real local cluster.
+
+The pieces: `demoapp` (the processes that stand in for pods), `router` (a Gateway API data plane in miniature),
+`services` (real Prometheus and PostgreSQL), `format` (the scenario format, checked strictly), `scenario` (the run),
+`expect` (the checks). See docs/harness.md.
+"""

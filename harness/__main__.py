@@ -1,0 +1,62 @@
+"""`python -m harness run FILE [--json]`: run one scenario against the running local cluster (`make scenario`)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from harness.format import ScenarioError, load
+from harness.kube import default_kubeconfig
+from harness.scenario import Session
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m harness", description="SafeRollout's scenario harness.")
+    sub = p.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="run scenario files; exit 0 when all pass")
+    run.add_argument("files", nargs="+", type=Path, metavar="FILE")
+    run.add_argument("--json", action="store_true", help="also print each result as JSON")
+    run.add_argument("--kubeconfig", type=Path, default=None,
+                     help="default: $KUBECONFIG, else .cache/cluster/kubeconfig")
+    run.add_argument("--kubectl", type=Path, default=None, help="default: the kubectl built by cluster/build.sh")
+    run.add_argument("--no-operator", action="store_true",
+                     help="do not start the operator (it runs elsewhere, e.g. installed with Helm)")
+    run.add_argument("--skip-crds", action="store_true",
+                     help="do not apply crds/*.yaml; use the SafeRollout CRD already in the cluster")
+    check = sub.add_parser("check", help="only read and validate scenario files")
+    check.add_argument("files", nargs="+", type=Path, metavar="FILE")
+    a = p.parse_args(argv)
+
+    if a.command == "check":
+        bad = 0
+        for f in a.files:
+            try:
+                s = load(f)
+                print(f"ok  {f}: {s.name}")
+            except (ScenarioError, OSError) as e:
+                bad += 1
+                print(f"ERR {f}: {e}")
+        return 1 if bad else 0
+
+    for f in a.files:
+        try:
+            load(f)
+        except (ScenarioError, OSError) as e:
+            print(f"invalid scenario {f}: {e}", file=sys.stderr)
+            return 2
+    kubeconfig = a.kubeconfig or default_kubeconfig()
+    failed = 0
+    with Session(kubeconfig, a.kubectl, operator=not a.no_operator, crds=[] if a.skip_crds else None) as session:
+        for f in a.files:
+            result = session.run(f)
+            print(result.report(), flush=True)
+            if a.json:
+                print(json.dumps(result.to_json(), indent=2), flush=True)
+            failed += not result.passed
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,193 @@
+"""The demo service: one local process stands in for the stable or the canary pods.
+
+Pods on KWOK's fake nodes run no containers, so these processes are what serves the traffic the router sends and
+what Prometheus scrapes. They answer `GET /` with 200 or 500 at the configured error rate after a lognormal
+latency fitted to p50/p95, and export the series the operator's built-in templates read:
+`http_requests_total{code}` and `http_request_duration_seconds` (the `service`/`namespace` labels are added by
+Prometheus' scrape config, as a ServiceMonitor would in a cluster).
+
+    python -m harness.demoapp --port P --service NAME --namespace NS --version V [--error-rate R --p50 MS --p95 MS]
+        [--error-mode spread|random]
+
+By default errors and latencies are spread evenly (see harness.latency.Spread) rather than drawn independently:
+with a few requests a second in a 10 s window, independent draws make a 0.1% error rate read as 1% or 5% now and
+then, and a healthy canary would be rolled back by luck. `--error-mode random` gives the independent draws.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import ipaddress
+import json
+import random
+import signal
+import sys
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+
+from harness.latency import LogNormal, Spread, fit
+
+# Fine steps where the thresholds are (2.0 s, 2.5 s) and where healthy latencies sit (tens of ms).
+BUCKETS = (0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 1.25, 1.5, 1.75, 2.0,
+           2.25, 2.5, 3.0, 4.0, 5.0, 7.5, 10.0)
+
+
+class Behaviour:
+    """The current error rate and latency law; swapped whole under a lock by the admin endpoint."""
+
+    def __init__(self, error_rate: float, p50_ms: float, p95_ms: float, mode: str = "spread") -> None:
+        if mode not in ("spread", "random"):
+            raise ValueError("mode must be spread or random")
+        self._lock = threading.Lock()
+        self._rng = random.Random()
+        self._spread = Spread() if mode == "spread" else None
+        self.error_rate = error_rate
+        self.p50_ms = p50_ms
+        self.p95_ms = p95_ms
+        self._law: LogNormal = fit(p50_ms, p95_ms)
+
+    def update(self, body: dict[str, Any]) -> None:
+        """Apply `{errorRate, latencyMs: {p50, p95}}`; either part may be left out. ValueError on bad input."""
+        unknown = set(body) - {"errorRate", "latencyMs"}
+        if unknown:
+            raise ValueError(f"unknown keys: {', '.join(sorted(unknown))}")
+        rate = float(body.get("errorRate", self.error_rate))
+        if not 0.0 <= rate <= 1.0:
+            raise ValueError("errorRate must be within 0..1")
+        lat = body.get("latencyMs", {"p50": self.p50_ms, "p95": self.p95_ms})
+        if not isinstance(lat, dict) or set(lat) - {"p50", "p95"}:
+            raise ValueError("latencyMs must be {p50, p95}")
+        p50 = float(lat.get("p50", self.p50_ms))
+        p95 = float(lat.get("p95", self.p95_ms))
+        law = fit(p50, p95)
+        with self._lock:
+            self.error_rate, self.p50_ms, self.p95_ms, self._law = rate, p50, p95, law
+
+    def draw(self) -> tuple[float, bool]:
+        """(latency in seconds, fail?) for one request."""
+        with self._lock:
+            if self._spread is not None:
+                return self._spread.draw(self._law, self.error_rate)
+            return self._law.sample(self._rng), self._rng.random() < self.error_rate
+
+    def wire(self) -> dict[str, Any]:
+        with self._lock:
+            return {"errorRate": self.error_rate, "latencyMs": {"p50": self.p50_ms, "p95": self.p95_ms}}
+
+
+class DemoApp:
+    """The server and its metrics; a separate registry keeps the process's default collectors out of the way."""
+
+    def __init__(self, port: int, service: str, namespace: str, version: str, behaviour: Behaviour,
+                 host: str = "127.0.0.1") -> None:
+        self.service, self.namespace, self.version = service, namespace, version
+        self.behaviour = behaviour
+        self.registry = CollectorRegistry()
+        self.requests = Counter("http_requests_total", "Requests served, by status code.", ["code"],
+                                registry=self.registry)
+        self.duration = Histogram("http_request_duration_seconds", "Time to serve a request.",
+                                  buckets=BUCKETS, registry=self.registry)
+        for code in ("200", "500"):  # series exist from the start, so "no traffic" reads as 0/0, not absent
+            self.requests.labels(code=code)
+        self.server = ThreadingHTTPServer((host, port), self._handler())
+        self.server.daemon_threads = True
+
+    @property
+    def port(self) -> int:
+        return int(self.server.server_address[1])
+
+    def _handler(self) -> type[BaseHTTPRequestHandler]:
+        app = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, format: str, *args: Any) -> None:
+                """Silent: 60 requests a second would drown the run's logs."""
+
+            def _send(self, code: int, body: bytes, ctype: str = "text/plain; charset=utf-8") -> None:
+                self.send_response(code)
+                self.send_header("Content-Type", ctype)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def do_GET(self) -> None:
+                path = self.path.split("?", 1)[0]
+                if path == "/metrics":
+                    self._send(200, generate_latest(app.registry), CONTENT_TYPE_LATEST)
+                elif path == "/healthz":
+                    self._send(200, b"ok\n")
+                elif path == "/admin/config":
+                    self._send(200, json.dumps(app.behaviour.wire()).encode(), "application/json")
+                else:
+                    app.serve(self)
+
+            def do_POST(self) -> None:
+                if self.path != "/admin/config":
+                    self._send(404, b"not found\n")
+                    return
+                if not ipaddress.ip_address(self.client_address[0]).is_loopback:
+                    self._send(403, b"admin is loopback only\n")
+                    return
+                length = int(self.headers.get("Content-Length") or 0)
+                try:
+                    body = json.loads(self.rfile.read(length) or b"{}")
+                    if not isinstance(body, dict):
+                        raise ValueError("expected a JSON object")
+                    app.behaviour.update(body)
+                except (ValueError, TypeError) as e:
+                    self._send(400, f"{e}\n".encode())
+                    return
+                self._send(200, json.dumps(app.behaviour.wire()).encode(), "application/json")
+
+        return Handler
+
+    def serve(self, req: BaseHTTPRequestHandler) -> None:
+        """One application request: wait the drawn latency, then answer 200 or 500, and count it."""
+        start = time.perf_counter()
+        delay, fail = self.behaviour.draw()
+        if delay > 0:
+            time.sleep(delay)
+        code = 500 if fail else 200
+        body = json.dumps({"service": self.service, "version": self.version, "code": code}).encode()
+        req.send_response(code)
+        req.send_header("Content-Type", "application/json")
+        req.send_header("Content-Length", str(len(body)))
+        req.end_headers()
+        req.wfile.write(body)
+        self.duration.observe(time.perf_counter() - start)
+        self.requests.labels(code=str(code)).inc()
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m harness.demoapp", description=__doc__.split("\n")[0])
+    p.add_argument("--port", type=int, required=True)
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--service", required=True)
+    p.add_argument("--namespace", required=True)
+    p.add_argument("--version", default="1.0")
+    p.add_argument("--error-rate", type=float, default=0.0)
+    p.add_argument("--p50", type=float, default=20.0, help="median latency, ms")
+    p.add_argument("--p95", type=float, default=80.0, help="95th percentile latency, ms")
+    p.add_argument("--error-mode", choices=("spread", "random"), default="spread",
+                   help="spread: errors and latencies evenly spread (reproducible); random: independent draws")
+    a = p.parse_args(argv)
+    if not ipaddress.ip_address(a.host).is_loopback:
+        p.error("the demo app listens on loopback only")
+    app = DemoApp(a.port, a.service, a.namespace, a.version, Behaviour(a.error_rate, a.p50, a.p95, a.error_mode), a.host)
+    signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=app.server.shutdown, daemon=True).start())
+    print(f"demoapp {a.service}/{a.namespace} version {a.version} on {a.host}:{app.port}", flush=True)
+    with contextlib.suppress(KeyboardInterrupt):
+        app.server.serve_forever(poll_interval=0.2)
+    app.server.server_close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

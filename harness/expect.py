@@ -1,0 +1,208 @@
+"""The expectations of a scenario, checked against what the run observed.
+
+Each `expect` key becomes one Check with a PASS/FAIL and a detail that says what was seen, so a failing scenario
+explains itself without rerunning it.
+"""
+
+from __future__ import annotations
+
+import json
+import urllib.parse
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from harness.format import Bounds
+from harness.timeline import WeightChange, longest_hold, merged_intervals, weights_seen
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    passed: bool
+    detail: str
+
+    def line(self) -> str:
+        return f"{'PASS' if self.passed else 'FAIL'}  {self.name}: {self.detail}"
+
+
+@dataclass(frozen=True)
+class Advance:
+    """A forward move of the rollout, known to have happened between two observations."""
+
+    after: float  # the last observation before it (time.monotonic)
+    seen: float  # the observation that showed it
+    what: str
+
+
+@dataclass
+class Observed:
+    """Everything the run saw, gathered for the checks."""
+
+    end: float = 0.0
+    finished_in: float | None = None  # seconds from the apply to the finish condition, None when not reached
+    phase: str | None = None
+    router_changes: list[WeightChange] = field(default_factory=list)
+    advances: list[Advance] = field(default_factory=list)
+    outages: dict[str, tuple[list[float], list[float]]] = field(default_factory=dict)  # kind: (downs, ups)
+    conditions_seen: set[tuple[str, str, str]] = field(default_factory=set)
+    promoted_seen: bool = False
+    rollout: dict[str, Any] | None = None
+    target_images: dict[str, str] = field(default_factory=dict)
+    canary_present: bool = False
+    events: list[dict[str, Any]] = field(default_factory=list)
+    report: dict[str, Any] | None = None
+    report_name: str | None = None
+    store: Path | None = None
+    checksum_before: str | None = None
+    checksum_after: str | None = None
+    checksum_error: str | None = None
+    operator_log: str = ""
+    password: str | None = None
+
+    @property
+    def status(self) -> dict[str, Any]:
+        s = (self.rollout or {}).get("status")
+        return s if isinstance(s, dict) else {}
+
+
+def _sub(d: dict[str, Any], key: str) -> dict[str, Any]:
+    v = d.get(key)
+    return v if isinstance(v, dict) else {}
+
+
+def snapshot_files(store: Path | None, ns: str, name: str, pattern: str) -> list[Path]:
+    if store is None:
+        return []
+    d = store / ns / name
+    return sorted(d.glob(pattern)) if d.is_dir() else []
+
+
+def resolve_dump(store: Path | None, ns: str, name: str, ref: str) -> Path | None:
+    """The pre-restore dump the status names: an absolute path, or a name relative to the store or rollout dir."""
+    candidates = [Path(ref)] if Path(ref).is_absolute() else []
+    if store is not None:
+        candidates += [store / ref, store / ns / name / ref]
+    return next((c for c in candidates if c.is_file()), None)
+
+
+def check_all(expect: dict[str, Any], obs: Observed, ns: str, name: str) -> list[Check]:
+    """One Check per expect key, in the order of the file."""
+    out: list[Check] = []
+    status = obs.status
+    weights = [w for _, w in obs.router_changes]
+    for key, want in expect.items():
+        if key == "phase":
+            out.append(Check(key, obs.phase == want, f"final phase {obs.phase!r}, want {want!r}"))
+        elif key == "withinSeconds":
+            ok = obs.finished_in is not None and obs.finished_in <= want
+            seen = "never" if obs.finished_in is None else f"in {obs.finished_in:.1f}s"
+            out.append(Check(key, ok, f"finished {seen}, limit {want:g}s"))
+        elif key == "maxWeight":
+            assert isinstance(want, Bounds)
+            top = max(weights, default=0)
+            out.append(Check(key, want.holds(top), f"highest canary weight {top}, want {want.describe()}"))
+        elif key == "finalWeight":
+            assert isinstance(want, Bounds)
+            last = weights[-1] if weights else 0
+            out.append(Check(key, want.holds(last), f"final canary weight {last}, want {want.describe()}"))
+        elif key == "weightsSeen":
+            applied = weights_seen(obs.router_changes)
+            out.append(Check(key, applied == want, f"router applied {applied}, want {want}"))
+        elif key == "weightHeldSeconds":
+            weight, at_least = want
+            held = longest_hold(obs.router_changes, weight, obs.end)
+            out.append(Check(key, held >= at_least, f"weight {weight} held at most {held:.1f}s in one go, "
+                                                    f"want >= {at_least:g}s"))
+        elif key == "neverAdvancedWhile":
+            out.append(_never_advanced(want, obs))
+        elif key == "neverPromoted":
+            ok = obs.promoted_seen != want
+            out.append(Check(key, ok, "the target ran the new template at some point" if obs.promoted_seen
+                             else "the target never ran the new template"))
+        elif key == "targetImages":
+            got = {k: obs.target_images.get(k) for k in want}
+            out.append(Check(key, got == want, f"target images {obs.target_images}, want {want}"))
+        elif key == "canaryWorkload":
+            seen = "present" if obs.canary_present else "absent"
+            out.append(Check(key, seen == want, f"canary Deployment {seen}, want {want}"))
+        elif key == "history":
+            actions = [e.get("action") for e in status.get("history") or [] if isinstance(e, dict)]
+            out.append(Check(key, actions == want, f"status.history actions {actions}, want {want}"))
+        elif key == "events":
+            reasons = [e.get("reason") for e in obs.events if _about(e, name)]
+            missing = [r for r in want if r not in reasons]
+            detail = (f"missing {missing}; " if missing else "") + \
+                f"reasons on the SafeRollout: {sorted(set(filter(None, reasons)))}"
+            out.append(Check(key, not missing, detail))
+        elif key == "conditionSeen":
+            hits = [c for c in obs.conditions_seen if c[0] == want["type"] and c[1] == want["reason"]
+                    and ("status" not in want or c[2] == want["status"])]
+            out.append(Check(key, bool(hits), f"want {want}; seen {sorted(obs.conditions_seen)}"))
+        elif key == "incidentReport":
+            ref = _sub(status, "incident").get("reportRef")
+            present = obs.report is not None
+            detail = (f"status.incident.reportRef={ref!r}, ConfigMap {obs.report_name!r} "
+                      f"{'exists' if present else 'not found'}")
+            out.append(Check(key, present == (want == "present"), detail))
+        elif key == "preRestoreDump":
+            ref = _sub(status, "restore").get("preRestoreDump")
+            path = resolve_dump(obs.store, ns, name, str(ref)) if ref else None
+            detail = f"status.restore.preRestoreDump={ref!r}" + (f", file {path}" if path else ", no such file")
+            out.append(Check(key, (path is not None) == (want == "present"), detail))
+        elif key == "snapshotTakenOnce":
+            snaps = snapshot_files(obs.store, ns, name, "snap-*.dump")
+            ok = (len(snaps) == 1) == want
+            out.append(Check(key, ok, f"{len(snaps)} snap-*.dump file(s) in the store: {[p.name for p in snaps]}"))
+        elif key == "database":
+            if obs.checksum_error:
+                out.append(Check(key, False, f"could not compute the checksum: {obs.checksum_error}"))
+            else:
+                same = obs.checksum_before is not None and obs.checksum_before == obs.checksum_after
+                out.append(Check(key, same, f"checksum before {str(obs.checksum_before)[:12]}, "
+                                            f"after {str(obs.checksum_after)[:12]}"))
+        elif key == "restoreAttempts":
+            assert isinstance(want, Bounds)
+            attempts = int(_sub(status, "restore").get("attempts") or 0)
+            out.append(Check(key, want.holds(attempts), f"status.restore.attempts={attempts}, want {want.describe()}"))
+        elif key == "secretAbsentFrom":
+            out.append(_secret_absent(want, obs))
+    return out
+
+
+def _about(event: dict[str, Any], name: str) -> bool:
+    obj = event.get("involvedObject") or event.get("regarding") or {}
+    return bool(obj.get("kind") == "SafeRollout" and obj.get("name") == name)
+
+
+def _never_advanced(kind: str, obs: Observed) -> Check:
+    """No advance known to lie wholly inside an outage (an observation gap that straddles its edge is not blamed)."""
+    key = f"neverAdvancedWhile: {kind}"
+    source = {"prometheusDown": "prometheus", "databaseDown": "database", "operatorDown": "operator"}[kind]
+    downs, ups = obs.outages.get(source, ([], []))
+    intervals = merged_intervals(downs, ups, obs.end)
+    if not intervals:
+        return Check(key, False, f"{source} was never down during the run, nothing was tested")
+    bad = [a for a in obs.advances for lo, hi in intervals if a.after >= lo and a.seen <= hi]
+    total = sum(hi - lo for lo, hi in intervals)
+    if bad:
+        return Check(key, False, f"advanced while {source} was down: {'; '.join(a.what for a in bad)}")
+    return Check(key, True, f"{source} down {len(intervals)} time(s), {total:.1f}s in all; no advance meanwhile")
+
+
+def _secret_absent(places: list[str], obs: Observed) -> Check:
+    key = "secretAbsentFrom"
+    if not obs.password:
+        return Check(key, False, "no database password was set up")
+    needles = {obs.password, urllib.parse.quote(obs.password, safe="")}
+    texts = {
+        "operatorLogs": obs.operator_log,
+        "events": json.dumps(obs.events, default=str),
+        "status": json.dumps(obs.status, default=str),
+        "incidentReport": json.dumps({k: (obs.report or {}).get(k) for k in ("data", "binaryData")}, default=str),
+    }
+    leaked = [p for p in places if any(n in texts[p] for n in needles)]
+    checked = ", ".join(f"{p} ({len(texts[p])} chars)" for p in places)
+    if leaked:
+        return Check(key, False, f"the database password appears in: {', '.join(leaked)}")
+    return Check(key, True, f"not found in {checked}")

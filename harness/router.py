@@ -1,0 +1,207 @@
+"""A Gateway API data plane in miniature: follows one HTTPRoute's weights and sends load to the local processes.
+
+Nobody implements the Gateway here, so this reads the HTTPRoute the operator writes (every 0.2 s) and splits a
+bounded load between the stable and canary demo processes by `spec.rules[0].backendRefs[].weight`. A backendRef
+whose weight is 0 or absent gets nothing (absent is treated as 0 by choice, see docs/harness.md); a name that is
+neither the stable nor the canary Service gets nothing either and is reported. Every change of weights is recorded
+with its time: the expectations about weights are computed from what the data plane actually applied.
+"""
+
+from __future__ import annotations
+
+import http.client
+import random
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+from harness.timeline import WeightChange
+
+GROUP, VERSION, PLURAL = "gateway.networking.k8s.io", "v1", "httproutes"
+POLL_SECONDS = 0.2
+MAX_IN_FLIGHT = 256
+REQUEST_TIMEOUT = 15.0
+
+
+def canary_share(weights: dict[str, int], stable: str, canary: str) -> int:
+    """The canary's percent of the routed traffic: its weight when weights sum to 100, else its share, rounded."""
+    total = sum(w for name, w in weights.items() if name in (stable, canary) and w > 0)
+    c = max(0, weights.get(canary, 0))
+    if total <= 0 or c == 0:
+        return 0
+    return c if total == 100 else round(100 * c / total)
+
+
+def backend_weights(route: dict[str, Any]) -> dict[str, int]:
+    """{backendRef name: weight} of the route's first rule; absent weights read as 0."""
+    rules = (route.get("spec") or {}).get("rules") or []
+    if not rules:
+        return {}
+    out: dict[str, int] = {}
+    for ref in rules[0].get("backendRefs") or []:
+        name = ref.get("name")
+        if isinstance(name, str):
+            w = ref.get("weight")
+            out[name] = out.get(name, 0) + (int(w) if isinstance(w, int) and w > 0 else 0)
+    return out
+
+
+@dataclass
+class RouterStats:
+    sent: Counter[str] = field(default_factory=Counter)  # per backend: stable, canary
+    codes: Counter[str] = field(default_factory=Counter)  # "stable 200", "canary 500", ...
+    failed: int = 0  # connection errors and timeouts
+    dropped: int = 0  # no slot free (MAX_IN_FLIGHT) or no backend with weight
+    unrouted: int = 0  # weight on a backendRef that is neither Service
+
+
+class Router:
+    """Polls the HTTPRoute in one thread, paces the load in another, sends it from a bounded pool."""
+
+    def __init__(self, read_route: Callable[[], dict[str, Any] | None], stable_service: str, canary_service: str,
+                 stable_port: int, canary_port: int, rps: float, max_seconds: float,
+                 on_change: Callable[[str], None] | None = None) -> None:
+        self._read_route = read_route
+        self.stable_service, self.canary_service = stable_service, canary_service
+        self._ports = {"stable": stable_port, "canary": canary_port}
+        self.rps = rps
+        self.max_seconds = max_seconds
+        self._on_change = on_change or (lambda _text: None)
+        self._lock = threading.Lock()
+        self._weights: dict[str, int] = {}
+        self.changes: list[WeightChange] = []  # canary weight changes, first entry at the first read
+        self.raw_changes: list[tuple[float, dict[str, int]]] = []
+        self.stats = RouterStats()
+        self._stats_lock = threading.Lock()  # the pool's threads count answers concurrently
+        self.read_errors = 0
+        self.last_error: str | None = None
+        self._stop = threading.Event()
+        self._slots = threading.BoundedSemaphore(MAX_IN_FLIGHT)
+        self._pool = ThreadPoolExecutor(max_workers=min(MAX_IN_FLIGHT, 64), thread_name_prefix="router-req")
+        self._threads = [threading.Thread(target=self._poll_loop, name="router-poll", daemon=True),
+                         threading.Thread(target=self._load_loop, name="router-load", daemon=True)]
+        self._rng = random.Random()
+        self.first_read = threading.Event()
+
+    # ------------------------------------------------------------------------------------------- lifecycle
+    def start(self) -> None:
+        for t in self._threads:
+            t.start()
+
+    def stop(self) -> None:
+        """Stop pacing at once; requests in flight finish (bounded by their timeout)."""
+        self._stop.set()
+        for t in self._threads:
+            t.join(timeout=5)
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+    # --------------------------------------------------------------------------------------------- weights
+    @property
+    def canary_weight(self) -> int:
+        with self._lock:
+            return canary_share(self._weights, self.stable_service, self.canary_service)
+
+    @property
+    def weights(self) -> dict[str, int]:
+        with self._lock:
+            return dict(self._weights)
+
+    def _poll_loop(self) -> None:
+        deadline = time.monotonic() + self.max_seconds
+        while not self._stop.is_set() and time.monotonic() < deadline:
+            self.poll_once()
+            self._stop.wait(POLL_SECONDS)
+
+    def poll_once(self) -> None:
+        """Read the route once; record a change of weights with the time it was seen."""
+        try:
+            route = self._read_route()
+        except Exception as e:  # the API server may blink; keep the last weights, as a data plane would
+            self.read_errors += 1
+            self.last_error = str(e)
+            return
+        if route is None:
+            return
+        weights = backend_weights(route)
+        now = time.monotonic()
+        with self._lock:
+            if self.raw_changes and weights == self._weights:
+                return
+            self._weights = weights
+            canary = canary_share(weights, self.stable_service, self.canary_service)
+            self.raw_changes.append((now, dict(weights)))
+            if not self.changes or self.changes[-1][1] != canary:
+                self.changes.append((now, canary))
+        self.first_read.set()
+        shown = ", ".join(f"{k}={v}" for k, v in weights.items()) or "no backends"
+        self._on_change(f"route weights {shown} (canary {canary}%)")
+
+    # ------------------------------------------------------------------------------------------------ load
+    def _pick(self) -> str | None:
+        with self._lock:
+            w = self._weights
+            stable = max(0, w.get(self.stable_service, 0))
+            canary = max(0, w.get(self.canary_service, 0))
+            other = sum(v for k, v in w.items() if k not in (self.stable_service, self.canary_service) and v > 0)
+        total = stable + canary + other
+        if total <= 0:
+            return None
+        x = self._rng.uniform(0, total)
+        if x < stable:
+            return "stable"
+        if x < stable + canary:
+            return "canary"
+        return "other"
+
+    def _load_loop(self) -> None:
+        if self.rps <= 0:
+            return
+        self.first_read.wait(timeout=10)
+        start = time.monotonic()
+        deadline = start + self.max_seconds
+        total = int(self.rps * self.max_seconds)
+        for i in range(total):
+            due = start + i / self.rps
+            if due >= deadline:
+                break
+            if self._stop.wait(max(0.0, due - time.monotonic())):
+                break
+            backend = self._pick()
+            if backend is None:
+                self.stats.dropped += 1
+                continue
+            if backend == "other":
+                self.stats.unrouted += 1
+                continue
+            if not self._slots.acquire(blocking=False):
+                self.stats.dropped += 1
+                continue
+            self.stats.sent[backend] += 1
+            self._pool.submit(self._send, backend)
+
+    def _send(self, backend: str) -> None:
+        try:
+            conn = http.client.HTTPConnection("127.0.0.1", self._ports[backend], timeout=REQUEST_TIMEOUT)
+            try:
+                conn.request("GET", "/", headers={"Connection": "close"})
+                resp = conn.getresponse()
+                resp.read()
+                with self._stats_lock:
+                    self.stats.codes[f"{backend} {resp.status}"] += 1
+            finally:
+                conn.close()
+        except OSError:
+            with self._stats_lock:
+                self.stats.failed += 1
+        finally:
+            self._slots.release()
+
+    def summary(self) -> str:
+        s = self.stats
+        codes = ", ".join(f"{k}: {v}" for k, v in sorted(s.codes.items()))
+        return (f"sent stable={s.sent['stable']} canary={s.sent['canary']}; answers {codes or 'none'}; "
+                f"failed={s.failed} dropped={s.dropped} unrouted={s.unrouted} route-read-errors={self.read_errors}")

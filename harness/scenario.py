@@ -1,0 +1,829 @@
+"""Load a scenario file and run it against the local cluster, with the operator as a subprocess.
+
+A run builds the world the rollout refers to (namespace, target Deployment, Services, Gateway API objects, the DSN
+Secret), starts the stand-in processes, the router, Prometheus and PostgreSQL, applies the rollout with the real
+kubectl, then polls the SafeRollout four times a second while it injects faults and changes the apps' behaviour,
+and finally checks every expectation. A `Session` owns the expensive servers so the e2e suite reuses them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import yaml
+
+from harness.expect import Advance, Check, Observed, check_all
+from harness.format import TERMINAL_PHASES, Behaviour, Fault, Scenario, ScenarioError, load, merge_patch, named_field
+from harness.kube import REPO, SR_PLURAL, Kube, available, default_kubeconfig, default_kubectl, images_of, world
+from harness.router import POLL_SECONDS as ROUTER_POLL
+from harness.router import Router
+from harness.services import Postgres, Prometheus, ScrapeTarget, free_port, stop_process, wait_http
+from harness.timeline import Timeline
+
+POLL = 0.25  # SafeRollout polling period
+SETTLE = 2.0  # keep observing after the finish, for events and clean-up the operator does right after
+TERMINAL_GRACE = 10.0  # a terminal phase other than the expected one, held this long with no fault pending, ends it
+API_OUTAGE_LIMIT = 30.0  # seconds without an answer from the API server before a run gives up
+RATE_WINDOW = "10s"
+BASE_MANIFEST = Path(__file__).with_name("base-manifest.yaml")
+GATEWAY_CRD = "httproutes.gateway.networking.k8s.io"
+
+
+# ---------------------------------------------------------------------------------------------------- operator
+
+
+@dataclass(frozen=True)
+class OperatorLaunch:
+    argv: list[str]
+    env: dict[str, str]
+
+
+def operator_launch(namespace: str, kubeconfig: Path, prometheus_url: str, snapshot_dir: Path) -> OperatorLaunch:
+    """How the operator is started: the one place to change if its command line or settings change.
+
+    `SAFEROLLOUT_HARNESS_OPERATOR` replaces the command (shell words, `{namespace}` is filled in).
+    """
+    override = os.environ.get("SAFEROLLOUT_HARNESS_OPERATOR")
+    argv = (shlex.split(override.format(namespace=namespace)) if override
+            else [sys.executable, "-m", "saferollout", "run", "--namespace", namespace])
+    path = os.pathsep.join(p for p in (str(REPO / "operator"), str(REPO), os.environ.get("PYTHONPATH", "")) if p)
+    env = {**os.environ, "KUBECONFIG": str(kubeconfig), "SAFEROLLOUT_PROMETHEUS_URL": prometheus_url,
+           "SAFEROLLOUT_RATE_WINDOW": RATE_WINDOW, "SAFEROLLOUT_SNAPSHOT_DIR": str(snapshot_dir),
+           # its metrics server on loopback and a free port: runs in parallel must not fight over :8080
+           "SAFEROLLOUT_METRICS_HOST": "127.0.0.1", "SAFEROLLOUT_METRICS_PORT": str(free_port()),
+           "PYTHONPATH": path, "PYTHONUNBUFFERED": "1"}
+    return OperatorLaunch(argv, env)
+
+
+class OperatorProcess:
+    """The operator as a subprocess in its own process group, logging to one file across restarts."""
+
+    def __init__(self, launch: OperatorLaunch, log: Path, timeline: Timeline) -> None:
+        self.launch, self.log, self.tl = launch, log, timeline
+        self.proc: subprocess.Popen[bytes] | None = None
+        self._expect_exit = False
+        self._reported_exit = False
+
+    @property
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def start(self) -> None:
+        with self.log.open("ab") as logf:
+            self.proc = subprocess.Popen(self.launch.argv, env=self.launch.env, stdout=logf, stderr=subprocess.STDOUT,
+                                         stdin=subprocess.DEVNULL, start_new_session=True, cwd=REPO)
+        self._expect_exit = self._reported_exit = False
+        self.tl.add("operator", f"started (pid {self.proc.pid}): {shlex.join(self.launch.argv)}")
+
+    def kill(self, sig_name: str) -> None:
+        """SIGKILL takes the whole process group, like a pod's container dying; other signals go to the process."""
+        if not self.alive or self.proc is None:
+            raise RuntimeError("the operator is not running")
+        sig = getattr(signal, f"SIG{sig_name}")
+        self._expect_exit = True
+        if sig == signal.SIGKILL:
+            os.killpg(self.proc.pid, sig)
+        else:
+            self.proc.send_signal(sig)
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+    def stop(self) -> None:
+        self._expect_exit = True
+        stop_process(self.proc, timeout=10, group=True)
+
+    def check_exit(self) -> str | None:
+        """A message once if the operator died without being asked to."""
+        if self.proc is None or self._reported_exit or self.proc.poll() is None:
+            return None
+        self._reported_exit = True
+        code = self.proc.returncode
+        if self._expect_exit:
+            self.tl.add("operator", f"exited with code {code}")
+            return None
+        msg = f"the operator exited on its own with code {code} (see {self.log})"
+        self.tl.add("error", msg)
+        return msg
+
+
+# ------------------------------------------------------------------------------------------------------ demo app
+
+
+class DemoProcess:
+    """One `harness.demoapp` process: the pods of the stable or of the canary version."""
+
+    def __init__(self, role: str, service: str, namespace: str, version: str, behaviour: Behaviour, log: Path,
+                 error_mode: str = "spread") -> None:
+        self.role, self.service, self.namespace, self.version = role, service, namespace, version
+        self.behaviour = behaviour
+        self.error_mode = error_mode
+        self.log = log
+        self.port = free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        b = self.behaviour
+        with self.log.open("ab") as logf:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "harness.demoapp", "--port", str(self.port), "--service", self.service,
+                 "--namespace", self.namespace, "--version", self.version, "--error-rate", str(b.error_rate),
+                 "--p50", str(b.p50_ms), "--p95", str(b.p95_ms), "--error-mode", self.error_mode],
+                stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=REPO,
+                env={**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])})
+        if not wait_http(f"http://127.0.0.1:{self.port}/healthz", 15):
+            raise RuntimeError(f"the {self.role} demo app did not start; see {self.log}")
+
+    def configure(self, behaviour: Behaviour) -> None:
+        req = urllib.request.Request(f"http://127.0.0.1:{self.port}/admin/config", method="POST",
+                                     data=json.dumps(behaviour.wire()).encode(),
+                                     headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=5) as r:
+            if r.status != 200:
+                raise RuntimeError(f"{self.role} admin answered {r.status}")
+        self.behaviour = behaviour
+
+    def stop(self) -> None:
+        stop_process(self.proc, timeout=5)
+
+
+# ------------------------------------------------------------------------------------------------------ results
+
+
+@dataclass
+class Result:
+    name: str
+    file: str
+    passed: bool
+    checks: list[Check] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+    timeline: list[dict[str, object]] = field(default_factory=list)
+    timeline_text: str = ""
+    seconds: float = 0.0
+    run_dir: str = ""
+    router: str = ""
+
+    def report(self) -> str:
+        """The timeline, one PASS/FAIL line per expectation, and the verdict."""
+        lines = [f"== scenario {self.name} ({self.file})", "-- timeline (seconds since the apply)",
+                 self.timeline_text or "(empty)"]
+        if self.router:
+            lines.append(f"-- router: {self.router}")
+        lines.append("-- expectations")
+        lines += [c.line() for c in self.checks]
+        lines += [f"ERROR {e}" for e in self.errors]
+        lines.append(f"== {'PASSED' if self.passed else 'FAILED'} {self.name} in {self.seconds:.1f}s "
+                     f"(logs in {self.run_dir})")
+        return "\n".join(lines)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.name, "file": self.file, "passed": self.passed, "seconds": round(self.seconds, 2),
+                "runDir": self.run_dir, "router": self.router, "errors": self.errors,
+                "checks": [{"name": c.name, "passed": c.passed, "detail": c.detail} for c in self.checks],
+                "timeline": self.timeline}
+
+
+# ------------------------------------------------------------------------------------------------------ session
+
+
+class Session:
+    """Owns Prometheus, PostgreSQL and the cluster connection across scenario runs (the e2e suite uses one)."""
+
+    def __init__(self, kubeconfig: Path | None = None, kubectl: Path | None = None, *, operator: bool = True,
+                 runs_dir: Path | None = None, crds: list[Path] | None = None) -> None:
+        self.kubeconfig = kubeconfig or default_kubeconfig()
+        self.kubectl_path = kubectl or default_kubectl()
+        self.start_operator = operator
+        self.runs_dir = runs_dir or Path(os.environ.get("SAFEROLLOUT_HARNESS_RUNS") or
+                                         REPO / ".cache" / "harness" / "runs")
+        self.crds = crds if crds is not None else sorted((REPO / "crds").glob("*.yaml"))
+        self.root: Path | None = None
+        self._kube: Kube | None = None
+        self._prometheus: Prometheus | None = None
+        self._postgres: Postgres | None = None
+        self._cluster_checked = False
+
+    def __enter__(self) -> Session:
+        self.root = Path(tempfile.mkdtemp(prefix="saferollout-harness-"))
+        os.chmod(self.root, 0o755)  # postgres (another OS user) must reach its directory inside
+        return self
+
+    def __exit__(self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self._prometheus is not None:
+            self._prometheus.stop()
+        if self._postgres is not None:
+            self._postgres.stop()
+        if self.root is not None:
+            shutil.rmtree(self.root, ignore_errors=True)
+            self.root = None
+
+    @property
+    def kube(self) -> Kube:
+        if self._kube is None:
+            self._kube = Kube(self.kubeconfig, self.kubectl_path)
+        return self._kube
+
+    @property
+    def prometheus(self) -> Prometheus:
+        if self._prometheus is None:
+            assert self.root is not None, "use Session as a context manager"
+            self._prometheus = Prometheus(self.root / "prometheus")
+        self._prometheus.start()
+        return self._prometheus
+
+    @property
+    def postgres(self) -> Postgres:
+        if self._postgres is None:
+            assert self.root is not None, "use Session as a context manager"
+            self._postgres = Postgres(self.root / "postgres")
+        if not self._postgres.running:
+            self._postgres.start()
+        return self._postgres
+
+    def stop_prometheus(self) -> None:
+        """The `stopPrometheus` fault: the server goes away, its data directory and port stay for the restart."""
+        if self._prometheus is not None:
+            self._prometheus.stop()
+
+    def prepare_cluster(self) -> None:
+        """Apply the project's CRDs once and check the Gateway API is installed."""
+        if self._cluster_checked:
+            return
+        self.kube.ensure_crds(self.crds)
+        if not self.kube.has_crd(GATEWAY_CRD):
+            raise RuntimeError(f"the cluster has no {GATEWAY_CRD} CRD: the Gateway API CRDs must be installed "
+                               "(cluster/up.sh does it)")
+        self._cluster_checked = True
+
+    def run(self, scenario: str | Path | Scenario) -> Result:
+        """Run one scenario; invalid files and harness failures come back as a failed Result, never raise."""
+        started = time.monotonic()
+        try:
+            s = scenario if isinstance(scenario, Scenario) else load(scenario)
+        except (ScenarioError, OSError) as e:
+            return Result(Path(str(scenario)).stem, str(scenario), False, errors=[f"invalid scenario: {e}"])
+        stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+        run_dir = self.runs_dir / f"{s.name}-{stamp}"
+        n = 1
+        while run_dir.exists():
+            n += 1
+            run_dir = self.runs_dir / f"{s.name}-{stamp}-{n}"
+        run_dir.mkdir(parents=True)
+        runner: _CasesRun | _RolloutRun = _CasesRun(self, s, run_dir) if s.cases else _RolloutRun(self, s, run_dir)
+        result = runner.execute()
+        result.seconds = time.monotonic() - started
+        (run_dir / "result.json").write_text(json.dumps(result.to_json(), indent=2))
+        (run_dir / "report.txt").write_text(result.report() + "\n")
+        return result
+
+
+# ---------------------------------------------------------------------------------------------------- base run
+
+
+class _BaseRun:
+    def __init__(self, session: Session, s: Scenario, run_dir: Path) -> None:
+        self.sess, self.s, self.run_dir = session, s, run_dir
+        self.tl = Timeline()
+        self.errors: list[str] = []
+        self.operator: OperatorProcess | None = None
+        self.store = run_dir / "snapshots"
+        self.store.mkdir(exist_ok=True)
+
+    @property
+    def kube(self) -> Kube:
+        return self.sess.kube
+
+    def error(self, msg: str) -> None:
+        self.errors.append(msg)
+        self.tl.add("error", msg)
+
+    def start_operator(self, ns: str) -> None:
+        if not self.sess.start_operator:
+            self.tl.add("operator", "not started by the harness (--no-operator)")
+            return
+        launch = operator_launch(ns, self.sess.kubeconfig, self.sess.prometheus.url, self.store)
+        self.operator = OperatorProcess(launch, self.run_dir / "operator.log", self.tl)
+        self.operator.start()
+
+    def result(self, checks: list[Check], router: str = "") -> Result:
+        passed = bool(checks) and all(c.passed for c in checks) and not self.errors
+        return Result(self.s.name, str(self.s.path), passed, checks, list(self.errors), self.tl.as_json(),
+                      self.tl.render(), 0.0, str(self.run_dir), router)
+
+
+# ------------------------------------------------------------------------------------------------- bad manifests
+
+
+class _CasesRun(_BaseRun):
+    """Each case's patch on the base manifest must be refused by `kubectl apply`, naming the field, creating nothing."""
+
+    def execute(self) -> Result:
+        ns = f"harness-{self.s.name}"
+        checks: list[Check] = []
+        try:
+            self.sess.prepare_cluster()
+            self.kube.delete_namespace(ns)
+            self.kube.kubectl("create", "namespace", ns)
+            self.start_operator(ns)
+            base = yaml.safe_load(BASE_MANIFEST.read_text())
+            base["metadata"]["namespace"] = ns
+            name = str(base["metadata"]["name"])
+            self.tl.t0 = time.monotonic()
+            dry = self.kube.kubectl("apply", "--dry-run=server", "-f", "-", input=yaml.safe_dump(base), check=False)
+            if dry.returncode != 0:
+                raise RuntimeError(f"the base manifest {BASE_MANIFEST.name} is itself refused: {dry.stderr.strip()}")
+            self.tl.add("harness", "base manifest accepted (server dry run)")
+            for i, case in enumerate(self.s.cases):
+                manifest = merge_patch(base, case.patch)
+                r = self.kube.kubectl("apply", "-f", "-", input=yaml.safe_dump(manifest), check=False)
+                message = (r.stderr + r.stdout).strip()
+                created = self.kube.get_rollout(ns, name) is not None
+                if created:
+                    self.kube.kubectl("delete", SR_PLURAL, name, "-n", ns, "--wait=true", check=False)
+                refused = r.returncode != 0 and not created
+                self.tl.add("apply", f"case {i} ({case.why}): {'refused' if refused else 'ACCEPTED'}: {message}")
+                if "refusedAtApply" in self.s.expect:
+                    want = self.s.expect["refusedAtApply"]
+                    what = "refused, nothing created" if refused else ("created" if created else "not refused")
+                    checks.append(Check(f"refusedAtApply case {i} ({case.why})", refused == want, what))
+                if "messageNamesField" in self.s.expect:
+                    want = self.s.expect["messageNamesField"]
+                    named = named_field(message, case.patch) if r.returncode != 0 else None
+                    checks.append(Check(f"messageNamesField case {i} ({case.why})", (named is not None) == want,
+                                        f"names {named}" if named else f"names none of the patch's fields: {message}"))
+            if self.operator is not None:
+                time.sleep(2)
+                alive = self.operator.alive
+                checks.append(Check("operator survived the bad manifests", alive,
+                                    "still running" if alive else f"exited; see {self.operator.log}"))
+            if "withinSeconds" in self.s.expect:
+                took = time.monotonic() - self.tl.t0
+                checks.append(Check("withinSeconds", took <= self.s.expect["withinSeconds"], f"took {took:.1f}s"))
+        except Exception as e:  # a harness failure is a failed result with the reason, not a traceback
+            self.error(f"{type(e).__name__}: {e}")
+        finally:
+            if self.operator is not None:
+                self.operator.stop()
+            try:
+                self.kube.delete_namespace(ns)
+            except Exception as e:
+                self.error(f"clean-up: {e}")
+        return self.result(checks)
+
+
+# ------------------------------------------------------------------------------------------------- rollout runs
+
+
+class _RolloutRun(_BaseRun):
+    def __init__(self, session: Session, s: Scenario, run_dir: Path) -> None:
+        super().__init__(session, s, run_dir)
+        self.ns, self.name, self.target = s.namespace, s.rollout_name, s.target
+        self.refs = s.router
+        self.obs = Observed(store=self.store)
+        self.stable: DemoProcess | None = None
+        self.canary: DemoProcess | None = None
+        self.router: Router | None = None
+        self.pg: Postgres | None = None
+        self.password: str | None = None
+        # what the last poll saw
+        self.last: dict[str, Any] = {"phase": None, "stage": None, "weight": None, "images": None,
+                                     "canary": None, "conditions": {}, "history": 0}
+        self.last_poll = 0.0
+        self.stage_started: dict[int, float] = {}
+        self.phase_started: dict[str, float] = {}
+        self.fault_done: dict[int, float] = {}
+        self.promoted_now = False
+        self.migrated = False
+        self.poll_failing_since: float | None = None
+
+    @property
+    def t0(self) -> float:
+        assert self.tl.t0 is not None
+        return self.tl.t0
+
+    # --------------------------------------------------------------------------------------------- flow
+    def execute(self) -> Result:
+        checks: list[Check] = []
+        try:
+            self.setup()
+            self.apply()
+            self.observe()
+            self.collect()
+            checks = check_all(self.s.expect, self.obs, self.ns, self.name)
+            pending = [f for f in self.s.faults if f.index not in self.fault_done]
+            if self.s.faults:
+                checks.append(Check("faults injected", not pending,
+                                    f"never ran: {[f.describe() for f in pending]}" if pending
+                                    else f"all {len(self.s.faults)} ran"))
+        except Exception as e:
+            self.error(f"{type(e).__name__}: {e}")
+        finally:
+            self.teardown()
+        return self.result(checks, self.router.summary() if self.router else "")
+
+    def setup(self) -> None:
+        s, tl = self.s, self.tl
+        self.sess.prepare_cluster()
+        if self.kube.namespace_exists(self.ns):
+            tl.add("harness", f"namespace {self.ns} left from an earlier run: deleting it")
+            self.kube.delete_rollouts(self.ns, timeout=5)
+            self.kube.delete_namespace(self.ns)
+        dsn = None
+        if s.needs_database:
+            self.pg = self.sess.postgres
+            self.password = (s.database.password if s.database and s.database.password
+                             else "pw-" + secrets.token_hex(12))
+            self.obs.password = self.password
+            dsn = self.pg.reset_app(self.password)
+            tl.add("database", f"fresh database app on 127.0.0.1:{self.pg.port}")
+            if s.database and s.database.seed:
+                self.pg.run_as_app(s.database.seed)
+                tl.add("database", "seed run")
+            if "database" in s.expect:
+                self.obs.checksum_before = self.pg.checksum()
+                tl.add("database", f"checksum before the rollout {self.obs.checksum_before[:12]}")
+        self.stable = DemoProcess("stable", self.refs.stable_service, self.ns, "stable", s.stable.base,
+                                  self.run_dir / "stable.log", s.stable.error_mode)
+        self.canary = DemoProcess("canary", self.refs.canary_service, self.ns, "canary", s.canary.base,
+                                  self.run_dir / "canary.log", s.canary.error_mode)
+        self.stable.start()
+        self.canary.start()
+        tl.add("app", f"stable on :{self.stable.port} ({s.stable.base.describe()}), "
+                      f"canary on :{self.canary.port} ({s.canary.base.describe()})")
+        prom = self.sess.prometheus
+        prom.set_targets([ScrapeTarget(f"{self.ns}-stable", self.stable.port, self.refs.stable_service, self.ns),
+                          ScrapeTarget(f"{self.ns}-canary", self.canary.port, self.refs.canary_service, self.ns)])
+        secret = (*s.secret_ref, dsn) if s.secret_ref and dsn else None
+        docs = world(self.ns, self.target, s.initial_target_images(), s.target_replicas, self.refs.http_route,
+                     self.refs.stable_service, self.refs.canary_service, secret)
+        self.kube.apply(docs)
+        tl.add("harness", f"created namespace {self.ns}: Deployment {self.target} {s.initial_target_images()}, "
+                          f"Services, HTTPRoute {self.refs.http_route}" + (f", Secret {secret[0]}" if secret else ""))
+        deadline = time.monotonic() + 90
+        while not available(self.kube.get_deployment(self.ns, self.target)):
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the target Deployment {self.target} did not become available in 90s")
+            time.sleep(0.5)
+        tl.add("harness", f"target Deployment {self.target} available")
+        reader = self.kube.new_reader()
+        route, ns = self.refs.http_route, self.ns
+
+        def read_route() -> dict[str, Any] | None:
+            obj = reader.get_namespaced_custom_object("gateway.networking.k8s.io", "v1", ns, "httproutes", route)
+            return obj if isinstance(obj, dict) else None
+
+        self.router = Router(read_route, self.refs.stable_service, self.refs.canary_service, self.stable.port,
+                             self.canary.port, s.rps, s.within_seconds + 120,
+                             on_change=lambda text: self.tl.add("router", text))
+        self.router.start()
+        if not self.router.first_read.wait(15):
+            raise RuntimeError(f"the router could not read HTTPRoute {route}: {self.router.last_error}")
+        self._warm_up(prom)
+        self.start_operator(self.ns)
+
+    def _warm_up(self, prom: Prometheus) -> None:
+        """Wait until Prometheus has the stable version's request rate, so a stableHealthy gate has data."""
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            up = prom.targets_up()
+            if up.get(f"{self.ns}-stable") and up.get(f"{self.ns}-canary"):
+                break
+            time.sleep(0.5)
+        else:
+            raise RuntimeError(f"Prometheus does not scrape the demo apps: {prom.targets_up()}")
+        if self.s.rps <= 0:
+            return
+        q = (f'sum(rate(http_requests_total{{service="{self.refs.stable_service}",namespace="{self.ns}"}}'
+             f"[{RATE_WINDOW}])) > 0")
+        while time.monotonic() < deadline:
+            if prom.query(q):
+                self.tl.add("harness", "Prometheus sees the stable traffic")
+                time.sleep(2)
+                return
+            time.sleep(0.5)
+        raise RuntimeError("Prometheus has no request rate for the stable version after 30s")
+
+    def apply(self) -> None:
+        assert self.s.rollout is not None
+        doc = json.loads(json.dumps(self.s.rollout))
+        doc["metadata"]["namespace"] = self.ns
+        self.tl.t0 = time.monotonic()
+        r = self.kube.kubectl("apply", "-f", "-", input=yaml.safe_dump(doc, sort_keys=False), check=False)
+        if r.returncode != 0:
+            raise RuntimeError(f"kubectl apply of the rollout was refused: {r.stderr.strip()}")
+        self.tl.add("apply", r.stdout.strip())
+        self.last_poll = time.monotonic()
+
+    # ------------------------------------------------------------------------------------------ observation
+    def observe(self) -> None:
+        """The polling loop: record, apply behaviour changes, inject faults, until the finish or the deadline."""
+        expected = self.s.expect.get("phase")
+        deadline = self.t0 + self.s.within_seconds
+        finish_at: float | None = None
+        other_terminal_since: float | None = None
+        while True:
+            now = time.monotonic()
+            phase = self._poll(now)
+            self._behaviours(now)
+            self._faults(now)
+            if self.operator is not None and (msg := self.operator.check_exit()):
+                self.errors.append(msg)
+            if finish_at is None:
+                if phase in TERMINAL_PHASES and (expected is None or phase == expected):
+                    finish_at = now
+                    self.obs.finished_in = now - self.t0
+                    self.tl.add("harness", f"finished: phase {phase}")
+                elif phase in TERMINAL_PHASES and len(self.fault_done) == len(self.s.faults):
+                    other_terminal_since = other_terminal_since or now
+                    if now - other_terminal_since >= TERMINAL_GRACE:
+                        self.tl.add("harness", f"stopped: phase {phase} held {TERMINAL_GRACE:g}s, expected {expected}")
+                        break
+                else:
+                    other_terminal_since = None
+            elif now >= finish_at + SETTLE:
+                break
+            if finish_at is None and now >= deadline:
+                if expected is not None and expected not in TERMINAL_PHASES and phase == expected:
+                    self.obs.finished_in = self.phase_started.get(expected, now) - self.t0
+                self.tl.add("harness", f"deadline of {self.s.within_seconds:g}s reached in phase {phase}")
+                break
+            self.last_poll = now
+            time.sleep(max(0.0, POLL - (time.monotonic() - now)))
+
+    def _advance(self, now: float, what: str) -> None:
+        self.obs.advances.append(Advance(self.last_poll, now, what))
+
+    def _poll(self, now: float) -> str | None:
+        tl, last = self.tl, self.last
+        try:
+            ro = self.kube.get_rollout(self.ns, self.name)
+            target = self.kube.get_deployment(self.ns, self.target)
+            canary = self.kube.get_deployment(self.ns, f"{self.target}-canary")
+        except Exception as e:  # the API server may blink; the next poll tries again, a long outage ends the run
+            if self.poll_failing_since is None:
+                self.poll_failing_since = now
+                tl.add("harness", f"polling the API server fails: {e}")
+            elif now - self.poll_failing_since > API_OUTAGE_LIMIT:
+                raise RuntimeError(f"the API server has not answered for {API_OUTAGE_LIMIT:g}s: {e}") from e
+            return last["phase"]  # type: ignore[no-any-return]
+        if self.poll_failing_since is not None:
+            tl.add("harness", f"polling works again after {now - self.poll_failing_since:.1f}s")
+            self.poll_failing_since = None
+        status = (ro or {}).get("status") or {}
+        phase, stage, weight = status.get("phase"), status.get("stage"), status.get("weight")
+        if phase != last["phase"]:
+            msg = status.get("message")
+            tl.add("phase", f"{last['phase']} -> {phase}" + (f": {msg}" if msg else ""), now)
+            if phase is not None:
+                self.phase_started.setdefault(phase, now)
+            if phase in ("Promoting", "Succeeded") and last["phase"] not in ("Promoting", "Succeeded"):
+                self._advance(now, f"phase {phase}")
+            last["phase"] = phase
+        if stage != last["stage"]:
+            tl.add("stage", f"stage {last['stage']} -> {stage}", now)
+            if isinstance(stage, int):
+                self.stage_started.setdefault(stage, now)
+                if isinstance(last["stage"], int) and stage > last["stage"]:
+                    self._advance(now, f"stage {last['stage']} -> {stage}")
+            last["stage"] = stage
+        if weight != last["weight"]:
+            tl.add("weight", f"status.weight {last['weight']} -> {weight}", now)
+            if isinstance(weight, int) and isinstance(last["weight"], int) and weight > last["weight"]:
+                self._advance(now, f"status.weight {last['weight']} -> {weight}")
+            last["weight"] = weight
+        conds: dict[str, tuple[str, str]] = {}
+        for c in status.get("conditions") or []:
+            if isinstance(c, dict):
+                ctype, cstatus, reason = str(c.get("type")), str(c.get("status")), str(c.get("reason"))
+                conds[ctype] = (cstatus, reason)
+                self.obs.conditions_seen.add((ctype, reason, cstatus))
+                if last["conditions"].get(ctype) != (cstatus, reason):
+                    tl.add("condition", f"{ctype}={cstatus} {reason}: {c.get('message', '')}", now)
+        last["conditions"] = conds
+        history = status.get("history") or []
+        for h in history[last["history"]:]:
+            if isinstance(h, dict):
+                tl.add("history", f"{h.get('action')} at stage {h.get('stage')} weight {h.get('weight')} "
+                                  f"{h.get('metric') or ''}: {h.get('message') or ''}", now)
+        last["history"] = len(history)
+        images = images_of(target)
+        if images != last["images"]:
+            if last["images"] is not None:
+                tl.add("target", f"target images {images}", now)
+            last["images"] = images
+        tmpl = self.s.template_images
+        promoted = bool(images) and all(images.get(n) == i for n, i in tmpl.items())
+        if promoted and not self.promoted_now:
+            self._advance(now, "target got the new template")
+            tl.add("app", "target runs the new template: the stable process now behaves as the canary", now)
+        elif self.promoted_now and not promoted:
+            tl.add("app", "target images reverted: the stable process behaves as the stable version again", now)
+        self.promoted_now = promoted
+        self.obs.promoted_seen |= promoted
+        canary_state = ("available" if available(canary) else "present") if canary and not (
+            canary.get("metadata") or {}).get("deletionTimestamp") else "absent"
+        if canary_state != last["canary"]:
+            if last["canary"] is not None or canary_state != "absent":
+                tl.add("canary", f"canary Deployment {canary_state}" +
+                       (f" {images_of(canary)}" if canary_state != "absent" else ""), now)
+            last["canary"] = canary_state
+        if canary_state == "available" and not self.migrated:
+            self.migrated = True
+            if self.s.database and self.s.database.migration and self.pg is not None:
+                try:
+                    self.pg.run_as_app(self.s.database.migration)
+                    tl.add("database", "the canary ran its migration")
+                except Exception as e:
+                    self.error(f"migration failed: {e}")
+        return phase if isinstance(phase, str) else None
+
+    def _behaviours(self, now: float) -> None:
+        """Level-triggered `when` rules, and the promoted target running the canary's code."""
+        assert self.stable is not None and self.canary is not None and self.router is not None
+        weight, elapsed = self.router.canary_weight, now - self.t0
+        canary_b = self.s.canary.effective(weight, elapsed)
+        stable_b = self.s.canary.effective(100, elapsed) if self.promoted_now else self.s.stable.effective(weight,
+                                                                                                          elapsed)
+        for proc, b in ((self.stable, stable_b), (self.canary, canary_b)):
+            if b != proc.behaviour:
+                try:
+                    proc.configure(b)
+                    self.tl.add("app", f"{proc.role} now {b.describe()} (canary weight {weight}%)")
+                except Exception as e:
+                    self.error(f"could not reconfigure the {proc.role} app: {e}")
+
+    # --------------------------------------------------------------------------------------------- faults
+    def _anchor(self, f: Fault) -> float | None:
+        at = f.at
+        if at.anchor == "apply":
+            return self.t0
+        if at.anchor == "stage":
+            return self.stage_started.get(at.stage or 0)
+        if at.anchor == "phase":
+            return self.phase_started.get(at.phase or "")
+        return self.fault_done.get(at.fault if at.fault is not None else -1)
+
+    def _faults(self, now: float) -> None:
+        for f in self.s.faults:
+            if f.index in self.fault_done:
+                continue
+            anchor = self._anchor(f)
+            if anchor is None or now < anchor + f.at.seconds:
+                continue
+            try:
+                self._inject(f)
+                self.tl.add("fault", f"{f.describe()} ({f.at.describe()})")
+            except Exception as e:
+                self.error(f"{f.describe()} failed: {e}")
+            self.fault_done[f.index] = time.monotonic()
+
+    def _outage(self, kind: str, down: bool, at: float) -> None:
+        downs, ups = self.obs.outages.setdefault(kind, ([], []))
+        (downs if down else ups).append(at)
+
+    def _inject(self, f: Fault) -> None:
+        if f.do == "stopPrometheus":
+            self.sess.stop_prometheus()
+            self._outage("prometheus", True, time.monotonic())
+        elif f.do == "startPrometheus":
+            self._outage("prometheus", False, time.monotonic())
+            self.sess.prometheus.start()
+        elif f.do == "killOperator":
+            if self.operator is None:
+                raise RuntimeError("the harness did not start the operator")
+            self.operator.kill(f.signal)
+            self._outage("operator", True, time.monotonic())
+        elif f.do == "restartOperator":
+            if self.operator is None:
+                raise RuntimeError("the harness did not start the operator")
+            self._outage("operator", False, time.monotonic())
+            self.operator.restart()
+        elif f.do == "patch":
+            self.kube.kubectl("patch", SR_PLURAL, self.name, "-n", self.ns, "--type=merge", "-p",
+                              json.dumps(f.patch))
+        elif f.do == "sql":
+            assert self.pg is not None and f.sql is not None
+            self.pg.run_as_app(f.sql)
+        elif f.do == "stopDatabase":
+            assert self.pg is not None
+            self.pg.stop()
+            self._outage("database", True, time.monotonic())
+        elif f.do == "startDatabase":
+            assert self.pg is not None
+            self._outage("database", False, time.monotonic())
+            self.pg.start()
+        elif f.do == "corruptSnapshot":
+            self.tl.add("fault", f"corrupted {corrupt_latest_snapshot(self.store, self.ns, self.name)}")
+        else:  # format.FAULT_ACTIONS and this list must agree
+            raise RuntimeError(f"unknown fault {f.do}")
+
+    # ------------------------------------------------------------------------------------------- the end
+    def collect(self) -> None:
+        obs = self.obs
+        if self.router is not None:
+            self.router.stop()
+            obs.router_changes = list(self.router.changes)
+            prev: int | None = None
+            for t, w in obs.router_changes:
+                if prev is not None and w > prev:
+                    obs.advances.append(Advance(t - 1.5 * ROUTER_POLL, t, f"router canary weight {prev} -> {w}"))
+                prev = w
+        ro = self.kube.get_rollout(self.ns, self.name)
+        obs.rollout = ro
+        obs.phase = obs.status.get("phase")
+        obs.target_images = images_of(self.kube.get_deployment(self.ns, self.target))
+        canary = self.kube.get_deployment(self.ns, f"{self.target}-canary")
+        obs.canary_present = canary is not None and not (canary.get("metadata") or {}).get("deletionTimestamp")
+        obs.events = self.kube.events(self.ns)
+        self._events_to_timeline(obs.events)
+        ref = ((obs.status.get("incident") or {}).get("reportRef"))
+        if isinstance(ref, str) and ref:
+            ns, _, name = ref.rpartition("/")
+            obs.report_name = name
+            obs.report = self.kube.get_configmap(ns or self.ns, name)
+        if "database" in self.s.expect and self.pg is not None:
+            try:
+                obs.checksum_after = self.pg.checksum()
+                self.tl.add("database", f"checksum after the run {obs.checksum_after[:12]}")
+            except Exception as e:
+                obs.checksum_error = str(e)
+        if self.operator is not None and self.operator.log.exists():
+            obs.operator_log = self.operator.log.read_text(errors="replace")
+        obs.end = time.monotonic()
+        (self.run_dir / "rollout.json").write_text(json.dumps(ro, indent=2, default=str))
+        (self.run_dir / "events.json").write_text(json.dumps(obs.events, indent=2, default=str))
+
+    def _events_to_timeline(self, events: list[dict[str, Any]]) -> None:
+        """Events about the SafeRollout, placed by their (second-resolution, wall-clock) time."""
+        offset = time.time() - time.monotonic()
+        for e in events:
+            obj = e.get("involvedObject") or {}
+            if obj.get("kind") != "SafeRollout" or obj.get("name") != self.name:
+                continue
+            stamp = e.get("lastTimestamp") or e.get("eventTime") or e.get("firstTimestamp")
+            try:
+                at = datetime.fromisoformat(str(stamp).replace("Z", "+00:00")).timestamp() - offset
+            except ValueError:
+                continue
+            count = int(e.get("count") or 1)
+            self.tl.add("event", f"~{e.get('type', '')} {e.get('reason')}: {e.get('message', '')}"
+                                 + (f" (x{count})" if count > 1 else ""), at)
+
+    def _stop_apps(self) -> None:
+        for p in (self.stable, self.canary):
+            if p is not None:
+                p.stop()
+
+    def teardown(self) -> None:
+        """Stop what this run started, delete its namespace, leave the session's servers ready for the next."""
+        steps: list[tuple[str, Any]] = [
+            ("router", lambda: self.router.stop() if self.router else None),
+            ("rollout", lambda: self.kube.delete_rollouts(self.ns, timeout=20)),
+            ("operator", lambda: self.operator.stop() if self.operator else None),
+            ("apps", self._stop_apps),
+            ("namespace", lambda: self.kube.delete_namespace(self.ns)),
+            ("prometheus", lambda: self.sess.prometheus.set_targets([])),
+            ("postgres", lambda: self.sess.postgres if self.pg is not None else None),
+        ]
+        for what, step in steps:
+            began = time.monotonic()
+            try:
+                step()
+            except Exception as e:
+                self.error(f"clean-up of {what}: {e}")
+            if time.monotonic() - began > 2:
+                self.tl.add("harness", f"clean-up of {what} took {time.monotonic() - began:.1f}s")
+
+
+def corrupt_latest_snapshot(store: Path, ns: str, name: str) -> Path:
+    """Overwrite bytes in the middle of the newest `*.dump` of the rollout that is not a pre-restore dump."""
+    d = store / ns / name
+    dumps = [p for p in d.glob("*.dump") if not p.name.startswith("pre-restore-")] if d.is_dir() else []
+    if not dumps:
+        raise RuntimeError(f"no snapshot to corrupt in {d}")
+    newest = max(dumps, key=lambda p: p.stat().st_mtime)
+    size = newest.stat().st_size
+    length = max(1, min(4096, size // 4))
+    with newest.open("r+b") as fh:
+        fh.seek(max(0, size // 2 - length // 2))
+        fh.write(bytes((0xA5 ^ i) & 0xFF for i in range(length)))
+    return newest

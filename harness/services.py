@@ -1,0 +1,328 @@
+"""Real Prometheus and PostgreSQL servers on loopback, started and stopped by the harness.
+
+Both keep their data directory across stop/start, because the faults `stopPrometheus`/`startPrometheus` and
+`stopDatabase`/`startDatabase` are outages, not resets: the operator must see the same server come back.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import yaml
+from psycopg import sql
+
+PROMETHEUS_BIN = os.environ.get("SAFEROLLOUT_PROMETHEUS_BIN", "/usr/bin/prometheus")
+PG_BIN = Path(os.environ.get("SAFEROLLOUT_PG_BIN", "/usr/lib/postgresql/15/bin"))
+PG_OS_USER = "postgres"
+
+
+def free_port() -> int:
+    """A loopback port nobody listens on now (the usual small race is acceptable for a test harness)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_http(url: str, timeout: float, ok: tuple[int, ...] = (200,)) -> bool:
+    """Poll a URL until it answers one of `ok`; False on timeout."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=1) as r:
+                if r.status in ok:
+                    return True
+        except (OSError, urllib.error.URLError):
+            pass
+        time.sleep(0.1)
+    return False
+
+
+# ------------------------------------------------------------------------------------------------ Prometheus
+
+
+@dataclass(frozen=True)
+class ScrapeTarget:
+    """One demo process, labelled as the Service whose pods it stands in for."""
+
+    job: str
+    port: int
+    service: str
+    namespace: str
+
+
+class Prometheus:
+    """A real Prometheus (Debian's package) scraping the demo processes every second."""
+
+    def __init__(self, root: Path, binary: str = PROMETHEUS_BIN, port: int | None = None) -> None:
+        self.root = root
+        self.binary = binary
+        self.port = port or free_port()
+        self.data = root / "data"
+        self.config = root / "prometheus.yml"
+        self.log = root / "prometheus.log"
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._targets: list[ScrapeTarget] = []
+        self.data.mkdir(parents=True, exist_ok=True)
+        self._write_config()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def running(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    def _write_config(self) -> None:
+        cfg: dict[str, Any] = {
+            "global": {"scrape_interval": "1s", "scrape_timeout": "1s", "evaluation_interval": "1s"},
+            "scrape_configs": [
+                {"job_name": t.job, "static_configs": [
+                    {"targets": [f"127.0.0.1:{t.port}"], "labels": {"service": t.service, "namespace": t.namespace}}
+                ]} for t in self._targets
+            ],
+        }
+        tmp = self.config.with_suffix(".tmp")
+        tmp.write_text(yaml.safe_dump(cfg, sort_keys=False))
+        tmp.replace(self.config)
+
+    def set_targets(self, targets: list[ScrapeTarget]) -> None:
+        """Scrape these processes from now on (reloads a running server)."""
+        self._targets = list(targets)
+        self._write_config()
+        if self.running:
+            req = urllib.request.Request(f"{self.url}/-/reload", method="POST")
+            with urllib.request.urlopen(req, timeout=10) as r:
+                if r.status != 200:
+                    raise RuntimeError(f"prometheus reload answered {r.status}")
+
+    def start(self, timeout: float = 60) -> None:
+        """Start on the same port and data directory as before; returns once /-/ready answers."""
+        if self.running:
+            return
+        if not Path(self.binary).exists():
+            raise RuntimeError(f"{self.binary} not found: install Debian's prometheus package")
+        logf = self.log.open("ab")
+        self._proc = subprocess.Popen(
+            [self.binary, f"--config.file={self.config}", f"--storage.tsdb.path={self.data}",
+             f"--web.listen-address=127.0.0.1:{self.port}", "--web.enable-lifecycle",
+             "--storage.tsdb.retention.time=1d", "--log.level=warn"],
+            stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+        logf.close()
+        if not wait_http(f"{self.url}/-/ready", timeout):
+            self.stop()
+            raise RuntimeError(f"prometheus did not become ready in {timeout:g}s; see {self.log}")
+
+    def stop(self, timeout: float = 20) -> None:
+        """SIGTERM (Prometheus flushes its head), SIGKILL if it hangs; the data directory stays."""
+        proc, self._proc = self._proc, None
+        if proc is None or proc.poll() is not None:
+            return
+        proc.terminate()
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+
+    def query(self, promql: str) -> list[dict[str, Any]]:
+        """Instant query; the `result` list (empty when there is no data)."""
+        url = f"{self.url}/api/v1/query?" + urllib.parse.urlencode({"query": promql})
+        with urllib.request.urlopen(url, timeout=5) as r:
+            body = json.load(r)
+        if body.get("status") != "success":
+            raise RuntimeError(f"prometheus query failed: {body}")
+        result = body["data"]["result"]
+        return result if isinstance(result, list) else []
+
+    def targets_up(self) -> dict[str, bool]:
+        """{job: healthy} for the active targets."""
+        with urllib.request.urlopen(f"{self.url}/api/v1/targets?state=active", timeout=5) as r:
+            body = json.load(r)
+        return {t["labels"].get("job", "?"): t.get("health") == "up" for t in body["data"]["activeTargets"]}
+
+
+# ------------------------------------------------------------------------------------------------ PostgreSQL
+
+
+def _as_postgres(argv: list[str]) -> list[str]:
+    """PostgreSQL refuses to run as root: run its tools as the postgres OS user when we are root."""
+    return ["runuser", "-u", PG_OS_USER, "--", *argv] if os.geteuid() == 0 else argv
+
+
+def _chown_postgres(path: Path) -> None:
+    if os.geteuid() == 0:
+        shutil.chown(path, PG_OS_USER, PG_OS_USER)
+
+
+class Postgres:
+    """A real PostgreSQL 15 cluster: TCP on 127.0.0.1 with SCRAM passwords, admin over its private socket."""
+
+    APP_USER = "app"
+    APP_DB = "app"
+
+    def __init__(self, root: Path, port: int | None = None) -> None:
+        self.root = root
+        self.port = port or free_port()
+        self.data = root / "data"
+        self.sock = root / "sock"
+        self.log = root / "postgres.log"
+        self.password: str | None = None
+
+    @property
+    def running(self) -> bool:
+        r = subprocess.run(_as_postgres([str(PG_BIN / "pg_ctl"), "-D", str(self.data), "status"]),
+                           capture_output=True, check=False)
+        return r.returncode == 0
+
+    def _init(self) -> None:
+        for d in (self.root, self.sock):
+            d.mkdir(parents=True, exist_ok=True)
+            _chown_postgres(d)
+        os.chmod(self.root, 0o755)
+        if not self.log.exists():
+            self.log.touch()
+            _chown_postgres(self.log)
+        if (self.data / "PG_VERSION").exists():
+            return
+        r = subprocess.run(_as_postgres([str(PG_BIN / "initdb"), "-D", str(self.data), "-U", "postgres",
+                                         "--auth-local=trust", "--auth-host=scram-sha-256", "--encoding=UTF8",
+                                         "--locale=C.UTF-8"]),
+                           capture_output=True, text=True, check=False, cwd=self.root)
+        if r.returncode != 0:
+            raise RuntimeError(f"initdb failed: {r.stderr.strip() or r.stdout.strip()}")
+
+    def start(self, timeout: float = 60) -> None:
+        """Start (initialising the cluster the first time) and wait until it accepts connections."""
+        self._init()
+        if self.running:
+            return
+        opts = (f"-c listen_addresses=127.0.0.1 -c port={self.port} -c unix_socket_directories={self.sock} "
+                "-c fsync=off -c full_page_writes=off -c max_connections=100")
+        r = subprocess.run(_as_postgres([str(PG_BIN / "pg_ctl"), "-D", str(self.data), "-l", str(self.log),
+                                         "-w", "-t", str(int(timeout)), "-o", opts, "start"]),
+                           capture_output=True, text=True, check=False, cwd=self.root)
+        if r.returncode != 0:
+            raise RuntimeError(f"postgres did not start: {r.stderr.strip() or r.stdout.strip()}; see {self.log}")
+
+    def stop(self) -> None:
+        """Fast shutdown: open sessions are cut, as in a real outage; the data directory stays."""
+        if not self.data.exists() or not self.running:
+            return
+        subprocess.run(_as_postgres([str(PG_BIN / "pg_ctl"), "-D", str(self.data), "-m", "fast", "-w", "stop"]),
+                       capture_output=True, check=False, cwd=self.root)
+
+    def admin(self, dbname: str = "postgres") -> psycopg.Connection[Any]:
+        """A superuser connection over the unix socket (trust), autocommit."""
+        return psycopg.connect(host=str(self.sock), port=self.port, user="postgres", dbname=dbname,
+                               autocommit=True, connect_timeout=5)
+
+    def dsn(self, password: str) -> str:
+        return (f"postgresql://{self.APP_USER}:{urllib.parse.quote(password, safe='')}"
+                f"@127.0.0.1:{self.port}/{self.APP_DB}")
+
+    def reset_app(self, password: str) -> str:
+        """A fresh role `app` (with this password, CREATEDB for scratch restores) owning a fresh database `app`.
+
+        Databases the previous scenario's role owned (scratch copies) are dropped with it. Returns the DSN.
+        """
+        with self.admin() as conn:
+            row = conn.execute("SELECT oid FROM pg_roles WHERE rolname = %s", (self.APP_USER,)).fetchone()
+            if row is not None:
+                owned = conn.execute("SELECT datname FROM pg_database WHERE datdba = %s", (row[0],)).fetchall()
+                for (name,) in owned:
+                    conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+                conn.execute(sql.SQL("DROP OWNED BY {} CASCADE").format(sql.Identifier(self.APP_USER)))
+                conn.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(self.APP_USER)))
+            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(self.APP_DB)))
+            conn.execute(sql.SQL("CREATE ROLE {} LOGIN CREATEDB PASSWORD {}").format(
+                sql.Identifier(self.APP_USER), sql.Literal(password)))
+            conn.execute(sql.SQL("CREATE DATABASE {} OWNER {}").format(
+                sql.Identifier(self.APP_DB), sql.Identifier(self.APP_USER)))
+        self.password = password
+        return self.dsn(password)
+
+    def run_as_app(self, statements: str) -> None:
+        """Run SQL as the database's owner over TCP, as the application would."""
+        if self.password is None:
+            raise RuntimeError("no scenario database yet")
+        with psycopg.connect(self.dsn(self.password), autocommit=True, connect_timeout=5) as conn:
+            conn.execute(statements.encode())
+
+    def checksum(self) -> str:
+        """See `checksum`; for the scenario database."""
+        if self.password is None:
+            raise RuntimeError("no scenario database yet")
+        return checksum(self.dsn(self.password))
+
+
+def checksum(dsn: str) -> str:
+    """SHA-256 over the schema and every row of every user table.
+
+    Schema: columns (name, type, nullability, default), constraints and indexes of every table outside the system
+    schemas. Rows: each table's rows as text, sorted, so physical order (which a restore changes) does not count.
+    Sequences' positions are not rows and are left out.
+    """
+    h = hashlib.sha256()
+    with psycopg.connect(dsn, connect_timeout=5) as conn:
+        tables = conn.execute(
+            "SELECT table_schema, table_name FROM information_schema.tables "
+            "WHERE table_type = 'BASE TABLE' AND table_schema NOT IN ('pg_catalog', 'information_schema') "
+            "ORDER BY 1, 2").fetchall()
+        for schema, table in tables:
+            h.update(f"table {schema}.{table}\n".encode())
+            for row in conn.execute(
+                    "SELECT column_name, data_type, is_nullable, coalesce(column_default, '') "
+                    "FROM information_schema.columns WHERE table_schema = %s AND table_name = %s "
+                    "ORDER BY ordinal_position", (schema, table)):
+                h.update(("column " + "|".join(map(str, row)) + "\n").encode())
+            for row in conn.execute(
+                    "SELECT conname, pg_get_constraintdef(c.oid) FROM pg_constraint c "
+                    "JOIN pg_class t ON t.oid = c.conrelid JOIN pg_namespace n ON n.oid = t.relnamespace "
+                    "WHERE n.nspname = %s AND t.relname = %s ORDER BY 1", (schema, table)):
+                h.update(("constraint " + "|".join(map(str, row)) + "\n").encode())
+            for row in conn.execute("SELECT indexname, indexdef FROM pg_indexes WHERE schemaname = %s "
+                                    "AND tablename = %s ORDER BY 1", (schema, table)):
+                h.update(("index " + "|".join(map(str, row)) + "\n").encode())
+            ident = sql.Identifier(schema, table)
+            count_row = conn.execute(sql.SQL("SELECT count(*) FROM {}").format(ident)).fetchone()
+            rows_digest = conn.execute(sql.SQL(
+                "SELECT md5(coalesce(string_agg(r::text, E'\\n' ORDER BY r::text), '')) FROM {} AS r"
+            ).format(ident)).fetchone()
+            h.update(f"rows {count_row[0] if count_row else 0} {rows_digest[0] if rows_digest else ''}\n".encode())
+    return h.hexdigest()
+
+
+def stop_process(proc: subprocess.Popen[bytes] | None, timeout: float = 10, group: bool = False) -> None:
+    """TERM, then KILL after `timeout`; `group` signals the whole process group (a pod's processes die together)."""
+    if proc is None or proc.poll() is not None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        if group:
+            os.killpg(proc.pid, signal.SIGTERM)
+        else:
+            proc.terminate()
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            if group:
+                os.killpg(proc.pid, signal.SIGKILL)
+            else:
+                proc.kill()
+        proc.wait(5)

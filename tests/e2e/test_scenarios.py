@@ -1,0 +1,49 @@
+"""One end-to-end test per shared scenario file, run by the harness against the local cluster.
+
+The scenario directory is `$SAFEROLLOUT_SCENARIOS`, else `<repo>/../shared/scenarios`. A missing or empty
+directory fails (it never skips): a suite that silently runs no scenario would look green and prove nothing.
+One harness Session (Prometheus, PostgreSQL, the cluster connection) serves every scenario.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from harness.scenario import Session
+
+REPO = Path(__file__).resolve().parents[2]
+SCENARIOS = Path(os.environ.get("SAFEROLLOUT_SCENARIOS") or REPO.parent / "shared" / "scenarios")
+
+
+def _scenario_files() -> list[object]:
+    files = sorted(SCENARIOS.glob("*.yaml")) if SCENARIOS.is_dir() else []
+    if not files:  # a test that fails and says why, instead of a suite with nothing in it
+        return [pytest.param(None, id="no-scenarios", marks=pytest.mark.e2e)]
+    return [pytest.param(f, id=f.stem, marks=pytest.mark.e2e) for f in files]
+
+
+@pytest.fixture(scope="session")
+def harness_session() -> Iterator[Session]:
+    from tests.e2e.cluster import ensure_cluster, tools_dir
+
+    kubeconfig = ensure_cluster()
+    with Session(kubeconfig=kubeconfig, kubectl=tools_dir() / "kubectl") as session:
+        yield session
+
+
+@pytest.mark.e2e
+@pytest.mark.timeout(900)
+@pytest.mark.parametrize("scenario_file", _scenario_files())
+def test_scenario(scenario_file: Path | None, request: pytest.FixtureRequest) -> None:
+    if scenario_file is None:
+        pytest.fail(f"no scenario files (*.yaml) in {SCENARIOS}: set SAFEROLLOUT_SCENARIOS or provide "
+                    "../shared/scenarios")
+    session: Session = request.getfixturevalue("harness_session")  # the cluster only once there is work
+    result = session.run(scenario_file)
+    print(result.report())
+    failed = [c.line() for c in result.checks if not c.passed] + [f"ERROR {e}" for e in result.errors]
+    assert result.passed, f"scenario {result.name} failed (logs in {result.run_dir}):\n" + "\n".join(failed)

@@ -1,0 +1,178 @@
+"""The scenario format is read strictly: unknown keys anywhere the harness owns are errors that name them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from harness.format import Bounds, ScenarioError, image_repo, leaf_paths, load, merge_patch, named_field, parse
+
+SCENARIOS = Path(__file__).resolve().parents[2].parent / "shared" / "scenarios"
+
+ROLLOUT: dict[str, Any] = {
+    "apiVersion": "saferollout.dev/v1alpha1", "kind": "SafeRollout",
+    "metadata": {"name": "web", "namespace": "demo"},
+    "spec": {
+        "targetRef": {"kind": "Deployment", "name": "web"},
+        "template": {"containers": [{"name": "web", "image": "demo/web:2.0"}]},
+        "strategy": {"canary": {"stages": [{"weight": 5, "duration": "10s"}],
+                                "traffic": {"gatewayAPI": {"httpRoute": "web", "stableService": "web",
+                                                           "canaryService": "web-canary"}}}},
+    },
+}
+
+
+def scenario(**extra: Any) -> dict[str, Any]:
+    base: dict[str, Any] = {"name": "t", "rollout": ROLLOUT, "expect": {"phase": "Succeeded"}}
+    base.update(extra)
+    return base
+
+
+def error_of(data: dict[str, Any]) -> str:
+    with pytest.raises(ScenarioError) as e:
+        parse(data, Path("t.yaml"))
+    return str(e.value)
+
+
+@pytest.mark.parametrize(("data", "key", "where"), [
+    (scenario(extra=1), "'extra'", "t.yaml"),
+    (scenario(app={"stable": {"errorRat": 0.1}}), "'errorRat'", "t.yaml.app.stable"),
+    (scenario(app={"beta": {}}), "'beta'", "t.yaml.app"),
+    (scenario(app={"canary": {"latencyMs": {"p50": 1, "p95": 2, "p99": 3}}}), "'p99'", "t.yaml.app.canary.latencyMs"),
+    (scenario(app={"canary": {"when": {"canaryWeightAtLeast": 25, "errorRate": 0.1, "x": 1}}}), "'x'",
+     "t.yaml.app.canary.when"),
+    (scenario(load={"rps": 1, "burst": 2}), "'burst'", "t.yaml.load"),
+    (scenario(database={"seed": "", "seeds": ""}), "'seeds'", "t.yaml.database"),
+    (scenario(faults=[{"at": {"afterSeconds": 1}, "do": "stopPrometheus", "signal": "KILL"}]), "'signal'",
+     "t.yaml.faults[0]"),
+    (scenario(faults=[{"at": {"stage": 1, "afterSecond": 1}, "do": "stopPrometheus"}]), "'afterSecond'",
+     "t.yaml.faults[0].at"),
+    (scenario(expect={"phase": "Succeeded", "maxWeigth": 5}), "'maxWeigth'", "t.yaml.expect"),
+    (scenario(expect={"weightHeldSeconds": {"weight": 5, "atLeast": 1, "atMost": 2}}), "'atMost'",
+     "t.yaml.expect.weightHeldSeconds"),
+    ({"name": "t", "cases": [{"patch": {}, "because": "x"}], "expect": {"refusedAtApply": True}}, "'because'",
+     "t.yaml.cases[0]"),
+])
+def test_unknown_key_is_an_error_naming_it(data: dict[str, Any], key: str, where: str) -> None:
+    msg = error_of(data)
+    assert "unknown key" in msg and key in msg and msg.startswith(where + ":")
+
+
+@pytest.mark.parametrize(("data", "fragment"), [
+    (scenario(expect={"phase": "Done"}), "'Done' is not one of"),
+    (scenario(app={"canary": {"errorRate": 2}}), "above 1"),
+    (scenario(app={"canary": {"latencyMs": {"p50": 100, "p95": 50}}}), "must not be below p50"),
+    (scenario(faults=[{"at": {"afterFault": 0, "seconds": 1}, "do": "restartOperator"}]), "not an earlier fault"),
+    (scenario(faults=[{"at": {"afterSeconds": 1}, "do": "explode"}]), "'explode' is not one of"),
+    (scenario(faults=[{"at": {"afterSeconds": 1}, "do": "sql"}]), "missing key 'sql'"),
+    (scenario(faults=[{"at": {"afterSeconds": 1}, "do": "stopDatabase"}]), "needs a database"),
+    (scenario(expect={"snapshotTakenOnce": True}), "has no database"),
+    (scenario(expect={"targetImages": {"api": "x:1"}}), "no container named api"),
+    ({"name": "t", "expect": {}}, "missing key 'rollout'"),
+    ({"name": "t", "rollout": ROLLOUT, "cases": [{"patch": {}}], "expect": {}}, "has no use"),
+    (scenario(app={"canary": {"when": {"errorRate": 0.5}}}), "needs a trigger"),
+])
+def test_bad_values_are_errors(data: dict[str, Any], fragment: str) -> None:
+    assert fragment in error_of(data)
+
+
+def test_the_shared_scenarios_load() -> None:
+    files = sorted(SCENARIOS.glob("*.yaml"))
+    if not files:
+        pytest.skip(f"no shared scenarios at {SCENARIOS}")
+    for f in files:
+        load(f)
+
+
+def test_the_harness_examples_load() -> None:
+    examples = sorted((Path(__file__).resolve().parents[2] / "harness" / "examples").glob("*.yaml"))
+    assert examples
+    for f in examples:
+        load(f)
+
+
+def test_when_rules_are_level_triggered() -> None:
+    data = scenario(app={"canary": {"errorRate": 0.0, "latencyMs": {"p50": 20, "p95": 90},
+                                    "when": {"canaryWeightAtLeast": 25, "latencyMs": {"p50": 900, "p95": 2600}}}})
+    s = parse(data, Path("t.yaml"))
+    assert s.canary.effective(5, 0).p95_ms == 90
+    assert s.canary.effective(25, 0).p95_ms == 2600
+    assert s.canary.effective(5, 100).p95_ms == 90  # back below the weight: the rule no longer holds
+
+
+def test_when_list_and_after_seconds() -> None:
+    data = scenario(app={"stable": {"when": [{"afterSeconds": 10, "errorRate": 0.5},
+                                             {"afterSeconds": 20, "errorRate": 0.0}]}})
+    s = parse(data, Path("t.yaml"))
+    assert s.stable.effective(0, None).error_rate == 0.0
+    assert s.stable.effective(0, 15).error_rate == 0.5
+    assert s.stable.effective(0, 25).error_rate == 0.0
+
+
+def test_max_weight_alone_is_an_upper_bound() -> None:
+    s = parse(scenario(expect={"maxWeight": 25, "finalWeight": 0}), Path("t.yaml"))
+    assert s.expect["maxWeight"] == Bounds(None, 25)
+    assert s.expect["finalWeight"] == Bounds(0, 0)
+    s = parse(scenario(expect={"maxWeight": {"equals": 25}}), Path("t.yaml"))
+    assert not s.expect["maxWeight"].holds(5)
+
+
+def test_target_images_default_to_repo_1_0() -> None:
+    s = parse(scenario(), Path("t.yaml"))
+    assert s.initial_target_images() == {"web": "demo/web:1.0"}
+    s = parse(scenario(target={"images": {"web": "demo/web:1.5"}}), Path("t.yaml"))
+    assert s.initial_target_images() == {"web": "demo/web:1.5"}
+    assert image_repo("registry:5000/team/web:2.4.1") == "registry:5000/team/web"
+    assert image_repo("web@sha256:abc") == "web"
+    assert image_repo("registry:5000/web") == "registry:5000/web"
+
+
+def test_merge_patch_rfc7386() -> None:
+    target = {"a": "b", "c": {"d": "e", "f": "g"}, "l": [1, 2]}
+    patch = {"a": "z", "c": {"f": None}, "l": [3], "n": {"x": 1}}
+    assert merge_patch(target, patch) == {"a": "z", "c": {"d": "e"}, "l": [3], "n": {"x": 1}}
+    assert target == {"a": "b", "c": {"d": "e", "f": "g"}, "l": [1, 2]}  # untouched
+    # the RFC's own examples
+    assert merge_patch({"a": "b"}, {"a": "c"}) == {"a": "c"}
+    assert merge_patch({"a": [{"b": "c"}]}, {"a": [1]}) == {"a": [1]}
+    assert merge_patch(["a", "b"], {"a": "c"}) == {"a": "c"}
+    assert merge_patch({"a": "foo"}, "bar") == "bar"
+    assert merge_patch({}, {"a": {"bb": {"ccc": None}}}) == {"a": {"bb": {}}}
+
+
+def test_leaf_paths_use_api_server_notation() -> None:
+    patch = yaml.safe_load("{spec: {strategy: {canary: {stages: [{weight: 50}, {weight: 25}]}}, "
+                           "template: {containers: []}}}")
+    assert leaf_paths(patch) == ["spec.strategy.canary.stages[0].weight", "spec.strategy.canary.stages[1].weight",
+                                 "spec.template.containers"]
+
+
+@pytest.mark.parametrize(("message", "patch", "named"), [
+    ('The SafeRollout "web" is invalid: spec.strategy.canary.stages[0].weight: Invalid value: 150',
+     {"spec": {"strategy": {"canary": {"stages": [{"weight": 150}]}}}}, "spec.strategy.canary.stages[0].weight"),
+    ('is invalid: spec.strategy.canary.traffic: Invalid value: "object": exactly one traffic router',
+     {"spec": {"strategy": {"canary": {"traffic": {"nginx": {"ingress": "web"}}}}}}, "spec.strategy.canary.traffic"),
+    ("is invalid: spec.template.containers: Invalid value: 0", {"spec": {"template": {"containers": []}}},
+     "spec.template.containers"),
+    ("is invalid: spec: Invalid value: something", {"spec": {"template": {"containers": []}}}, None),
+    ("is invalid: spec.analysis.interval: bad", {"spec": {"template": {"containers": []}}}, None),
+])
+def test_named_field(message: str, patch: dict[str, Any], named: str | None) -> None:
+    assert named_field(message, patch) == named
+
+
+def test_faults_read_their_anchor_and_signal() -> None:
+    s = parse(scenario(faults=[
+        {"at": {"stage": 3, "afterSeconds": 4}, "do": "killOperator", "signal": "SIGKILL"},
+        {"at": {"afterFault": 0, "seconds": 5}, "do": "restartOperator"},
+        {"at": {"phase": "RollingBack"}, "do": "killOperator", "signal": 9},
+        {"at": {"afterSeconds": 2}, "do": "killOperator"},
+    ]), Path("t.yaml"))
+    a, b, c, d = s.faults
+    assert (a.at.anchor, a.at.stage, a.at.seconds, a.signal) == ("stage", 3, 4.0, "KILL")
+    assert (b.at.anchor, b.at.fault, b.at.seconds) == ("fault", 0, 5.0)
+    assert (c.at.anchor, c.at.phase, c.signal) == ("phase", "RollingBack", "KILL")
+    assert (d.at.anchor, d.signal) == ("apply", "TERM")
