@@ -6,6 +6,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from saferollout.core.durations import parse_duration
 from saferollout.core.engine import DEFAULT_STAGES, Settings
 from saferollout.core.models import Stage
 from saferollout.core.queries import LabelNames
@@ -54,7 +55,8 @@ class OperatorConfig:
             ),
             snapshot_dir=Path(e.get("SAFEROLLOUT_SNAPSHOT_DIR", str(cls.snapshot_dir))),
             tick_seconds=float(e.get("SAFEROLLOUT_TICK_SECONDS", cls.tick_seconds)),
-            settings=Settings(default_stages=_stages(e.get("SAFEROLLOUT_DEFAULT_STAGES"))),
+            settings=Settings(default_stages=_stages(e.get("SAFEROLLOUT_DEFAULT_STAGES")),
+                              settle_seconds=parse_duration(e.get("SAFEROLLOUT_RATE_WINDOW", cls.rate_window))),
             log_format=e.get("SAFEROLLOUT_LOG_FORMAT", cls.log_format),
             metrics_port=int(e.get("SAFEROLLOUT_METRICS_PORT", cls.metrics_port)),
             metrics_host=e.get("SAFEROLLOUT_METRICS_HOST", cls.metrics_host),

@@ -422,3 +422,26 @@ def test_error_rate_needs_confidence_not_one_unlucky_request() -> None:
     assert 0.0 < wilson_lower(0.1, 20) < 0.1 and wilson_lower(0.0, 100) == 0.0
     custom = Metric(name="x", query="q", max=0.01)
     assert custom.verdict(0.0119, requests=84) == Verdict.fail  # only the built-in error-rate is judged so
+
+
+def test_after_a_step_back_the_analysis_waits_for_the_window_to_refill() -> None:
+    from saferollout.core.engine import Settings
+
+    metrics = [{"name": "p95-latency", "template": "p95-latency", "max": 2.0, "onBreach": "stepBack"}]
+    spec = make_spec(**{"analysis.metrics": metrics, "analysis.failureLimit": 2,
+                        "strategy.canary.stages": [{"weight": 5, "duration": "12s"}, {"weight": 25, "duration": "12s"},
+                                                   {"weight": 50, "duration": "12s"}]})
+    state = {"slow_until": 0.0}
+
+    def window(name: str, target: str, weight: int, t: float) -> float | None:
+        # a 10 s rate window: slow samples taken at 25% linger for 10 s after the weight goes back down
+        if target == "canary" and weight >= 25:
+            state["slow_until"] = t + 10
+        return 2.6 if target == "canary" and t < state["slow_until"] else 0.09
+
+    w = World(spec, metrics=window)
+    w.settings = Settings(settle_seconds=10)
+    w.run(200, until=World.done)
+    assert w.weights_seen == [5, 25, 5, 25]  # passed at 5% once the window held only 5% data, tried 25% again
+    assert [h.action for h in w.status.history] == ["stepBack", "rollback"]
+    assert w.status.history[1].weight == 25

@@ -11,7 +11,7 @@ from typing import Any
 import yaml
 
 from saferollout.core import actions as a
-from saferollout.core.engine import Inputs
+from saferollout.core.engine import Inputs, Settings
 from saferollout.core.loop import drive
 from saferollout.core.models import SafeRolloutSpec, SafeRolloutStatus
 
@@ -84,6 +84,7 @@ class World:
     crash_after: type | None = None  # raise after executing this action type once (operator killed)
     writes: int = 0
     reports: dict[str, str] = field(default_factory=dict)
+    settings: Settings = field(default_factory=Settings)
 
     @property
     def t(self) -> float:
@@ -165,7 +166,7 @@ class World:
             return Inputs(now=self.now, name="web", generation=1, command=command, results=results)
 
         with contextlib.suppress(Crash):  # what was written before the crash survives, as with a killed operator
-            drive(self.spec, self.status, inputs, self.execute, self.write)
+            drive(self.spec, self.status, inputs, self.execute, self.write, self.settings)
 
     def run(self, seconds: float, until: Callable[[World], bool] | None = None, step: float = 1.0) -> World:
         end = self.now + timedelta(seconds=seconds)

@@ -50,6 +50,9 @@ class Settings:
     """Operator-wide defaults (Helm values); the spec overrides them."""
 
     default_stages: tuple[Stage, ...] = DEFAULT_STAGES
+    # after the canary's weight goes down (a stepBack), judge only data measured at the new weight: wait this
+    # long (the metrics' rate window) before the first analysis
+    settle_seconds: float = 0.0
 
 
 @dataclass
@@ -98,6 +101,7 @@ class _Run:
         self.inp = inputs
         self.now = inputs.now
         self.actions: list[a.Action] = []
+        self.settings = settings
         self.stages = list(spec.strategy.canary.stages or settings.default_stages) if spec.strategy.canary \
             else [Stage(weight=100, duration=spec.strategy.blue_green.post_promotion_duration)] \
             if spec.strategy.blue_green else list(settings.default_stages)
@@ -256,6 +260,8 @@ class _Run:
                 self.s.stage_started_at = self.s.stage_resumed_at = iso(self.now)
                 self.s.stage_elapsed_seconds = 0
                 self.s.stage_checks = 0
+                settle = self.settings.settle_seconds if act.weight < previous else 0.0
+                self.s.settle_until = iso(self.now + timedelta(seconds=settle)) if settle > 0 else None
                 self.event("StageAdvanced" if act.weight > previous else "StageSteppedBack",
                            f"stage {self.s.stage}/{len(self.stages)}: canary weight {act.weight}%")
             if self.s.phase == Phase.rolling_back and self.s.step == "RevertTraffic" and act.weight == 0:
@@ -530,6 +536,10 @@ class _Run:
             if a.SetWeight not in self.polled:
                 self.act(a.SetWeight(stage.weight))
             self.s.message = f"stage {self.s.stage}/{len(self.stages)}: moving canary weight to {stage.weight}%"
+            return
+        if self.s.settle_until and self.now < parse_time(self.s.settle_until):
+            self.s.message = (f"stage {self.s.stage}/{len(self.stages)} at {stage.weight}%: waiting for the metrics' "
+                              f"window to hold only data at {stage.weight}%")
             return
         if self.judge_breaches():
             return

@@ -590,6 +590,7 @@ class SafeRolloutStatus(Model):
     preflight_attempts: int = 0
     stage_resumed_at: str | None = None
     stepped_back: bool = False
+    settle_until: str | None = Field(default=None, description="No analysis before this time (after a step back).")
     pause_reason: Literal["user", "breach", "inconclusive", "approval"] | None = None
     stable_images: dict[str, str] | None = None
     canary_images: dict[str, str] | None = None
