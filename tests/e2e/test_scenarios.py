@@ -17,13 +17,16 @@ from harness.scenario import Session
 
 REPO = Path(__file__).resolve().parents[2]
 SCENARIOS = Path(os.environ.get("SAFEROLLOUT_SCENARIOS") or REPO.parent / "shared" / "scenarios")
+PROJECT_SCENARIOS = REPO / "scenarios"  # the project's own, in the same format, run after the shared ones
 
 
 def _scenario_files() -> list[object]:
     files = sorted(SCENARIOS.glob("*.yaml")) if SCENARIOS.is_dir() else []
     if not files:  # a test that fails and says why, instead of a suite with nothing in it
         return [pytest.param(None, id="no-scenarios", marks=pytest.mark.e2e)]
-    return [pytest.param(f, id=f.stem, marks=pytest.mark.e2e) for f in files]
+    own = sorted(PROJECT_SCENARIOS.glob("*.yaml"))
+    return [pytest.param(f, id=f.stem, marks=pytest.mark.e2e) for f in files] + [
+        pytest.param(f, id=f"project-{f.stem}", marks=pytest.mark.e2e) for f in own]
 
 
 @pytest.fixture(scope="session")
