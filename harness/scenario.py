@@ -62,7 +62,10 @@ def operator_launch(namespace: str, kubeconfig: Path, prometheus_url: str, snaps
     argv = (shlex.split(override.format(namespace=namespace)) if override
             else [sys.executable, "-m", "saferollout", "run", "--namespace", namespace])
     path = os.pathsep.join(p for p in (str(REPO / "operator"), str(REPO), os.environ.get("PYTHONPATH", "")) if p)
-    env = {**os.environ, "KUBECONFIG": str(kubeconfig), "SAFEROLLOUT_PROMETHEUS_URL": prometheus_url,
+    # SAFEROLLOUT_HARNESS_OPERATOR_KUBECONFIG: run the operator as someone else, e.g. the Helm chart's
+    # ServiceAccount (a TokenRequest token), so that a missing RBAC rule fails the scenario
+    operator_kubeconfig = os.environ.get("SAFEROLLOUT_HARNESS_OPERATOR_KUBECONFIG") or str(kubeconfig)
+    env = {**os.environ, "KUBECONFIG": operator_kubeconfig, "SAFEROLLOUT_PROMETHEUS_URL": prometheus_url,
            "SAFEROLLOUT_RATE_WINDOW": RATE_WINDOW, "SAFEROLLOUT_SNAPSHOT_DIR": str(snapshot_dir),
            # its metrics server on loopback and a free port: runs in parallel must not fight over :8080
            "SAFEROLLOUT_METRICS_HOST": "127.0.0.1", "SAFEROLLOUT_METRICS_PORT": str(free_port()),

@@ -25,17 +25,30 @@ def _scenario_files() -> list[object]:
     if not files:  # a test that fails and says why, instead of a suite with nothing in it
         return [pytest.param(None, id="no-scenarios", marks=pytest.mark.e2e)]
     own = sorted(PROJECT_SCENARIOS.glob("*.yaml"))
-    return [pytest.param(f, id=f.stem, marks=pytest.mark.e2e) for f in files] + [
-        pytest.param(f, id=f"project-{f.stem}", marks=pytest.mark.e2e) for f in own]
+    params: list[object] = [pytest.param(f, id=f.stem, marks=pytest.mark.e2e) for f in files]
+    return params + [pytest.param(f, id=f"project-{f.stem}", marks=pytest.mark.e2e) for f in own]
+
+
+RELEASE, RELEASE_NAMESPACE = "sr-scenarios", "saferollout-scenarios"
 
 
 @pytest.fixture(scope="session")
-def harness_session() -> Iterator[Session]:
+def harness_session(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Session]:
+    """The harness, with the operator running under the Helm chart's ServiceAccount (a TokenRequest token): every
+    API call the operator makes in every scenario is checked against the chart's RBAC, so a missing rule fails."""
+    from tests.e2e.chart import install, sa_kubeconfig, uninstall
     from tests.e2e.cluster import ensure_cluster, tools_dir
 
     kubeconfig = ensure_cluster()
-    with Session(kubeconfig=kubeconfig, kubectl=tools_dir() / "kubectl") as session:
-        yield session
+    install(RELEASE, RELEASE_NAMESPACE)
+    token_kubeconfig = sa_kubeconfig(tmp_path_factory.mktemp("sa"), RELEASE, RELEASE_NAMESPACE)
+    os.environ["SAFEROLLOUT_HARNESS_OPERATOR_KUBECONFIG"] = str(token_kubeconfig)
+    try:
+        with Session(kubeconfig=kubeconfig, kubectl=tools_dir() / "kubectl") as session:
+            yield session
+    finally:
+        os.environ.pop("SAFEROLLOUT_HARNESS_OPERATOR_KUBECONFIG", None)
+        uninstall(RELEASE, RELEASE_NAMESPACE)
 
 
 @pytest.mark.e2e
