@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from datetime import UTC, datetime
 from typing import Any
@@ -79,6 +80,18 @@ def reconcile(name: str, namespace: str | None, uid: str, spec: kopf.Spec, statu
             raise
         finally:
             CURRENT_ROLLOUT.reset(token)
+
+
+def _timers_without_finalizer() -> None:
+    """kopf puts a finalizer on every object that has a timer, so deleting a SafeRollout would hang whenever no
+    operator runs (uninstalled, crashed, scaled to zero). Nothing here needs one: the timer stops with the object
+    and the garbage collector removes what the rollout owns. kopf has no public switch, so the flag is cleared on
+    our registered timer (a test checks it)."""
+    registry = kopf.get_default_registry()._spawning
+    registry._handlers = [dataclasses.replace(h, requires_finalizer=False) for h in registry._handlers]
+
+
+_timers_without_finalizer()
 
 
 @kopf.on.delete(GROUP, VERSION, PLURAL, optional=True)

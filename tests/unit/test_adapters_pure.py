@@ -72,3 +72,14 @@ def test_log_lines_name_the_rollout_in_text_and_json() -> None:
     assert "[demo/web] saferollout.x: weight 25%" in TextFormatter().format(record)
     line = json.loads(JsonFormatter().format(record))
     assert line["namespace"] == "demo" and line["name"] == "web" and line["message"] == "weight 25%"
+
+
+def test_no_handler_puts_a_finalizer_on_rollouts() -> None:
+    import kopf
+
+    import saferollout.handlers  # noqa: F401  (registers the handlers)
+
+    registry = kopf.get_default_registry()
+    spawning = registry._spawning.get_all_handlers()
+    assert spawning and not [h for h in spawning if h.requires_finalizer]
+    assert not [h for h in registry._changing.get_all_handlers() if h.requires_finalizer]
