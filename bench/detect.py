@@ -5,8 +5,8 @@ every 1 s, the analysis interval is 1 s, the rate window 10 s; failureLimit 1 an
   detect  = failure starts -> the operator's rollback decision (harness: phase RollingBack observed, 0.25 s polls)
   write   = decision -> HTTPRoute written with weight 0 (operator's own timestamps, status.incident)
   applied = failure starts -> the harness's router sends no more traffic to the canary (0.2 s polls)
-The lower bound printed beside it: the first scrape after the failure begins comes within one scrape interval,
-rate() needs a second sample of the new 5xx series one scrape later, then failureLimit-1 more analysis intervals.
+The physical limit printed beside it (worst case of the scrape phase): the first scrape after the failure begins
+comes within one scrape interval, rate() needs a second sample one scrape later, then failureLimit-1 analysis intervals.
 Prints a table; not a test. Run: .venv/bin/python bench/detect.py [--runs 3]
 """
 
