@@ -87,8 +87,9 @@ def test_the_shared_scenarios_load() -> None:
         load(f)
 
 
-def test_the_harness_examples_load() -> None:
-    examples = sorted((Path(__file__).resolve().parents[2] / "harness" / "examples").glob("*.yaml"))
+def test_the_project_scenarios_and_the_demo_load() -> None:
+    root = Path(__file__).resolve().parents[2]
+    examples = sorted([*(root / "scenarios").glob("*.yaml"), *(root / "demo").glob("*.yaml")])
     assert examples
     for f in examples:
         load(f)

@@ -10,22 +10,11 @@ import pytest
 import yaml
 from pydantic import ValidationError
 
+from harness.format import merge_patch
 from saferollout import crdgen
 from saferollout.core.models import SafeRolloutSpec
 
 SCENARIOS = Path(__file__).resolve().parents[3] / "shared" / "scenarios"
-
-
-def merge(base: Any, patch: Any) -> Any:
-    if not isinstance(patch, dict):
-        return patch
-    out = dict(base) if isinstance(base, dict) else {}
-    for k, v in patch.items():
-        if v is None:
-            out.pop(k, None)
-        else:
-            out[k] = merge(out.get(k), v)
-    return out
 
 
 def base_spec() -> dict[str, Any]:
@@ -50,7 +39,7 @@ def test_every_shared_scenario_rollout_is_valid() -> None:
 @pytest.mark.parametrize("case", yaml.safe_load((SCENARIOS / "bad-manifests.yaml").read_text())["cases"],
                          ids=lambda c: c["why"])
 def test_bad_manifests_are_refused_by_pydantic_too(case: dict[str, Any]) -> None:
-    spec = merge(base_spec(), case["patch"]["spec"])
+    spec = merge_patch(base_spec(), case["patch"]["spec"])
     with pytest.raises(ValidationError):
         SafeRolloutSpec.model_validate(spec)
 

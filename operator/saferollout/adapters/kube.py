@@ -51,6 +51,18 @@ def not_found(e: Exception) -> bool:
     return isinstance(e, ApiException) and e.status == 404
 
 
+def read_or_none(read: Callable[..., Any], *args: Any) -> dict[str, Any] | None:
+    """An object as a plain dict, or None when it does not exist (other API errors raise)."""
+    try:
+        obj = read(*args)
+    except ApiException as e:
+        if e.status == 404:
+            return None
+        raise
+    out: dict[str, Any] = api().sanitize_for_serialization(obj)
+    return out
+
+
 def retry_conflicts(fn: Callable[[], T], attempts: int = 5) -> T:
     """Read-modify-write under optimistic concurrency: retry when someone wrote in between."""
     for i in range(attempts):

@@ -81,14 +81,7 @@ def _networking() -> client.NetworkingV1Api:
 
 
 def _read(namespace: str, name: str) -> dict[str, Any] | None:
-    try:
-        obj = _networking().read_namespaced_ingress(name, namespace)
-    except ApiException as e:
-        if e.status == 404:
-            return None
-        raise
-    out: dict[str, Any] = kube.api().sanitize_for_serialization(obj)
-    return out
+    return kube.read_or_none(_networking().read_namespaced_ingress, name, namespace)
 
 
 def _ours(ingress: dict[str, Any], ref: RolloutRef) -> bool:

@@ -35,8 +35,6 @@ import logging
 import time
 from typing import Any
 
-from kubernetes.client.rest import ApiException
-
 from saferollout.adapters import kube
 from saferollout.adapters.kube import RolloutRef
 from saferollout.core.models import SafeRolloutSpec
@@ -66,14 +64,7 @@ def canary_share(target: int, canary: int) -> float:
 
 
 def _deployment(namespace: str, name: str) -> dict[str, Any] | None:
-    try:
-        obj = kube.apps().read_namespaced_deployment(name, namespace)
-    except ApiException as e:
-        if e.status == 404:
-            return None
-        raise
-    out: dict[str, Any] = kube.api().sanitize_for_serialization(obj)
-    return out
+    return kube.read_or_none(kube.apps().read_namespaced_deployment, name, namespace)
 
 
 def _replicas(dep: dict[str, Any]) -> int:
