@@ -43,7 +43,8 @@ def _status_dict(status: SafeRolloutStatus) -> dict[str, Any]:
     return status.model_dump(by_alias=True, exclude_none=True, mode="json")
 
 
-@kopf.timer(GROUP, VERSION, PLURAL, interval=CFG.tick_seconds, sharp=False)
+# sharp: ticks keep their cadence however long a reconcile takes, so analyses do not drift late tick by tick
+@kopf.timer(GROUP, VERSION, PLURAL, interval=CFG.tick_seconds, sharp=True)
 def reconcile(name: str, namespace: str | None, uid: str, spec: kopf.Spec, status: kopf.Status, meta: kopf.Meta,
               **_: Any) -> None:
     assert namespace is not None  # the resource is namespaced

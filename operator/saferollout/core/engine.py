@@ -53,6 +53,8 @@ class Settings:
     # after the canary's weight goes down (a stepBack), judge only data measured at the new weight: wait this
     # long (the metrics' rate window) before the first analysis
     settle_seconds: float = 0.0
+    # ticks come every tick_seconds: an analysis due within half a tick runs on this tick, not one tick late
+    due_slack: float = 0.0
 
 
 @dataclass
@@ -144,7 +146,8 @@ class _Run:
         return self.s.stage_elapsed_seconds + running
 
     def analysis_due(self) -> bool:
-        return self.s.analysis.last_run is None or self.since(self.s.analysis.last_run) >= self.interval - 1e-6
+        due = self.interval - max(1e-6, self.settings.due_slack)
+        return self.s.analysis.last_run is None or self.since(self.s.analysis.last_run) >= due
 
     def metric(self, name: str) -> Metric:
         return next(m for m in self.spec.analysis.metrics if m.name == name)
