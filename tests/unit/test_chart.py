@@ -298,13 +298,14 @@ def test_namespaced_scope_makes_a_role_per_namespace() -> None:
         assert b["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": FULLNAME}
     # the same namespaced grants as the cluster mode, minus the cluster-scoped CRD read
     cluster_grants = grants(rules_of(render()))
-    cluster_scoped = {"customresourcedefinitions", "storageclasses"}
+    cluster_scoped = {"customresourcedefinitions", "namespaces", "storageclasses"}
     for role in roles:
         assert grants(role["rules"]) == {g for g in cluster_grants if g[1] not in cluster_scoped}
-    # cluster-wide: only what kopf needs to start, and the StorageClass read of the volume snapshot gate
+    # cluster-wide: only what kopf needs to start (CRDs, namespace names) and the volume snapshot gate's StorageClass
     cluster_role = one(objs, "ClusterRole")
     assert cluster_role["rules"] == [{"apiGroups": ["apiextensions.k8s.io"], "resources": ["customresourcedefinitions"],
                                       "verbs": ["get", "list", "watch"]},
+                                     {"apiGroups": [""], "resources": ["namespaces"], "verbs": ["get", "list", "watch"]},
                                      {"apiGroups": ["storage.k8s.io"], "resources": ["storageclasses"], "verbs": ["get"]}]
     assert one(objs, "ClusterRoleBinding")["roleRef"]["name"] == cluster_role["metadata"]["name"]
 
