@@ -82,7 +82,7 @@ def test_bad_values_are_errors(data: dict[str, Any], fragment: str) -> None:
 def test_the_shared_scenarios_load() -> None:
     files = sorted(SCENARIOS.glob("*.yaml"))
     if not files:
-        pytest.skip(f"no shared scenarios at {SCENARIOS}")
+        pytest.fail(f"no shared scenarios at {SCENARIOS}: they must be beside the repo (../shared/scenarios)")
     for f in files:
         load(f)
 
