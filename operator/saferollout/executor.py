@@ -23,6 +23,7 @@ from saferollout.adapters.snapshots.postgres import PostgresSnapshots
 from saferollout.config import OperatorConfig
 from saferollout.core import actions as a
 from saferollout.core.durations import parse_duration
+from saferollout.core.engine import parse_time
 from saferollout.core.models import Metric, SafeRolloutSpec, SafeRolloutStatus
 from saferollout.redact import redact
 
@@ -190,7 +191,7 @@ class Executor:
             if m.kind == "http":
                 values[m.name], err = probe(m, ctx)
             elif m.kind == "baseline" or m.kind == "judge":
-                values[m.name], err = self.compare(prom, m, ctx, series)
+                values[m.name], err = self.compare(prom, m, ctx, series, act.since)
             else:
                 reading = prom.read(m, ctx)
                 values[m.name], err = reading.value, reading.error
@@ -201,13 +202,15 @@ class Executor:
         return a.MetricValues(act.target, act.purpose, values, errors, samples, series)
 
     def compare(self, prom: PrometheusProvider, m: Metric, ctx: dict[str, str],
-                series: dict[str, tuple[list[float], list[float]]]) -> tuple[float | None, str | None]:
+                series: dict[str, tuple[list[float], list[float]]],
+                since: str | None = None) -> tuple[float | None, str | None]:
         """Baseline: canary minus (or over) stable now. Judge: both sides' samples over the window."""
         stable_ctx = {**ctx, "service": ctx["stableService"], "canaryService": ctx["stableService"]}
         if m.judge is not None:
             window, step = parse_duration(m.judge.window), parse_duration(m.judge.step)
-            canary, err1 = prom.samples(m, ctx, window, step)
-            stable, err2 = prom.samples(m, stable_ctx, window, step)
+            start = parse_time(since) if since else None
+            canary, err1 = prom.samples(m, ctx, window, step, start)
+            stable, err2 = prom.samples(m, stable_ctx, window, step, start)
             series[m.name] = (canary, stable)
             return None, err1 or err2
         assert m.baseline is not None

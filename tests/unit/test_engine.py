@@ -445,3 +445,11 @@ def test_after_a_step_back_the_analysis_waits_for_the_window_to_refill() -> None
     assert w.weights_seen == [5, 25, 5, 25]  # passed at 5% once the window held only 5% data, tried 25% again
     assert [h.action for h in w.status.history] == ["stepBack", "rollback"]
     assert w.status.history[1].weight == 25
+
+
+def test_analysis_queries_say_when_the_stage_weight_was_set() -> None:
+    """The judge must not sample data from the previous weight: every analysis query carries the stage's start."""
+    w = World(make_spec()).run(25)
+    queries = [line for line in w.log if "QueryMetrics(target='canary'" in line]
+    assert queries and all("since='2026-01-01T00:00:" in q for q in queries)
+    assert w.status.stage_started_at is not None and f"since='{w.status.stage_started_at}'" in queries[-1]

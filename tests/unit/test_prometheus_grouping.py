@@ -3,12 +3,13 @@ Prometheus here (a unit test of one adapter); the e2e scenarios use the real one
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import requests
 
-from saferollout.adapters.prometheus import PrometheusProvider
-from saferollout.core.models import Metric
+from saferollout.adapters.prometheus import PrometheusProvider, longest_range
+from saferollout.core.models import Judge, Metric
 from saferollout.core.queries import LabelNames
 
 
@@ -68,3 +69,39 @@ def test_user_queries_are_not_grouped() -> None:
     m = Metric(name="x", query='sum(up{job="{{ service }}"})', max=1)
     assert p.read(m, ctx("a")).value == 0.5
     assert fake.queries == ['sum(up{job="a"})']
+
+
+class RangeClient:
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, datetime, datetime, str]] = []
+
+    def custom_query_range(self, text: str, start_time: datetime, end_time: datetime, step: str) -> list[dict[str, Any]]:
+        self.calls.append((text, start_time, end_time, step))
+        return [{"metric": {}, "values": [[0, "0.1"], [1, "NaN"], [2, "0.2"]]}]
+
+
+JUDGED = Metric(name="p95", query='histogram_quantile(0.95, sum by (le) (rate(x{service="{{ service }}"}[10s])))',
+                judge=Judge(window="60s", step="1s"))
+
+
+def test_longest_range_reads_ranges_and_subqueries() -> None:
+    assert longest_range("rate(x[10s]) / rate(y[1m])") == 60
+    assert longest_range("max_over_time(rate(x[30s])[5m:15s])") == 300
+    assert longest_range("up") == 0
+
+
+def test_judge_samples_share_no_data_and_none_reaches_before_the_stage() -> None:
+    p = PrometheusProvider("http://127.0.0.1:9", 1.0, LabelNames())
+    fake = RangeClient()
+    p._client = fake
+    values, err = p.samples(JUDGED, ctx("web-canary"), 60, 1)
+    assert (values, err) == ([0.1, 0.2], None)
+    _, start, end, step = fake.calls[-1]
+    assert step == "10s" and (end - start).total_seconds() == 60  # a 1 s step over [10s] ranges would overlap
+    since = datetime.now(UTC) - timedelta(seconds=25)
+    p.samples(JUDGED, ctx("web-canary"), 60, 1, since)
+    _, start, _, _ = fake.calls[-1]
+    assert start == since + timedelta(seconds=10)  # the first sample's range starts when the weight was set
+    calls = len(fake.calls)
+    assert p.samples(JUDGED, ctx("web-canary"), 60, 1, datetime.now(UTC) - timedelta(seconds=2)) == ([], None)
+    assert len(fake.calls) == calls  # nothing to ask yet: no query

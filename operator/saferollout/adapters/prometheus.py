@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -75,17 +76,29 @@ class PrometheusProvider:
             return Reading(None, str(e))
         return self.instant(text)
 
-    def samples(self, metric: Metric, context: dict[str, str], window: float, step: float) -> tuple[list[float], str | None]:
-        """The metric's values over the last `window` seconds, one every `step`: the judge's samples."""
+    def samples(self, metric: Metric, context: dict[str, str], window: float, step: float,
+                since: datetime | None = None) -> tuple[list[float], str | None]:
+        """The judge's samples: the metric over the last `window` seconds, only from data newer than `since`.
+
+        A sample over a `[10s]` range shares data with every sample less than 10 s away, and Mann-Whitney needs
+        independent samples: the step is at least the query's longest range. A sample whose range reaches back
+        before `since` (the stage's weight was set then) mixes two weights, so none starts before `since` + range.
+        """
         try:
             text = self.query_text(metric, context)
         except TemplateError as e:
             return [], str(e)
-        self.count_query()
         end = datetime.now(UTC)
+        reach = longest_range(text)
+        step = max(step, reach)
+        start = end - timedelta(seconds=window)
+        if since is not None:
+            start = max(start, since + timedelta(seconds=reach))
+        if start > end:
+            return [], None
+        self.count_query()
         try:
-            result = self._client.custom_query_range(text, start_time=end - timedelta(seconds=window), end_time=end,
-                                                     step=f"{step:g}s")
+            result = self._client.custom_query_range(text, start_time=start, end_time=end, step=f"{step:g}s")
         except requests.RequestException:
             return [], f"Prometheus unreachable at {self.url}"
         except Exception as e:
@@ -191,3 +204,16 @@ class GroupedQueries:
         entry = (time.monotonic(), members, readings)
         self._cache[key] = entry
         return entry
+
+
+_RANGE = re.compile(r"\[\s*((?:[0-9]+(?:ms|s|m|h|d|w|y))+)\s*(?::[^\]]*)?\]")
+_UNIT = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800, "y": 31536000}
+
+
+def longest_range(query: str) -> float:
+    """The longest range selector (`[10s]`, `[1m:15s]`) in a rendered query, in seconds; 0 when it has none."""
+    longest = 0.0
+    for m in _RANGE.finditer(query):
+        seconds = sum(float(n) * _UNIT[u] for n, u in re.findall(r"([0-9]+)(ms|s|m|h|d|w|y)", m.group(1)))
+        longest = max(longest, seconds)
+    return longest

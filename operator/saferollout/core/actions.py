@@ -28,6 +28,7 @@ class QueryMetrics:
     purpose: Literal["analysis", "preflight", "verify"]
     metrics: tuple[str, ...]
     max_error_rate: float | None = None  # rollback.verify.maxErrorRate: check that instead of the metrics
+    since: str | None = None  # data older than this (the stage's weight was set then) belongs to another weight
 
 
 @dataclass(frozen=True)

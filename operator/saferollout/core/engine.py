@@ -515,6 +515,10 @@ class _Run:
         both = target in ("canary", "preview")
         return [m for m in self.spec.analysis.metrics if both or m.kind not in ("baseline", "judge")]
 
+    def analysis_query(self, target: a.AnalysisTarget) -> a.QueryMetrics:
+        """Samples from before the stage's weight was set belong to another weight: the query says since when."""
+        return a.QueryMetrics(target, "analysis", self.metric_names(target), since=self.s.stage_started_at)
+
     def metric_names(self, target: a.AnalysisTarget | None = None) -> tuple[str, ...]:
         return tuple(m.name for m in self.metrics_for(target or self.analysis_target()))
 
@@ -556,7 +560,7 @@ class _Run:
                 self.begin_promotion()
             return
         if self.analysis_due():
-            self.act(a.QueryMetrics(self.analysis_target(), "analysis", self.metric_names()))
+            self.act(self.analysis_query(self.analysis_target()))
         left = max(0.0, stage.seconds - self.stage_elapsed())
         self.s.message = (f"stage {self.s.stage}/{len(self.stages)} at {stage.weight}%: "
                           + (f"{format_duration(left)} of analysis left" if left > 0 else
@@ -580,7 +584,7 @@ class _Run:
                            f"pre-promotion analysis passed; `promote` switches {bg.active_service}")
             return
         if self.analysis_due():
-            self.act(a.QueryMetrics("preview", "analysis", self.metric_names()))
+            self.act(self.analysis_query("preview"))
         left = max(0.0, parse_duration(bg.preview_duration) - self.stage_elapsed())
         self.s.message = f"preview on {bg.preview_service}: {format_duration(left)} of analysis left"
 
@@ -702,7 +706,7 @@ class _Run:
             if self.judge_breaches():
                 return
             if self.analysis_due():
-                self.act(a.QueryMetrics(self.analysis_target(), "analysis", self.metric_names()))
+                self.act(self.analysis_query(self.analysis_target()))
 
     # ----------------------------------------------------------------------------------------------- promote
 
@@ -733,7 +737,7 @@ class _Run:
                             f"{_images(self.s.canary_images)} promoted and healthy for {watch.duration}")
                 return
             if self.analysis_due():
-                self.act(a.QueryMetrics("stable", "analysis", self.metric_names("stable")))
+                self.act(self.analysis_query("stable"))
             left = max(0.0, watch.seconds - self.stage_elapsed())
             self.s.message = f"promoted; watching the target for {format_duration(left)}"
 

@@ -252,7 +252,8 @@ class Judge(Model):
     confidence: float = Field(default=0.95, gt=0.5, lt=1)
     direction: Literal["increase", "decrease"] = Field(default="increase", description="which way is worse")
     window: str = Field(default="2m", pattern=DURATION_PATTERN, description="how far back the samples go")
-    step: str = Field(default="5s", pattern=DURATION_PATTERN, description="one sample every step")
+    step: str = Field(default="5s", pattern=DURATION_PATTERN,
+                      description="one sample every step; at least the query's longest range, so samples share no data")
 
 
 class Metric(Model):
