@@ -3,11 +3,15 @@
 Pods on KWOK's fake nodes run no containers, so these processes are what serves the traffic the router sends and
 what Prometheus scrapes. They answer `GET /` with 200 or 500 at the configured error rate after a lognormal
 latency fitted to p50/p95, and export the series the operator's built-in templates read:
-`http_requests_total{code}` and `http_request_duration_seconds` (the `service`/`namespace` labels are added by
-Prometheus' scrape config, as a ServiceMonitor would in a cluster).
+`http_requests_total{code,service}` and `http_request_duration_seconds{service}`, plus the gauge
+`app_memory_working_set_bytes`. `service` is the Service the request came through, which the harness's router
+names in the header `X-Harness-Service` (blue-green sends both versions' traffic through one Service, and the
+operator must see it under that Service whichever process answered); without the header it is the process's own
+`--service`. Prometheus scrapes with `honor_labels`, and adds `namespace` (and `service` for the gauge) from its
+scrape config, as a ServiceMonitor would in a cluster.
 
     python -m harness.demoapp --port P --service NAME --namespace NS --version V [--error-rate R --p50 MS --p95 MS]
-        [--error-mode spread|random]
+        [--error-mode spread|random] [--unhealthy] [--memory-mb MB] [--label-service NAME ...]
 
 By default errors and latencies are spread evenly (see harness.latency.Spread) rather than drawn independently:
 with a few requests a second in a 10 s window, independent draws make a 0.1% error rate read as 1% or 5% now and
@@ -21,6 +25,7 @@ import contextlib
 import ipaddress
 import json
 import random
+import re
 import signal
 import sys
 import threading
@@ -28,19 +33,24 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from harness.latency import LogNormal, Spread, fit
 
 # Fine steps where the thresholds are (2.0 s, 2.5 s) and where healthy latencies sit (tens of ms).
 BUCKETS = (0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 1.25, 1.5, 1.75, 2.0,
            2.25, 2.5, 3.0, 4.0, 5.0, 7.5, 10.0)
+SERVICE_HEADER = "X-Harness-Service"
+MAX_SERVICES = 16  # label values a process accepts from the header; a bound on its series, whoever calls it
+MB = 1_000_000
+_NAME = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
 
 
 class Behaviour:
     """The current error rate and latency law; swapped whole under a lock by the admin endpoint."""
 
-    def __init__(self, error_rate: float, p50_ms: float, p95_ms: float, mode: str = "spread") -> None:
+    def __init__(self, error_rate: float, p50_ms: float, p95_ms: float, mode: str = "spread", healthy: bool = True,
+                 memory_mb: float = 50.0) -> None:
         if mode not in ("spread", "random"):
             raise ValueError("mode must be spread or random")
         self._lock = threading.Lock()
@@ -49,11 +59,16 @@ class Behaviour:
         self.error_rate = error_rate
         self.p50_ms = p50_ms
         self.p95_ms = p95_ms
+        self.healthy = healthy
+        self.memory_mb = memory_mb
         self._law: LogNormal = fit(p50_ms, p95_ms)
 
     def update(self, body: dict[str, Any]) -> None:
-        """Apply `{errorRate, latencyMs: {p50, p95}}`; either part may be left out. ValueError on bad input."""
-        unknown = set(body) - {"errorRate", "latencyMs"}
+        """Apply `{errorRate, latencyMs: {p50, p95}, healthy, memoryMB}`; any part may be left out.
+
+        ValueError on bad input, and nothing changes then.
+        """
+        unknown = set(body) - {"errorRate", "latencyMs", "healthy", "memoryMB"}
         if unknown:
             raise ValueError(f"unknown keys: {', '.join(sorted(unknown))}")
         rate = float(body.get("errorRate", self.error_rate))
@@ -65,8 +80,15 @@ class Behaviour:
         p50 = float(lat.get("p50", self.p50_ms))
         p95 = float(lat.get("p95", self.p95_ms))
         law = fit(p50, p95)
+        healthy = body.get("healthy", self.healthy)
+        if not isinstance(healthy, bool):
+            raise ValueError("healthy must be true or false")
+        memory = float(body.get("memoryMB", self.memory_mb))
+        if memory < 0:
+            raise ValueError("memoryMB must not be negative")
         with self._lock:
             self.error_rate, self.p50_ms, self.p95_ms, self._law = rate, p50, p95, law
+            self.healthy, self.memory_mb = healthy, memory
 
     def draw(self) -> tuple[float, bool]:
         """(latency in seconds, fail?) for one request."""
@@ -77,25 +99,44 @@ class Behaviour:
 
     def wire(self) -> dict[str, Any]:
         with self._lock:
-            return {"errorRate": self.error_rate, "latencyMs": {"p50": self.p50_ms, "p95": self.p95_ms}}
+            return {"errorRate": self.error_rate, "latencyMs": {"p50": self.p50_ms, "p95": self.p95_ms},
+                    "healthy": self.healthy, "memoryMB": self.memory_mb}
 
 
 class DemoApp:
     """The server and its metrics; a separate registry keeps the process's default collectors out of the way."""
 
     def __init__(self, port: int, service: str, namespace: str, version: str, behaviour: Behaviour,
-                 host: str = "127.0.0.1") -> None:
+                 host: str = "127.0.0.1", label_services: tuple[str, ...] = ()) -> None:
         self.service, self.namespace, self.version = service, namespace, version
         self.behaviour = behaviour
         self.registry = CollectorRegistry()
-        self.requests = Counter("http_requests_total", "Requests served, by status code.", ["code"],
-                                registry=self.registry)
-        self.duration = Histogram("http_request_duration_seconds", "Time to serve a request.",
-                                  buckets=BUCKETS, registry=self.registry)
-        for code in ("200", "500"):  # series exist from the start, so "no traffic" reads as 0/0, not absent
-            self.requests.labels(code=code)
+        self.requests = Counter("http_requests_total", "Requests served, by status code and Service.",
+                                ["code", "service"], registry=self.registry)
+        self.duration = Histogram("http_request_duration_seconds", "Time to serve a request, by Service.",
+                                  ["service"], buckets=BUCKETS, registry=self.registry)
+        Gauge("app_memory_working_set_bytes", "Working set the version reports (set by the scenario).",
+              registry=self.registry).set_function(lambda: self.behaviour.memory_mb * MB)
+        self._services: set[str] = set()
+        self._services_lock = threading.Lock()
+        for svc in (service, *label_services):
+            self._label(svc)
         self.server = ThreadingHTTPServer((host, port), self._handler())
         self.server.daemon_threads = True
+
+    def _label(self, service: str | None) -> str:
+        """The `service` label for a request; series exist from the first sight, so "no traffic" reads as 0/0."""
+        if not service or not _NAME.fullmatch(service):
+            return self.service
+        with self._services_lock:
+            if service not in self._services:
+                if len(self._services) >= MAX_SERVICES:
+                    return self.service
+                self._services.add(service)
+                for code in ("200", "500"):
+                    self.requests.labels(code=code, service=service)
+                self.duration.labels(service=service)
+        return service
 
     @property
     def port(self) -> int:
@@ -122,7 +163,8 @@ class DemoApp:
                 if path == "/metrics":
                     self._send(200, generate_latest(app.registry), CONTENT_TYPE_LATEST)
                 elif path == "/healthz":
-                    self._send(200, b"ok\n")
+                    ok = app.behaviour.healthy
+                    self._send(200 if ok else 503, b"ok\n" if ok else b"unhealthy\n")
                 elif path == "/admin/config":
                     self._send(200, json.dumps(app.behaviour.wire()).encode(), "application/json")
                 else:
@@ -151,18 +193,19 @@ class DemoApp:
     def serve(self, req: BaseHTTPRequestHandler) -> None:
         """One application request: wait the drawn latency, then answer 200 or 500, and count it."""
         start = time.perf_counter()
+        service = self._label(req.headers.get(SERVICE_HEADER))
         delay, fail = self.behaviour.draw()
         if delay > 0:
             time.sleep(delay)
         code = 500 if fail else 200
-        body = json.dumps({"service": self.service, "version": self.version, "code": code}).encode()
+        body = json.dumps({"service": service, "version": self.version, "code": code}).encode()
         req.send_response(code)
         req.send_header("Content-Type", "application/json")
         req.send_header("Content-Length", str(len(body)))
         req.end_headers()
         req.wfile.write(body)
-        self.duration.observe(time.perf_counter() - start)
-        self.requests.labels(code=str(code)).inc()
+        self.duration.labels(service=service).observe(time.perf_counter() - start)
+        self.requests.labels(code=str(code), service=service).inc()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -177,10 +220,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--p95", type=float, default=80.0, help="95th percentile latency, ms")
     p.add_argument("--error-mode", choices=("spread", "random"), default="spread",
                    help="spread: errors and latencies evenly spread (reproducible); random: independent draws")
+    p.add_argument("--unhealthy", action="store_true", help="/healthz answers 503")
+    p.add_argument("--memory-mb", type=float, default=50.0, help="app_memory_working_set_bytes, in MB (10^6 bytes)")
+    p.add_argument("--label-service", action="append", default=[],
+                   help="another Service requests may come through; its series exist from the start")
     a = p.parse_args(argv)
     if not ipaddress.ip_address(a.host).is_loopback:
         p.error("the demo app listens on loopback only")
-    app = DemoApp(a.port, a.service, a.namespace, a.version, Behaviour(a.error_rate, a.p50, a.p95, a.error_mode), a.host)
+    behaviour = Behaviour(a.error_rate, a.p50, a.p95, a.error_mode, not a.unhealthy, a.memory_mb)
+    app = DemoApp(a.port, a.service, a.namespace, a.version, behaviour, a.host, tuple(a.label_service))
     signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=app.server.shutdown, daemon=True).start())
     print(f"demoapp {a.service}/{a.namespace} version {a.version} on {a.host}:{app.port}", flush=True)
     with contextlib.suppress(KeyboardInterrupt):

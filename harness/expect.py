@@ -12,8 +12,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from harness.format import Bounds
+from harness.format import Bounds, NotificationExpect
 from harness.timeline import WeightChange, longest_hold, merged_intervals, weights_seen
+from harness.webhook import RANK, Received
 
 
 @dataclass(frozen=True)
@@ -59,6 +60,10 @@ class Observed:
     checksum_error: str | None = None
     operator_log: str = ""
     password: str | None = None
+    target_changes: list[str] = field(default_factory=list)  # spec changes and missing pods of the target
+    selectors: dict[str, dict[str, str] | None] = field(default_factory=dict)  # Service: selector at the end
+    notifications: list[Received] = field(default_factory=list)  # what the webhook receiver got, in order
+    webhooks: list[dict[str, Any]] = field(default_factory=list)  # the rollout's webhooks, URLs filled in
 
     @property
     def status(self) -> dict[str, Any]:
@@ -167,6 +172,110 @@ def check_all(expect: dict[str, Any], obs: Observed, ns: str, name: str) -> list
             out.append(Check(key, want.holds(attempts), f"status.restore.attempts={attempts}, want {want.describe()}"))
         elif key == "secretAbsentFrom":
             out.append(_secret_absent(want, obs))
+        elif key == "serviceSelector":
+            for svc, equals in want:
+                selector = obs.selectors.get(svc)
+                detail = f"Service {svc} " + ("not found" if selector is None else f"selects {selector}") + f", want {equals}"
+                out.append(Check(f"{key} {svc}", selector == equals, detail))
+        elif key == "targetUnchanged":
+            changes = obs.target_changes
+            ok = (not changes) == want
+            out.append(Check(key, ok, "; ".join(changes) if changes else
+                             "the target's spec never changed and all its pods stayed available"))
+        elif key == "eventsInOrder":
+            out.append(events_in_order(want, [e for e in obs.events if _about(e, name)]))
+        elif key == "notifications":
+            out += _notifications(want, obs)
+        elif key == "incidentReportContains":
+            text = "\n".join(str(v) for v in ((obs.report or {}).get("data") or {}).values())
+            missing = [w for w in want if w not in text]
+            detail = (f"report {obs.report_name!r} lacks {missing}" if missing else
+                      f"report {obs.report_name!r} contains {want}") if obs.report else "no incident report"
+            out.append(Check(key, obs.report is not None and not missing, detail))
+    return out
+
+
+def event_order_key(event: dict[str, Any]) -> tuple[str, int]:
+    """When an Event was made: its timestamp (seconds) and, within a second, its resourceVersion.
+
+    Timestamps have one-second resolution; the resourceVersion is opaque by contract but on one etcd it is the
+    write's revision, so it orders the operator's Events (each one a create) in the order they were written.
+    """
+    stamp = str(event.get("eventTime") or event.get("firstTimestamp") or event.get("lastTimestamp")
+                or (event.get("metadata") or {}).get("creationTimestamp") or "")
+    rv = str((event.get("metadata") or {}).get("resourceVersion") or "")
+    return stamp, int(rv) if rv.isdigit() else 0
+
+
+def events_in_order(want: list[str], events: list[dict[str, Any]]) -> Check:
+    """The reasons occur in this order: each one has an Event after (or with) the previous one's first match."""
+    ordered = sorted(events, key=event_order_key)
+    reasons = [str(e.get("reason")) for e in ordered]
+    pos = 0
+    for i, reason in enumerate(want):
+        hit = next((j for j in range(pos, len(reasons)) if reasons[j] == reason), None)
+        if hit is None:
+            before = reason in reasons[:pos]
+            why = "only before " + repr(want[i - 1]) if before else "never"
+            return Check("eventsInOrder", False, f"{reason!r} came {why}; reasons in order: {_compact(reasons)}")
+        pos = hit + 1
+    return Check("eventsInOrder", True, f"{' < '.join(want)}; reasons in order: {_compact(reasons)}")
+
+
+def _compact(reasons: list[str]) -> str:
+    """Repeats collapsed: A, B x3, C."""
+    out: list[str] = []
+    for r in reasons:
+        if out and out[-1].split(" x")[0] == r:
+            n = int(out[-1].split(" x")[1]) + 1 if " x" in out[-1] else 2
+            out[-1] = f"{r} x{n}"
+        else:
+            out.append(r)
+    return ", ".join(out)
+
+
+def _path(url: str) -> str:
+    parsed = urllib.parse.urlsplit(url)
+    return (parsed.path or "/") + (f"?{parsed.query}" if parsed.query else "")
+
+
+def _notifications(want: NotificationExpect, obs: Observed) -> list[Check]:
+    """What the receiver got, and per target: only its own format, nothing below its minSeverity, the report last."""
+    got = obs.notifications
+    out: list[Check] = []
+    if want.received is not None:
+        out.append(Check("notifications received", want.received.holds(len(got)),
+                         f"{len(got)} notification(s), want {want.received.describe()}"))
+    if want.severities:
+        seen = sorted({str(r.severity) for r in got})
+        missing = [s for s in want.severities if s not in seen]
+        out.append(Check("notifications severities", not missing,
+                         (f"missing {missing}; " if missing else "") + f"severities received: {seen}"))
+    if want.formats:
+        seen = sorted({r.format for r in got})
+        missing = [f for f in want.formats if f not in seen]
+        out.append(Check("notifications formats", not missing,
+                         (f"missing {missing}; " if missing else "") + f"formats received: {seen}"))
+    report = obs.report_name or ""
+    for hook in obs.webhooks:
+        path = _path(str(hook.get("url", "")))
+        fmt, floor = str(hook.get("format", "generic")), str(hook.get("minSeverity", "high"))
+        mine = [r for r in got if r.path == path]
+        wrong = [r.format for r in mine if r.format != fmt]
+        low = [str(r.severity) for r in mine if RANK.get(str(r.severity), 0) < RANK.get(floor, 0)]
+        name = f"notifications to {path} ({fmt}, minSeverity {floor})"
+        problems = ([f"{len(wrong)} not {fmt}: {sorted(set(wrong))}"] if wrong else []) + (
+            [f"{len(low)} below {floor}: {sorted(set(low))}"] if low else [])
+        out.append(Check(name, not problems, "; ".join(problems) or
+                         f"{len(mine)} received, severities {[r.severity for r in mine]}"))
+        if want.report_ref_present is not None and mine:
+            named = mine[-1].names_report(report)
+            out.append(Check(f"{name}: the last one names the report", named == want.report_ref_present,
+                             f"last notification {'names' if named else 'does not name'} the incident report "
+                             f"{report or '(none in status)'}"))
+    paths = {_path(str(h.get("url", ""))) for h in obs.webhooks}
+    if want.report_ref_present is not None and not any(r.path in paths for r in got):
+        out.append(Check("notifications reportRefPresent", False, "no notification arrived at any target"))
     return out
 
 
@@ -200,6 +309,7 @@ def _secret_absent(places: list[str], obs: Observed) -> Check:
         "events": json.dumps(obs.events, default=str),
         "status": json.dumps(obs.status, default=str),
         "incidentReport": json.dumps({k: (obs.report or {}).get(k) for k in ("data", "binaryData")}, default=str),
+        "notifications": "\n".join(r.raw for r in obs.notifications),
     }
     leaked = [p for p in places if any(n in texts[p] for n in needles)]
     checked = ", ".join(f"{p} ({len(texts[p])} chars)" for p in places)

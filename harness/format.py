@@ -24,7 +24,12 @@ PHASES = ("Pending", "Preflight", "Progressing", "Paused", "Promoting", "Succeed
 TERMINAL_PHASES = frozenset({"Succeeded", "RolledBack", "Failed", "Blocked"})
 FAULT_ACTIONS = ("stopPrometheus", "startPrometheus", "killOperator", "restartOperator", "patch", "sql",
                  "stopDatabase", "startDatabase", "corruptSnapshot")
-SECRET_PLACES = ("operatorLogs", "events", "status", "incidentReport")
+SECRET_PLACES = ("operatorLogs", "events", "status", "incidentReport", "notifications")
+SEVERITIES = ("low", "medium", "high", "critical")
+NOTIFICATION_FORMATS = ("generic", "slack")
+# Substitution tokens in the rollout manifest, filled by the harness before the apply (extension, docs/harness.md).
+TOKENS = ("canaryUrl", "stableUrl", "webhookUrl")
+_TOKEN_RE = re.compile(r"@([A-Za-z][A-Za-z0-9]*)@")
 SIGNALS = ("TERM", "KILL", "INT", "HUP", "QUIT", "STOP", "CONT", "USR1", "USR2")
 DEFAULT_WITHIN_SECONDS = 300.0
 
@@ -110,12 +115,16 @@ class Behaviour:
     error_rate: float
     p50_ms: float
     p95_ms: float
+    healthy: bool = True  # extension: /healthz answers 200, else 503
+    memory_mb: float = 50.0  # extension: the app_memory_working_set_bytes gauge, in MB (10^6 bytes)
 
     def wire(self) -> dict[str, Any]:
-        return {"errorRate": self.error_rate, "latencyMs": {"p50": self.p50_ms, "p95": self.p95_ms}}
+        return {"errorRate": self.error_rate, "latencyMs": {"p50": self.p50_ms, "p95": self.p95_ms},
+                "healthy": self.healthy, "memoryMB": self.memory_mb}
 
     def describe(self) -> str:
-        return f"errorRate={self.error_rate:g} p50={self.p50_ms:g}ms p95={self.p95_ms:g}ms"
+        return (f"errorRate={self.error_rate:g} p50={self.p50_ms:g}ms p95={self.p95_ms:g}ms"
+                + ("" if self.healthy else " unhealthy") + f" memory={self.memory_mb:g}MB")
 
 
 @dataclass(frozen=True)
@@ -126,6 +135,8 @@ class WhenRule:
     after_seconds: float | None
     error_rate: float | None
     latency_ms: tuple[float, float] | None
+    healthy: bool | None = None
+    memory_mb: float | None = None
 
     def holds(self, canary_weight: int, elapsed: float | None) -> bool:
         if self.canary_weight_at_least is not None and canary_weight < self.canary_weight_at_least:
@@ -148,6 +159,8 @@ class AppSpec:
                     error_rate=out.error_rate if rule.error_rate is None else rule.error_rate,
                     p50_ms=out.p50_ms if rule.latency_ms is None else rule.latency_ms[0],
                     p95_ms=out.p95_ms if rule.latency_ms is None else rule.latency_ms[1],
+                    healthy=out.healthy if rule.healthy is None else rule.healthy,
+                    memory_mb=out.memory_mb if rule.memory_mb is None else rule.memory_mb,
                 )
         return out
 
@@ -166,31 +179,42 @@ def _latency(obj: object, where: str) -> tuple[float, float]:
     return p50, p95
 
 
+CHANGES = ("errorRate", "latencyMs", "healthy", "memoryMB")  # what a behaviour (and a `when` rule) may set
+
+
+def _memory(obj: object, where: str) -> float:
+    return _number(obj, where, 0, 1_000_000)
+
+
 def _app(obj: object, where: str) -> AppSpec:
-    m = _keys(obj, where, ("errorRate", "latencyMs", "when", "errorMode"))
+    m = _keys(obj, where, (*CHANGES, "when", "errorMode"))
     mode = _choice(m.get("errorMode", "spread"), f"{where}.errorMode", ("spread", "random"))
     rate = _number(m.get("errorRate", DEFAULT_BEHAVIOUR.error_rate), f"{where}.errorRate", 0, 1)
     p50, p95 = (_latency(m["latencyMs"], f"{where}.latencyMs") if "latencyMs" in m
                 else (DEFAULT_BEHAVIOUR.p50_ms, DEFAULT_BEHAVIOUR.p95_ms))
+    healthy = _bool(m.get("healthy", True), f"{where}.healthy")  # extension
+    memory = _memory(m.get("memoryMB", DEFAULT_BEHAVIOUR.memory_mb), f"{where}.memoryMB")  # extension
     rules: list[WhenRule] = []
     if "when" in m:
         raw = m["when"]
         items = raw if isinstance(raw, list) else [raw]  # extension: a list of rules
         for i, item in enumerate(items):
             w = f"{where}.when" + (f"[{i}]" if isinstance(raw, list) else "")
-            r = _keys(item, w, ("canaryWeightAtLeast", "afterSeconds", "errorRate", "latencyMs"))
+            r = _keys(item, w, ("canaryWeightAtLeast", "afterSeconds", *CHANGES))
             if "canaryWeightAtLeast" not in r and "afterSeconds" not in r:
                 raise ScenarioError(f"{w}: needs a trigger: canaryWeightAtLeast or afterSeconds")
-            if "errorRate" not in r and "latencyMs" not in r:
-                raise ScenarioError(f"{w}: changes nothing: give errorRate or latencyMs")
+            if not any(k in r for k in CHANGES):
+                raise ScenarioError(f"{w}: changes nothing: give {', '.join(CHANGES)}")
             rules.append(WhenRule(
                 canary_weight_at_least=(_int(r["canaryWeightAtLeast"], f"{w}.canaryWeightAtLeast", 0, 100)
                                         if "canaryWeightAtLeast" in r else None),
                 after_seconds=_number(r["afterSeconds"], f"{w}.afterSeconds", 0) if "afterSeconds" in r else None,
                 error_rate=_number(r["errorRate"], f"{w}.errorRate", 0, 1) if "errorRate" in r else None,
                 latency_ms=_latency(r["latencyMs"], f"{w}.latencyMs") if "latencyMs" in r else None,
+                healthy=_bool(r["healthy"], f"{w}.healthy") if "healthy" in r else None,
+                memory_mb=_memory(r["memoryMB"], f"{w}.memoryMB") if "memoryMB" in r else None,
             ))
-    return AppSpec(Behaviour(rate, p50, p95), tuple(rules), mode)
+    return AppSpec(Behaviour(rate, p50, p95, healthy, memory), tuple(rules), mode)
 
 
 # ------------------------------------------------------------------------------------------------------ faults
@@ -321,7 +345,44 @@ def _present(obj: object, where: str) -> str:
 EXPECT_KEYS = ("phase", "withinSeconds", "maxWeight", "finalWeight", "weightsSeen", "weightHeldSeconds",
                "neverAdvancedWhile", "neverPromoted", "targetImages", "canaryWorkload", "history", "events",
                "conditionSeen", "incidentReport", "preRestoreDump", "snapshotTakenOnce", "database",
-               "restoreAttempts", "secretAbsentFrom", "refusedAtApply", "messageNamesField")
+               "restoreAttempts", "secretAbsentFrom", "refusedAtApply", "messageNamesField",
+               # extensions
+               "serviceSelector", "targetUnchanged", "eventsInOrder", "notifications", "incidentReportContains")
+
+
+@dataclass(frozen=True)
+class NotificationExpect:
+    """What the harness's webhook receiver must have got (besides the per-target checks it always makes)."""
+
+    received: Bounds | None = None
+    severities: tuple[str, ...] = ()
+    formats: tuple[str, ...] = ()
+    report_ref_present: bool | None = None
+
+
+def _selectors(obj: object, where: str) -> list[tuple[str, dict[str, str]]]:
+    items = obj if isinstance(obj, list) else [obj]
+    out = []
+    for i, item in enumerate(items):
+        w = f"{where}[{i}]" if isinstance(obj, list) else where
+        m = _keys(item, w, ("name", "equals"), ("name", "equals"))
+        equals = {_str(k, f"{w}.equals key"): _str(v, f"{w}.equals.{k}") for k, v in _mapping(m["equals"],
+                                                                                          f"{w}.equals").items()}
+        out.append((_str(m["name"], f"{w}.name"), equals))
+    return out
+
+
+def _notifications(obj: object, where: str) -> NotificationExpect:
+    m = _keys(obj, where, ("received", "severities", "formats", "reportRefPresent"))
+    return NotificationExpect(
+        received=_bounds(m["received"], f"{where}.received", "equals") if "received" in m else None,
+        severities=tuple(_choice(v, f"{where}.severities[{i}]", SEVERITIES)
+                         for i, v in enumerate(_list(m.get("severities", []), f"{where}.severities"))),
+        formats=tuple(_choice(v, f"{where}.formats[{i}]", NOTIFICATION_FORMATS)
+                      for i, v in enumerate(_list(m.get("formats", []), f"{where}.formats"))),
+        report_ref_present=_bool(m["reportRefPresent"], f"{where}.reportRefPresent") if "reportRefPresent" in m
+        else None,
+    )
 
 
 def _expect(obj: object, where: str) -> dict[str, Any]:
@@ -345,13 +406,13 @@ def _expect(obj: object, where: str) -> dict[str, Any]:
             out[key] = (_int(h["weight"], f"{w}.weight", 0, 100), _number(h["atLeast"], f"{w}.atLeast", 0))
         elif key == "neverAdvancedWhile":
             out[key] = _choice(value, w, ("prometheusDown", "databaseDown", "operatorDown"))
-        elif key in ("neverPromoted", "snapshotTakenOnce", "refusedAtApply", "messageNamesField"):
+        elif key in ("neverPromoted", "snapshotTakenOnce", "refusedAtApply", "messageNamesField", "targetUnchanged"):
             out[key] = _bool(value, w)
         elif key == "targetImages":
             out[key] = {_str(k, f"{w} key"): _str(v, f"{w}.{k}") for k, v in _mapping(value, w).items()}
         elif key in ("canaryWorkload", "incidentReport", "preRestoreDump"):
             out[key] = _present(value, w)
-        elif key in ("history", "events"):
+        elif key in ("history", "events", "eventsInOrder", "incidentReportContains"):
             out[key] = [_str(v, f"{w}[{i}]") for i, v in enumerate(_list(value, w))]
         elif key == "conditionSeen":
             c = _keys(value, w, ("type", "reason", "status"), ("type", "reason"))
@@ -360,6 +421,10 @@ def _expect(obj: object, where: str) -> dict[str, Any]:
             out[key] = _choice(value, w, ("equalsSnapshot",))
         elif key == "secretAbsentFrom":
             out[key] = [_choice(v, f"{w}[{i}]", SECRET_PLACES) for i, v in enumerate(_list(value, w))]
+        elif key == "serviceSelector":
+            out[key] = _selectors(value, w)
+        elif key == "notifications":
+            out[key] = _notifications(value, w)
     return out
 
 
@@ -379,13 +444,32 @@ class Case:
     patch: dict[str, Any]
 
 
-@dataclass(frozen=True)
-class RouterRefs:
-    """Names the harness needs from the rollout to build its stand-ins."""
+ROUTER_KINDS = ("gatewayAPI", "istio", "nginx", "replicas", "blueGreen")
 
-    http_route: str
+
+@dataclass(frozen=True)
+class TrafficRefs:
+    """Names the harness needs from the rollout to build its stand-ins and to follow the traffic.
+
+    `stable_service`/`canary_service` are the Services the operator queries for the two versions: for blueGreen the
+    active and the preview Service. `obj` is the router's object (HTTPRoute, VirtualService or Ingress); replicas and
+    blueGreen have none, their traffic follows the Services' selectors.
+    """
+
+    kind: Literal["gatewayAPI", "istio", "nginx", "replicas", "blueGreen"]
     stable_service: str
     canary_service: str
+    obj: str | None = None
+    route: str | None = None  # istio: the HTTP route by name; None is the first
+
+    @property
+    def describe(self) -> str:
+        what = {"gatewayAPI": "HTTPRoute", "istio": "VirtualService", "nginx": "Ingress"}.get(self.kind)
+        if what:
+            return f"{what} {self.obj}"
+        if self.kind == "replicas":
+            return f"Service {self.stable_service} (replica ratio)"
+        return f"Services {self.stable_service} (active) and {self.canary_service} (preview)"
 
 
 @dataclass(frozen=True)
@@ -403,6 +487,7 @@ class Scenario:
     cases: tuple[Case, ...] = ()
     target_images: dict[str, str] = field(default_factory=dict)
     target_replicas: int = 1
+    preview_rps: float = 0.0  # extension: blueGreen's test load through the preview Service
 
     # ---- facts read from the rollout manifest (only what the harness needs to build the world around it)
     @property
@@ -431,9 +516,23 @@ class Scenario:
         return {str(c["name"]): str(c["image"]) for c in self.spec["template"]["containers"]}
 
     @property
-    def router(self) -> RouterRefs:
-        gw = self.spec["strategy"]["canary"]["traffic"]["gatewayAPI"]
-        return RouterRefs(str(gw["httpRoute"]), str(gw["stableService"]), str(gw["canaryService"]))
+    def traffic(self) -> TrafficRefs:
+        return traffic_refs(self.spec)
+
+    @property
+    def tokens(self) -> set[str]:
+        """The substitution tokens the rollout manifest uses."""
+        return tokens_in(self.rollout)
+
+    @property
+    def webhooks(self) -> list[dict[str, Any]]:
+        """The rollout's webhook notification targets, as written (before substitution)."""
+        out = []
+        for n in self.spec.get("notifications") or []:
+            hook = n.get("webhook") if isinstance(n, dict) else None
+            if isinstance(hook, dict):
+                out.append(hook)
+        return out
 
     @property
     def secret_ref(self) -> tuple[str, str] | None:
@@ -466,6 +565,54 @@ def image_repo(image: str) -> str:
     return image[:colon] if colon > slash else image
 
 
+def traffic_refs(spec: dict[str, Any]) -> TrafficRefs:
+    """The router and Service names, with the operator's defaults (`<target>`, `<target>-canary`) filled in."""
+    strategy = spec["strategy"]
+    target = str(spec["targetRef"]["name"])
+    if "blueGreen" in strategy:
+        bg = strategy["blueGreen"]
+        return TrafficRefs("blueGreen", str(bg["activeService"]), str(bg["previewService"]))
+    traffic = strategy["canary"]["traffic"]
+    kind = next(k for k in ROUTER_KINDS if k in traffic)
+    cfg = traffic[kind] or {}
+    stable = str(cfg.get("stableService") or target)
+    canary = str(cfg.get("canaryService") or f"{target}-canary")
+    if kind == "gatewayAPI":
+        return TrafficRefs("gatewayAPI", stable, canary, str(cfg["httpRoute"]))
+    if kind == "istio":
+        route = cfg.get("route")
+        return TrafficRefs("istio", stable, canary, str(cfg["virtualService"]), str(route) if route else None)
+    if kind == "nginx":
+        return TrafficRefs("nginx", stable, canary, str(cfg["ingress"]))
+    return TrafficRefs("replicas", stable, canary)
+
+
+def tokens_in(obj: Any) -> set[str]:
+    """Every `@name@` in the strings of a manifest."""
+    if isinstance(obj, str):
+        return set(_TOKEN_RE.findall(obj))
+    if isinstance(obj, dict):
+        return set().union(*(tokens_in(v) for v in obj.values())) if obj else set()
+    if isinstance(obj, list):
+        return set().union(*(tokens_in(v) for v in obj)) if obj else set()
+    return set()
+
+
+def substitute(obj: Any, values: Mapping[str, str]) -> Any:
+    """A copy of the manifest with each `@name@` replaced by its value; a token without a value is an error."""
+    if isinstance(obj, str):
+        def one(m: re.Match[str]) -> str:
+            if m.group(1) not in values:
+                raise ScenarioError(f"no value for the token @{m.group(1)}@")
+            return values[m.group(1)]
+        return _TOKEN_RE.sub(one, obj)
+    if isinstance(obj, dict):
+        return {k: substitute(v, values) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [substitute(v, values) for v in obj]
+    return obj
+
+
 def _rollout(obj: object, where: str) -> dict[str, Any]:
     """Only the parts the harness builds from are checked; the API server judges the rest."""
     m = _mapping(obj, where)
@@ -481,17 +628,34 @@ def _rollout(obj: object, where: str) -> dict[str, Any]:
         cm = _mapping(c, f"{where}.spec.template.containers[{i}]")
         _str(cm.get("name"), f"{where}.spec.template.containers[{i}].name")
         _str(cm.get("image"), f"{where}.spec.template.containers[{i}].image")
-    strategy = _mapping(spec.get("strategy"), f"{where}.spec.strategy")
-    if "canary" not in strategy:
-        raise ScenarioError(f"{where}.spec.strategy: the harness drives canary rollouts only (no 'canary' here)")
-    traffic = _mapping(_mapping(strategy["canary"], f"{where}.spec.strategy.canary").get("traffic"),
-                       f"{where}.spec.strategy.canary.traffic")
-    if "gatewayAPI" not in traffic:
-        raise ScenarioError(f"{where}.spec.strategy.canary.traffic: the harness's router follows gatewayAPI only, "
-                            f"got {', '.join(traffic) or 'nothing'}")
-    gw = _mapping(traffic["gatewayAPI"], f"{where}.spec.strategy.canary.traffic.gatewayAPI")
-    for key in ("httpRoute", "stableService", "canaryService"):
-        _str(gw.get(key), f"{where}.spec.strategy.canary.traffic.gatewayAPI.{key}")
+    w = f"{where}.spec.strategy"
+    strategy = _mapping(spec.get("strategy"), w)
+    if ("canary" in strategy) == ("blueGreen" in strategy):
+        raise ScenarioError(f"{w}: give exactly one of canary or blueGreen")
+    if "blueGreen" in strategy:
+        bg = _mapping(strategy["blueGreen"], f"{w}.blueGreen")
+        for key in ("activeService", "previewService"):
+            _str(bg.get(key), f"{w}.blueGreen.{key}")
+        if bg["activeService"] == bg["previewService"]:
+            raise ScenarioError(f"{w}.blueGreen: the active and the preview Service must differ")
+    else:
+        traffic = _mapping(_mapping(strategy["canary"], f"{w}.canary").get("traffic"), f"{w}.canary.traffic")
+        kinds = [k for k in ROUTER_KINDS if k in traffic]
+        if len(kinds) != 1:
+            raise ScenarioError(f"{w}.canary.traffic: the harness follows one router of gatewayAPI, istio, nginx or "
+                                f"replicas, got {', '.join(traffic) or 'nothing'}")
+        cfg = _mapping(traffic[kinds[0]] if traffic[kinds[0]] is not None else {}, f"{w}.canary.traffic.{kinds[0]}")
+        required = {"gatewayAPI": ("httpRoute", "stableService", "canaryService"), "istio": ("virtualService",),
+                    "nginx": ("ingress",), "replicas": ()}[kinds[0]]
+        for key in required:
+            _str(cfg.get(key), f"{w}.canary.traffic.{kinds[0]}.{key}")
+        for key in ("stableService", "canaryService", "route"):
+            if cfg.get(key) is not None:
+                _str(cfg[key], f"{w}.canary.traffic.{kinds[0]}.{key}")
+    unknown = sorted(tokens_in(m) - set(TOKENS))
+    if unknown:
+        raise ScenarioError(f"{where}: unknown token @{unknown[0]}@ (known tokens: "
+                            f"{', '.join('@' + t + '@' for t in TOKENS)})")
     return copy.deepcopy(m)
 
 
@@ -532,8 +696,11 @@ def parse(data: object, path: Path) -> Scenario:
     app = _keys(m.get("app", {}), f"{where}.app", ("stable", "canary"))
     stable = _app(app.get("stable", {}), f"{where}.app.stable")
     canary = _app(app.get("canary", {}), f"{where}.app.canary")
-    load = _keys(m.get("load", {}), f"{where}.load", ("rps",))
+    load = _keys(m.get("load", {}), f"{where}.load", ("rps", "previewRps"))
     rps = _number(load.get("rps", 0), f"{where}.load.rps", 0, 1000)
+    preview_rps = _number(load.get("previewRps", 0), f"{where}.load.previewRps", 0, 100)  # extension
+    if "previewRps" in load and "blueGreen" not in rollout["spec"]["strategy"]:
+        raise ScenarioError(f"{where}.load.previewRps: only a blueGreen rollout has a preview Service")
     database = None
     if "database" in m:
         d = _keys(m["database"], f"{where}.database", ("seed", "migration", "password"))
@@ -549,7 +716,7 @@ def parse(data: object, path: Path) -> Scenario:
                              for k, v in _mapping(t["images"], f"{where}.target.images").items()}
         replicas = _int(t.get("replicas", 1), f"{where}.target.replicas", 1, 10)
     scenario = Scenario(path, name, description, rollout, stable, canary, rps, database, faults, expect, (),
-                        target_images, replicas)
+                        target_images, replicas, preview_rps)
     _cross_check(scenario, where)
     return scenario
 
@@ -568,6 +735,10 @@ def _cross_check(s: Scenario, where: str) -> None:
     if unknown:
         raise ScenarioError(f"{where}.expect.targetImages: no container named {', '.join(sorted(unknown))} "
                             "in the rollout's template")
+    received = [h for h in s.webhooks if "@webhookUrl@" in str(h.get("url", ""))]
+    if ("notifications" in s.expect or "notifications" in s.expect.get("secretAbsentFrom", [])) and not received:
+        raise ScenarioError(f"{where}.expect: notifications are checked at the harness's receiver, but no "
+                            "spec.notifications[].webhook.url of the rollout starts with @webhookUrl@")
 
 
 def load(path: str | Path) -> Scenario:

@@ -18,6 +18,8 @@ import yaml
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
+from harness.format import TrafficRefs
+
 SR_GROUP, SR_VERSION, SR_PLURAL = "saferollout.dev", "v1alpha1", "saferollouts"
 GW_GROUP, GW_VERSION = "gateway.networking.k8s.io", "v1"
 GATEWAY_CLASS = "saferollout-harness"
@@ -59,9 +61,9 @@ class Kube:
         self.custom = client.CustomObjectsApi(self.api)
         self.ext = client.ApiextensionsV1Api(self.api)
 
-    def new_reader(self) -> client.CustomObjectsApi:
+    def new_api(self) -> client.ApiClient:
         """A client of its own for another thread (urllib3 pools are shared per ApiClient)."""
-        return client.CustomObjectsApi(config.new_client_from_config(config_file=str(self.kubeconfig)))
+        return config.new_client_from_config(config_file=str(self.kubeconfig))
 
     # --------------------------------------------------------------------------------------------- kubectl
     def kubectl(self, *args: str, input: str | None = None, check: bool = True,
@@ -106,6 +108,9 @@ class Kube:
 
     def get_deployment(self, ns: str, name: str) -> dict[str, Any] | None:
         return self._get(lambda: self.api.sanitize_for_serialization(self.apps.read_namespaced_deployment(name, ns)))
+
+    def get_service(self, ns: str, name: str) -> dict[str, Any] | None:
+        return self._get(lambda: self.api.sanitize_for_serialization(self.core.read_namespaced_service(name, ns)))
 
     def get_configmap(self, ns: str, name: str) -> dict[str, Any] | None:
         return self._get(lambda: self.api.sanitize_for_serialization(self.core.read_namespaced_config_map(name, ns)))
@@ -186,14 +191,20 @@ def available(deployment: dict[str, Any] | None) -> bool:
     return int(status.get("availableReplicas") or 0) >= 1
 
 
-def world(ns: str, target: str, images: dict[str, str], replicas: int, route: str, stable_svc: str,
-          canary_svc: str, secret: tuple[str, str, str] | None) -> list[dict[str, Any]]:
-    """The objects a rollout refers to: namespace, target Deployment, Services, Gateway, HTTPRoute, DSN Secret.
+def world(ns: str, target: str, images: dict[str, str], replicas: int, refs: TrafficRefs,
+          secret: tuple[str, str, str] | None) -> list[dict[str, Any]]:
+    """The objects a rollout refers to: namespace, target Deployment, Services, the router's object, DSN Secret.
 
-    The pods land on KWOK's fake nodes (the toleration is harmless elsewhere) and run nothing; the harness's local
+    The Services are the stable one (blueGreen: the active one), selecting the target's pods, and the canary one
+    (blueGreen: the preview one), selecting the canary's. The router's object sends everything to the stable
+    Service: an HTTPRoute (with a Gateway and its class), a VirtualService with one HTTP route and only the stable
+    destination (the operator adds the canary's), or an Ingress; replicas and blueGreen have no object. The pods
+    land on KWOK's fake nodes (the toleration is harmless elsewhere) and run nothing; the harness's local
     processes do the serving.
     """
     labels = {"app": target}
+    stable_svc, canary_svc = refs.stable_service, refs.canary_service
+    port = [{"name": "http", "port": 80, "targetPort": 8080}]
     docs: list[dict[str, Any]] = [
         {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns, "labels": {"saferollout.dev/harness": "1"}}},
         {"apiVersion": "apps/v1", "kind": "Deployment",
@@ -205,19 +216,36 @@ def world(ns: str, target: str, images: dict[str, str], replicas: int, route: st
                                         "tolerations": [{"key": "kwok.x-k8s.io/node", "operator": "Exists",
                                                          "effect": "NoSchedule"}]}}}},
         {"apiVersion": "v1", "kind": "Service", "metadata": {"name": stable_svc, "namespace": ns},
-         "spec": {"selector": labels, "ports": [{"name": "http", "port": 80, "targetPort": 8080}]}},
+         "spec": {"selector": labels, "ports": port}},
         {"apiVersion": "v1", "kind": "Service", "metadata": {"name": canary_svc, "namespace": ns},
-         "spec": {"selector": {"saferollout.dev/canary-of": target},
-                  "ports": [{"name": "http", "port": 80, "targetPort": 8080}]}},
-        {"apiVersion": f"{GW_GROUP}/{GW_VERSION}", "kind": "GatewayClass", "metadata": {"name": GATEWAY_CLASS},
-         "spec": {"controllerName": "saferollout.dev/harness"}},
-        {"apiVersion": f"{GW_GROUP}/{GW_VERSION}", "kind": "Gateway", "metadata": {"name": GATEWAY, "namespace": ns},
-         "spec": {"gatewayClassName": GATEWAY_CLASS, "listeners": [{"name": "http", "port": 80, "protocol": "HTTP"}]}},
-        {"apiVersion": f"{GW_GROUP}/{GW_VERSION}", "kind": "HTTPRoute", "metadata": {"name": route, "namespace": ns},
-         "spec": {"parentRefs": [{"name": GATEWAY}],
-                  "rules": [{"backendRefs": [{"name": stable_svc, "port": 80, "weight": 100},
-                                             {"name": canary_svc, "port": 80, "weight": 0}]}]}},
+         "spec": {"selector": {"saferollout.dev/canary-of": target}, "ports": port}},
     ]
+    if refs.kind == "gatewayAPI":
+        docs += [
+            {"apiVersion": f"{GW_GROUP}/{GW_VERSION}", "kind": "GatewayClass", "metadata": {"name": GATEWAY_CLASS},
+             "spec": {"controllerName": "saferollout.dev/harness"}},
+            {"apiVersion": f"{GW_GROUP}/{GW_VERSION}", "kind": "Gateway", "metadata": {"name": GATEWAY, "namespace": ns},
+             "spec": {"gatewayClassName": GATEWAY_CLASS,
+                      "listeners": [{"name": "http", "port": 80, "protocol": "HTTP"}]}},
+            {"apiVersion": f"{GW_GROUP}/{GW_VERSION}", "kind": "HTTPRoute", "metadata": {"name": refs.obj, "namespace": ns},
+             "spec": {"parentRefs": [{"name": GATEWAY}],
+                      "rules": [{"backendRefs": [{"name": stable_svc, "port": 80, "weight": 100},
+                                                 {"name": canary_svc, "port": 80, "weight": 0}]}]}},
+        ]
+    elif refs.kind == "istio":
+        docs.append({"apiVersion": "networking.istio.io/v1", "kind": "VirtualService",
+                     "metadata": {"name": refs.obj, "namespace": ns},
+                     "spec": {"hosts": [stable_svc],
+                              "http": [{"name": refs.route or "primary",
+                                        "route": [{"destination": {"host": stable_svc, "port": {"number": 80}},
+                                                   "weight": 100}]}]}})
+    elif refs.kind == "nginx":
+        docs.append({"apiVersion": "networking.k8s.io/v1", "kind": "Ingress",
+                     "metadata": {"name": refs.obj, "namespace": ns},
+                     "spec": {"ingressClassName": "nginx",
+                              "rules": [{"host": f"{target}.example.com", "http": {"paths": [
+                                  {"path": "/", "pathType": "Prefix",
+                                   "backend": {"service": {"name": stable_svc, "port": {"number": 80}}}}]}}]}})
     if secret is not None:
         name, key, dsn = secret
         docs.append({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name, "namespace": ns},

@@ -1,10 +1,12 @@
-"""A Gateway API data plane in miniature: follows one HTTPRoute's weights and sends load to the local processes.
+"""A data plane in miniature: follows the router object the operator writes and sends load to the local processes.
 
-Nobody implements the Gateway here, so this reads the HTTPRoute the operator writes (every 0.2 s) and splits a
-bounded load between the stable and canary demo processes by `spec.rules[0].backendRefs[].weight`. A backendRef
-whose weight is 0 or absent gets nothing (absent is treated as 0 by choice, see docs/harness.md); a name that is
-neither the stable nor the canary Service gets nothing either and is reported. Every change of weights is recorded
-with its time: the expectations about weights are computed from what the data plane actually applied.
+Nothing implements the Gateway API, Istio, ingress-nginx or kube-proxy here, so this reads what the operator
+writes (every 0.2 s) and splits a bounded load between the stable and canary demo processes by those weights. What
+the weights are read from depends on the router (harness.traffic): an HTTPRoute's backendRefs, a VirtualService's
+destinations, the canary Ingress's annotation, or the pods a Service's selector matches. A backend with weight 0 or
+an absent weight gets nothing (absent is treated as 0 by choice, see docs/harness.md); a name that is neither
+version gets nothing either and is reported. Every change of weights is recorded with its time: the expectations
+about weights are computed from what the data plane actually applied.
 """
 
 from __future__ import annotations
@@ -19,9 +21,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
+from harness.demoapp import SERVICE_HEADER
 from harness.timeline import WeightChange
 
-GROUP, VERSION, PLURAL = "gateway.networking.k8s.io", "v1", "httproutes"
 POLL_SECONDS = 0.2
 MAX_IN_FLIGHT = 256
 REQUEST_TIMEOUT = 15.0
@@ -50,6 +52,18 @@ def backend_weights(route: dict[str, Any]) -> dict[str, int]:
     return out
 
 
+@dataclass(frozen=True)
+class Backend:
+    """Where requests for one weights key go: the process (role) and the Service they came through.
+
+    `label` is sent as X-Harness-Service, so the process labels the requests with it; None lets the process label
+    them with its own Service (the replica-ratio router, where both versions sit behind one Service).
+    """
+
+    role: str  # "stable" or "canary"
+    label: str | None
+
+
 @dataclass
 class RouterStats:
     sent: Counter[str] = field(default_factory=Counter)  # per backend: stable, canary
@@ -60,16 +74,25 @@ class RouterStats:
 
 
 class Router:
-    """Polls the HTTPRoute in one thread, paces the load in another, sends it from a bounded pool."""
+    """Polls the weights in one thread, paces the load in another, sends it from a bounded pool.
 
-    def __init__(self, read_route: Callable[[], dict[str, Any] | None], stable_service: str, canary_service: str,
-                 stable_port: int, canary_port: int, rps: float, max_seconds: float,
-                 on_change: Callable[[str], None] | None = None) -> None:
-        self._read_route = read_route
-        self.stable_service, self.canary_service = stable_service, canary_service
-        self._ports = {"stable": stable_port, "canary": canary_port}
+    `read_weights` returns {key: weight} (None when the object is not there); `backends` maps the keys that lead
+    to a demo process, exactly one with role stable and one with role canary; `ports` maps roles to ports.
+    """
+
+    def __init__(self, read_weights: Callable[[], dict[str, int] | None], backends: dict[str, Backend],
+                 ports: dict[str, int], rps: float, max_seconds: float,
+                 on_change: Callable[[str], None] | None = None, what: str = "weights") -> None:
+        self._read_weights = read_weights
+        self.backends = dict(backends)
+        roles = {b.role: k for k, b in backends.items()}
+        if set(roles) != {"stable", "canary"} or len(roles) != len(backends):
+            raise ValueError(f"backends need exactly one stable and one canary key, got {backends}")
+        self.stable_key, self.canary_key = roles["stable"], roles["canary"]
+        self._ports = dict(ports)
         self.rps = rps
         self.max_seconds = max_seconds
+        self.what = what
         self._on_change = on_change or (lambda _text: None)
         self._lock = threading.Lock()
         self._weights: dict[str, int] = {}
@@ -103,7 +126,7 @@ class Router:
     @property
     def canary_weight(self) -> int:
         with self._lock:
-            return canary_share(self._weights, self.stable_service, self.canary_service)
+            return canary_share(self._weights, self.stable_key, self.canary_key)
 
     @property
     def weights(self) -> dict[str, int]:
@@ -117,44 +140,44 @@ class Router:
             self._stop.wait(POLL_SECONDS)
 
     def poll_once(self) -> None:
-        """Read the route once; record a change of weights with the time it was seen."""
+        """Read the weights once; record a change with the time it was seen."""
         try:
-            route = self._read_route()
+            weights = self._read_weights()
         except Exception as e:  # the API server may blink; keep the last weights, as a data plane would
             self.read_errors += 1
             self.last_error = str(e)
             return
-        if route is None:
+        if weights is None:
             return
-        weights = backend_weights(route)
         now = time.monotonic()
         with self._lock:
             if self.raw_changes and weights == self._weights:
                 return
-            self._weights = weights
-            canary = canary_share(weights, self.stable_service, self.canary_service)
+            self._weights = dict(weights)
+            canary = canary_share(weights, self.stable_key, self.canary_key)
             self.raw_changes.append((now, dict(weights)))
             if not self.changes or self.changes[-1][1] != canary:
                 self.changes.append((now, canary))
         self.first_read.set()
         shown = ", ".join(f"{k}={v}" for k, v in weights.items()) or "no backends"
-        self._on_change(f"route weights {shown} (canary {canary}%)")
+        self._on_change(f"{self.what} {shown} (canary {canary}%)")
 
     # ------------------------------------------------------------------------------------------------ load
     def _pick(self) -> str | None:
+        """The weights key for one request, "other" for weight on a key that leads to no process, None for none."""
         with self._lock:
             w = self._weights
-            stable = max(0, w.get(self.stable_service, 0))
-            canary = max(0, w.get(self.canary_service, 0))
-            other = sum(v for k, v in w.items() if k not in (self.stable_service, self.canary_service) and v > 0)
+            stable = max(0, w.get(self.stable_key, 0))
+            canary = max(0, w.get(self.canary_key, 0))
+            other = sum(v for k, v in w.items() if k not in (self.stable_key, self.canary_key) and v > 0)
         total = stable + canary + other
         if total <= 0:
             return None
         x = self._rng.uniform(0, total)
         if x < stable:
-            return "stable"
+            return self.stable_key
         if x < stable + canary:
-            return "canary"
+            return self.canary_key
         return "other"
 
     def _load_loop(self) -> None:
@@ -170,28 +193,31 @@ class Router:
                 break
             if self._stop.wait(max(0.0, due - time.monotonic())):
                 break
-            backend = self._pick()
-            if backend is None:
+            key = self._pick()
+            if key is None:
                 self.stats.dropped += 1
                 continue
-            if backend == "other":
+            if key == "other":
                 self.stats.unrouted += 1
                 continue
             if not self._slots.acquire(blocking=False):
                 self.stats.dropped += 1
                 continue
-            self.stats.sent[backend] += 1
-            self._pool.submit(self._send, backend)
+            self.stats.sent[self.backends[key].role] += 1
+            self._pool.submit(self._send, self.backends[key])
 
-    def _send(self, backend: str) -> None:
+    def _send(self, backend: Backend) -> None:
+        headers = {"Connection": "close"}
+        if backend.label:
+            headers[SERVICE_HEADER] = backend.label
         try:
-            conn = http.client.HTTPConnection("127.0.0.1", self._ports[backend], timeout=REQUEST_TIMEOUT)
+            conn = http.client.HTTPConnection("127.0.0.1", self._ports[backend.role], timeout=REQUEST_TIMEOUT)
             try:
-                conn.request("GET", "/", headers={"Connection": "close"})
+                conn.request("GET", "/", headers=headers)
                 resp = conn.getresponse()
                 resp.read()
                 with self._stats_lock:
-                    self.stats.codes[f"{backend} {resp.status}"] += 1
+                    self.stats.codes[f"{backend.role} {resp.status}"] += 1
             finally:
                 conn.close()
         except OSError:

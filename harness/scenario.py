@@ -28,12 +28,24 @@ from typing import Any
 import yaml
 
 from harness.expect import Advance, Check, Observed, check_all
-from harness.format import TERMINAL_PHASES, Behaviour, Fault, Scenario, ScenarioError, load, merge_patch, named_field
+from harness.format import (
+    TERMINAL_PHASES,
+    Behaviour,
+    Fault,
+    Scenario,
+    ScenarioError,
+    load,
+    merge_patch,
+    named_field,
+    substitute,
+)
 from harness.kube import REPO, SR_PLURAL, Kube, available, default_kubeconfig, default_kubectl, images_of, world
 from harness.router import POLL_SECONDS as ROUTER_POLL
 from harness.router import Router
 from harness.services import Postgres, Prometheus, ScrapeTarget, free_port, stop_process, wait_http
 from harness.timeline import Timeline
+from harness.traffic import traffic_sources
+from harness.webhook import WebhookReceiver
 
 POLL = 0.25  # SafeRollout polling period
 SETTLE = 2.0  # keep observing after the finish, for events and clean-up the operator does right after
@@ -133,28 +145,36 @@ class DemoProcess:
     """One `harness.demoapp` process: the pods of the stable or of the canary version."""
 
     def __init__(self, role: str, service: str, namespace: str, version: str, behaviour: Behaviour, log: Path,
-                 error_mode: str = "spread") -> None:
+                 error_mode: str = "spread", label_services: tuple[str, ...] = ()) -> None:
         self.role, self.service, self.namespace, self.version = role, service, namespace, version
         self.behaviour = behaviour
         self.error_mode = error_mode
+        self.label_services = label_services
         self.log = log
         self.port = free_port()
         self.proc: subprocess.Popen[bytes] | None = None
 
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
     def start(self) -> None:
         b = self.behaviour
+        extra = [a for svc in self.label_services for a in ("--label-service", svc)]
         with self.log.open("ab") as logf:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "harness.demoapp", "--port", str(self.port), "--service", self.service,
                  "--namespace", self.namespace, "--version", self.version, "--error-rate", str(b.error_rate),
-                 "--p50", str(b.p50_ms), "--p95", str(b.p95_ms), "--error-mode", self.error_mode],
+                 "--p50", str(b.p50_ms), "--p95", str(b.p95_ms), "--error-mode", self.error_mode,
+                 "--memory-mb", str(b.memory_mb), *([] if b.healthy else ["--unhealthy"]), *extra],
                 stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=REPO,
                 env={**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])})
-        if not wait_http(f"http://127.0.0.1:{self.port}/healthz", 15):
+        # not /healthz: a scenario may start the version unhealthy
+        if not wait_http(f"{self.url}/admin/config", 15):
             raise RuntimeError(f"the {self.role} demo app did not start; see {self.log}")
 
     def configure(self, behaviour: Behaviour) -> None:
-        req = urllib.request.Request(f"http://127.0.0.1:{self.port}/admin/config", method="POST",
+        req = urllib.request.Request(f"{self.url}/admin/config", method="POST",
                                      data=json.dumps(behaviour.wire()).encode(),
                                      headers={"Content-Type": "application/json"})
         with urllib.request.urlopen(req, timeout=5) as r:
@@ -400,11 +420,13 @@ class _RolloutRun(_BaseRun):
     def __init__(self, session: Session, s: Scenario, run_dir: Path) -> None:
         super().__init__(session, s, run_dir)
         self.ns, self.name, self.target = s.namespace, s.rollout_name, s.target
-        self.refs = s.router
+        self.refs = s.traffic
         self.obs = Observed(store=self.store)
         self.stable: DemoProcess | None = None
         self.canary: DemoProcess | None = None
         self.router: Router | None = None
+        self.preview: Router | None = None  # blueGreen: the test load through the preview Service
+        self.webhook: WebhookReceiver | None = None
         self.pg: Postgres | None = None
         self.password: str | None = None
         # what the last poll saw
@@ -417,6 +439,7 @@ class _RolloutRun(_BaseRun):
         self.promoted_now = False
         self.migrated = False
         self.poll_failing_since: float | None = None
+        self.target_generation: int | None = None
 
     @property
     def t0(self) -> float:
@@ -441,7 +464,10 @@ class _RolloutRun(_BaseRun):
             self.error(f"{type(e).__name__}: {e}")
         finally:
             self.teardown()
-        return self.result(checks, self.router.summary() if self.router else "")
+        summary = self.router.summary() if self.router else ""
+        if self.preview is not None:
+            summary += f"\n-- preview load: {self.preview.summary()}"
+        return self.result(checks, summary)
 
     def setup(self) -> None:
         s, tl = self.s, self.tl
@@ -464,42 +490,48 @@ class _RolloutRun(_BaseRun):
             if "database" in s.expect:
                 self.obs.checksum_before = self.pg.checksum()
                 tl.add("database", f"checksum before the rollout {self.obs.checksum_before[:12]}")
+        both = (self.refs.stable_service, self.refs.canary_service) if self.refs.kind == "blueGreen" else ()
         self.stable = DemoProcess("stable", self.refs.stable_service, self.ns, "stable", s.stable.base,
-                                  self.run_dir / "stable.log", s.stable.error_mode)
+                                  self.run_dir / "stable.log", s.stable.error_mode, both)
         self.canary = DemoProcess("canary", self.refs.canary_service, self.ns, "canary", s.canary.base,
-                                  self.run_dir / "canary.log", s.canary.error_mode)
+                                  self.run_dir / "canary.log", s.canary.error_mode, both)
         self.stable.start()
         self.canary.start()
         tl.add("app", f"stable on :{self.stable.port} ({s.stable.base.describe()}), "
                       f"canary on :{self.canary.port} ({s.canary.base.describe()})")
+        if "webhookUrl" in s.tokens:
+            self.webhook = WebhookReceiver()
+            self.webhook.start()
+            tl.add("harness", f"webhook receiver on {self.webhook.url}")
         prom = self.sess.prometheus
         prom.set_targets([ScrapeTarget(f"{self.ns}-stable", self.stable.port, self.refs.stable_service, self.ns),
                           ScrapeTarget(f"{self.ns}-canary", self.canary.port, self.refs.canary_service, self.ns)])
         secret = (*s.secret_ref, dsn) if s.secret_ref and dsn else None
-        docs = world(self.ns, self.target, s.initial_target_images(), s.target_replicas, self.refs.http_route,
-                     self.refs.stable_service, self.refs.canary_service, secret)
+        docs = world(self.ns, self.target, s.initial_target_images(), s.target_replicas, self.refs, secret)
         self.kube.apply(docs)
         tl.add("harness", f"created namespace {self.ns}: Deployment {self.target} {s.initial_target_images()}, "
-                          f"Services, HTTPRoute {self.refs.http_route}" + (f", Secret {secret[0]}" if secret else ""))
+                          f"Services {self.refs.stable_service} and {self.refs.canary_service}"
+                          + (f", {self.refs.describe}" if self.refs.obj else "")
+                          + (f", Secret {secret[0]}" if secret else ""))
         deadline = time.monotonic() + 90
         while not available(self.kube.get_deployment(self.ns, self.target)):
             if time.monotonic() > deadline:
                 raise RuntimeError(f"the target Deployment {self.target} did not become available in 90s")
             time.sleep(0.5)
         tl.add("harness", f"target Deployment {self.target} available")
-        reader = self.kube.new_reader()
-        route, ns = self.refs.http_route, self.ns
-
-        def read_route() -> dict[str, Any] | None:
-            obj = reader.get_namespaced_custom_object("gateway.networking.k8s.io", "v1", ns, "httproutes", route)
-            return obj if isinstance(obj, dict) else None
-
-        self.router = Router(read_route, self.refs.stable_service, self.refs.canary_service, self.stable.port,
-                             self.canary.port, s.rps, s.within_seconds + 120,
-                             on_change=lambda text: self.tl.add("router", text))
+        sources = traffic_sources(self.refs, self.ns, self.target, self.kube.new_api())
+        ports = {"stable": self.stable.port, "canary": self.canary.port}
+        main = sources["main"]
+        self.router = Router(main.read, main.backends, ports, s.rps, s.within_seconds + 120,
+                             on_change=lambda text: self.tl.add("router", text), what=main.what)
         self.router.start()
         if not self.router.first_read.wait(15):
-            raise RuntimeError(f"the router could not read HTTPRoute {route}: {self.router.last_error}")
+            raise RuntimeError(f"the router could not read {self.refs.describe}: {self.router.last_error}")
+        if "preview" in sources:
+            pv = sources["preview"]
+            self.preview = Router(pv.read, pv.backends, ports, s.preview_rps, s.within_seconds + 120,
+                                  on_change=lambda text: self.tl.add("preview", text), what=pv.what)
+            self.preview.start()
         self._warm_up(prom)
         self.start_operator(self.ns)
 
@@ -525,9 +557,17 @@ class _RolloutRun(_BaseRun):
             time.sleep(0.5)
         raise RuntimeError("Prometheus has no request rate for the stable version after 30s")
 
+    def tokens(self) -> dict[str, str]:
+        """The values of the manifest's substitution tokens (docs/harness.md)."""
+        assert self.stable is not None and self.canary is not None
+        out = {"canaryUrl": self.canary.url, "stableUrl": self.stable.url}
+        if self.webhook is not None:
+            out["webhookUrl"] = self.webhook.url
+        return out
+
     def apply(self) -> None:
         assert self.s.rollout is not None
-        doc = json.loads(json.dumps(self.s.rollout))
+        doc = substitute(json.loads(json.dumps(self.s.rollout)), self.tokens())
         doc["metadata"]["namespace"] = self.ns
         self.tl.t0 = time.monotonic()
         r = self.kube.kubectl("apply", "-f", "-", input=yaml.safe_dump(doc, sort_keys=False), check=False)
@@ -628,6 +668,7 @@ class _RolloutRun(_BaseRun):
                 tl.add("history", f"{h.get('action')} at stage {h.get('stage')} weight {h.get('weight')} "
                                   f"{h.get('metric') or ''}: {h.get('message') or ''}", now)
         last["history"] = len(history)
+        self._target_unchanged(target, now)
         images = images_of(target)
         if images != last["images"]:
             if last["images"] is not None:
@@ -658,6 +699,26 @@ class _RolloutRun(_BaseRun):
                 except Exception as e:
                     self.error(f"migration failed: {e}")
         return phase if isinstance(phase, str) else None
+
+    def _target_unchanged(self, target: dict[str, Any] | None, now: float) -> None:
+        """Record any change of the target's spec (its generation) and any poll with fewer pods available."""
+        if target is None:
+            if not self.obs.target_changes or self.obs.target_changes[-1] != "the target Deployment is gone":
+                self.obs.target_changes.append("the target Deployment is gone")
+            return
+        gen = (target.get("metadata") or {}).get("generation")
+        if self.target_generation is None:
+            self.target_generation = gen
+        elif gen != self.target_generation:
+            self.obs.target_changes.append(f"generation {self.target_generation} -> {gen}")
+            self.tl.add("target", f"the target Deployment's spec changed (generation {gen})", now)
+            self.target_generation = gen
+        up = int((target.get("status") or {}).get("availableReplicas") or 0)
+        if up < self.s.target_replicas:
+            text = f"{up} of {self.s.target_replicas} replicas available"
+            if not self.obs.target_changes or self.obs.target_changes[-1] != text:
+                self.obs.target_changes.append(text)
+                self.tl.add("target", f"the target has {text}", now)
 
     def _behaviours(self, now: float) -> None:
         """Level-triggered `when` rules, and the promoted target running the canary's code."""
@@ -742,6 +803,11 @@ class _RolloutRun(_BaseRun):
     # ------------------------------------------------------------------------------------------- the end
     def collect(self) -> None:
         obs = self.obs
+        if self.webhook is not None and ("notifications" in self.s.expect
+                                         or "notifications" in self.s.expect.get("secretAbsentFrom", [])):
+            self.webhook.wait_quiet(quiet=2.0, limit=10.0)  # the last notification is sent after the last status
+        if self.preview is not None:
+            self.preview.stop()
         if self.router is not None:
             self.router.stop()
             obs.router_changes = list(self.router.changes)
@@ -771,6 +837,18 @@ class _RolloutRun(_BaseRun):
                 obs.checksum_error = str(e)
         if self.operator is not None and self.operator.log.exists():
             obs.operator_log = self.operator.log.read_text(errors="replace")
+        for svc, _ in self.s.expect.get("serviceSelector", []):
+            found = self.kube.get_service(self.ns, svc)
+            obs.selectors[svc] = ((found.get("spec") or {}).get("selector") or {}) if found else None
+        if self.webhook is not None:
+            obs.notifications = self.webhook.received
+            obs.webhooks = [{**hook, "url": substitute(hook.get("url", ""), self.tokens())} for hook in self.s.webhooks]
+            (self.run_dir / "notifications.json").write_text(json.dumps(
+                [{"t": round(r.at - self.t0, 3), "path": r.path, "body": r.body or r.raw} for r in obs.notifications],
+                indent=2))
+            for r in obs.notifications:
+                self.tl.add("notify", f"{r.path} {r.format} severity {r.severity}: "
+                                      f"{(r.body or {}).get('title') or (r.body or {}).get('text') or r.raw[:80]}", r.at)
         obs.end = time.monotonic()
         (self.run_dir / "rollout.json").write_text(json.dumps(ro, indent=2, default=str))
         (self.run_dir / "events.json").write_text(json.dumps(obs.events, indent=2, default=str))
@@ -800,9 +878,11 @@ class _RolloutRun(_BaseRun):
         """Stop what this run started, delete its namespace, leave the session's servers ready for the next."""
         steps: list[tuple[str, Any]] = [
             ("router", lambda: self.router.stop() if self.router else None),
+            ("preview router", lambda: self.preview.stop() if self.preview else None),
             ("rollout", lambda: self.kube.delete_rollouts(self.ns, timeout=20)),
             ("operator", lambda: self.operator.stop() if self.operator else None),
             ("apps", self._stop_apps),
+            ("webhook receiver", lambda: self.webhook.stop() if self.webhook else None),
             ("namespace", lambda: self.kube.delete_namespace(self.ns)),
             ("prometheus", lambda: self.sess.prometheus.set_targets([])),
             ("postgres", lambda: self.sess.postgres if self.pg is not None else None),

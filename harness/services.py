@@ -57,7 +57,7 @@ def wait_http(url: str, timeout: float, ok: tuple[int, ...] = (200,)) -> bool:
 
 @dataclass(frozen=True)
 class ScrapeTarget:
-    """One demo process, labelled as the Service whose pods it stands in for."""
+    """One demo process, labelled as the Service whose pods it stands in for (its series' own label wins)."""
 
     job: str
     port: int
@@ -92,7 +92,8 @@ class Prometheus:
         cfg: dict[str, Any] = {
             "global": {"scrape_interval": "1s", "scrape_timeout": "1s", "evaluation_interval": "1s"},
             "scrape_configs": [
-                {"job_name": t.job, "static_configs": [
+                # honor_labels: the demo app's own `service` label (the Service a request came through) wins
+                {"job_name": t.job, "honor_labels": True, "static_configs": [
                     {"targets": [f"127.0.0.1:{t.port}"], "labels": {"service": t.service, "namespace": t.namespace}}
                 ]} for t in self._targets
             ],

@@ -8,7 +8,20 @@ from typing import Any
 import pytest
 import yaml
 
-from harness.format import Bounds, ScenarioError, image_repo, leaf_paths, load, merge_patch, named_field, parse
+from harness.format import (
+    Bounds,
+    NotificationExpect,
+    ScenarioError,
+    TrafficRefs,
+    image_repo,
+    leaf_paths,
+    load,
+    merge_patch,
+    named_field,
+    parse,
+    substitute,
+    tokens_in,
+)
 
 SCENARIOS = Path(__file__).resolve().parents[2].parent / "shared" / "scenarios"
 
@@ -177,3 +190,90 @@ def test_faults_read_their_anchor_and_signal() -> None:
     assert (b.at.anchor, b.at.fault, b.at.seconds) == ("fault", 0, 5.0)
     assert (c.at.anchor, c.at.phase, c.signal) == ("phase", "RollingBack", "KILL")
     assert (d.at.anchor, d.signal) == ("apply", "TERM")
+
+
+def with_strategy(strategy: dict[str, Any], **extra: Any) -> dict[str, Any]:
+    rollout = merge_patch(ROLLOUT, {"spec": {"strategy": None}})
+    rollout["spec"]["strategy"] = strategy
+    return scenario(rollout=rollout, **extra)
+
+
+BLUE_GREEN = {"blueGreen": {"activeService": "web", "previewService": "web-preview"}}
+
+
+@pytest.mark.parametrize(("traffic", "want"), [
+    ({"gatewayAPI": {"httpRoute": "r", "stableService": "s", "canaryService": "c"}},
+     TrafficRefs("gatewayAPI", "s", "c", "r")),
+    ({"istio": {"virtualService": "vs", "route": "primary"}}, TrafficRefs("istio", "web", "web-canary", "vs", "primary")),
+    ({"istio": {"virtualService": "vs", "stableService": "s", "canaryService": "c"}}, TrafficRefs("istio", "s", "c", "vs")),
+    ({"nginx": {"ingress": "ing"}}, TrafficRefs("nginx", "web", "web-canary", "ing")),
+    ({"replicas": {}}, TrafficRefs("replicas", "web", "web-canary")),
+])
+def test_every_router_is_followed(traffic: dict[str, Any], want: TrafficRefs) -> None:
+    s = parse(with_strategy({"canary": {"stages": [{"weight": 5, "duration": "10s"}], "traffic": traffic}}),
+              Path("t.yaml"))
+    assert s.traffic == want
+
+
+def test_blue_green_and_its_preview_load() -> None:
+    s = parse(with_strategy(BLUE_GREEN, load={"rps": 10, "previewRps": 5}), Path("t.yaml"))
+    assert s.traffic == TrafficRefs("blueGreen", "web", "web-preview")
+    assert (s.rps, s.preview_rps) == (10, 5)
+    assert "only a blueGreen rollout" in error_of(scenario(load={"previewRps": 5}))
+    assert "must differ" in error_of(with_strategy({"blueGreen": {"activeService": "a", "previewService": "a"}}))
+    assert "exactly one of canary or blueGreen" in error_of(with_strategy({}))
+    assert "one router" in error_of(with_strategy({"canary": {"traffic": {}}}))
+
+
+def test_behaviour_extensions_health_and_memory() -> None:
+    s = parse(scenario(app={"canary": {"memoryMB": 130, "when": [{"canaryWeightAtLeast": 50, "healthy": False},
+                                                                   {"afterSeconds": 30, "memoryMB": 200}]}}),
+              Path("t.yaml"))
+    assert s.canary.base.healthy and s.canary.base.memory_mb == 130
+    assert not s.canary.effective(50, 0).healthy
+    assert s.canary.effective(10, 40).memory_mb == 200 and s.canary.effective(10, 40).healthy
+    assert s.canary.effective(10, 0).wire() == {"errorRate": 0.0, "latencyMs": {"p50": 20.0, "p95": 80.0},
+                                                "healthy": True, "memoryMB": 130.0}
+    assert "expected true or false" in error_of(scenario(app={"canary": {"healthy": "no"}}))
+    assert "'memoryMb'" in error_of(scenario(app={"canary": {"when": {"afterSeconds": 1, "memoryMb": 1}}}))
+
+
+def test_tokens_are_known_and_filled() -> None:
+    rollout = merge_patch(ROLLOUT, {"spec": {"notifications": [{"webhook": {"url": "@webhookUrl@/a"}}],
+                                             "analysis": {"metrics": [{"name": "h", "httpGet": {
+                                                 "url": "@canaryUrl@/healthz"}}]}}})
+    s = parse(scenario(rollout=rollout), Path("t.yaml"))
+    assert s.tokens == {"webhookUrl", "canaryUrl"}
+    filled = substitute(s.rollout, {"webhookUrl": "http://127.0.0.1:1", "canaryUrl": "http://127.0.0.1:2"})
+    assert filled["spec"]["notifications"][0]["webhook"]["url"] == "http://127.0.0.1:1/a"
+    assert filled["spec"]["analysis"]["metrics"][0]["httpGet"]["url"] == "http://127.0.0.1:2/healthz"
+    assert tokens_in(filled) == set()
+    with pytest.raises(ScenarioError, match="no value for the token @canaryUrl@"):
+        substitute(s.rollout, {"webhookUrl": "x"})
+    bad = merge_patch(ROLLOUT, {"metadata": {"annotations": {"a": "@canaryURL@"}}})
+    assert "unknown token @canaryURL@" in error_of(scenario(rollout=bad))
+
+
+def test_new_expect_keys_are_read_strictly() -> None:
+    s = parse(scenario(expect={
+        "serviceSelector": {"name": "web", "equals": {"app": "web"}},
+        "targetUnchanged": True,
+        "eventsInOrder": ["A", "B"],
+        "incidentReportContains": ["memory"],
+    }), Path("t.yaml"))
+    assert s.expect["serviceSelector"] == [("web", {"app": "web"})]
+    assert s.expect["eventsInOrder"] == ["A", "B"]
+    many = parse(scenario(expect={"serviceSelector": [{"name": "a", "equals": {}}, {"name": "b", "equals": {"x": "y"}}]}),
+                 Path("t.yaml"))
+    assert many.expect["serviceSelector"] == [("a", {}), ("b", {"x": "y"})]
+    assert "'selector'" in error_of(scenario(expect={"serviceSelector": {"name": "web", "selector": {}}}))
+    assert "missing key 'equals'" in error_of(scenario(expect={"serviceSelector": {"name": "web"}}))
+    hooked = merge_patch(ROLLOUT, {"spec": {"notifications": [{"webhook": {"url": "@webhookUrl@/g"}}]}})
+    n = parse(scenario(rollout=hooked, expect={"notifications": {"received": {"atLeast": 2}, "severities": ["critical"],
+                                                                 "formats": ["slack"], "reportRefPresent": True}}),
+              Path("t.yaml"))
+    assert n.expect["notifications"] == NotificationExpect(Bounds(2, None), ("critical",), ("slack",), True)
+    assert "'recieved'" in error_of(scenario(rollout=hooked, expect={"notifications": {"recieved": 1}}))
+    assert "'urgent' is not one of" in error_of(scenario(rollout=hooked,
+                                                         expect={"notifications": {"severities": ["urgent"]}}))
+    assert "starts with @webhookUrl@" in error_of(scenario(expect={"notifications": {"received": 1}}))

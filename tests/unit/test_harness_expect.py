@@ -1,0 +1,105 @@
+"""The extension expectations, checked against hand-made observations (no cluster)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from harness.expect import Observed, check_all, events_in_order
+from harness.format import Bounds, NotificationExpect
+from harness.webhook import Received
+
+
+def event(reason: str, stamp: str, rv: int) -> dict[str, Any]:
+    return {"reason": reason, "firstTimestamp": stamp, "metadata": {"resourceVersion": str(rv)},
+            "involvedObject": {"kind": "SafeRollout", "name": "web"}}
+
+
+def test_events_in_order_uses_time_then_resource_version() -> None:
+    events = [event("RollbackStarted", "2026-01-01T00:00:05Z", 90), event("AnalysisFailed", "2026-01-01T00:00:05Z", 89),
+              event("AnalysisDegraded", "2026-01-01T00:00:03Z", 95), event("RolledBack", "2026-01-01T00:00:09Z", 99)]
+    assert events_in_order(["AnalysisDegraded", "AnalysisFailed", "RollbackStarted", "RolledBack"], events).passed
+    late = events_in_order(["RollbackStarted", "AnalysisFailed"], events)
+    assert not late.passed and "only before 'RollbackStarted'" in late.detail
+    assert "came never" in events_in_order(["Promoted"], events).detail
+    assert events_in_order([], events).passed
+
+
+def generic(severity: str, report: str | None = None, at: float = 0.0, path: str = "/g") -> Received:
+    body = {"rollout": "ns/web", "severity": severity, "title": "t", "text": "x", "reportRef": report}
+    return Received(at, path, body, json.dumps(body))
+
+
+def slack(icon: str, report: str | None = None, at: float = 0.0, path: str = "/s") -> Received:
+    blocks = [{"type": "section", "text": {"type": "mrkdwn", "text": f"{icon} *t*\nx"}}]
+    if report:
+        blocks.append({"type": "section", "text": {"type": "mrkdwn", "text": f"Incident report: `{report}`"}})
+    body = {"text": "t: x", "blocks": blocks}
+    return Received(at, path, body, json.dumps(body))
+
+
+def test_received_reads_format_severity_and_report() -> None:
+    assert (generic("high").format, generic("high").severity) == ("generic", "high")
+    assert (slack(":rotating_light:").format, slack(":rotating_light:").severity) == ("slack", "critical")
+    assert slack(":warning:").severity == "high" and slack(":information_source:").severity == "medium"
+    assert generic("critical", "web-incident-1").names_report("web-incident-1")
+    assert generic("critical", "ns/web-incident-1").names_report("web-incident-1")
+    assert not generic("critical").names_report("web-incident-1")
+    assert slack(":rotating_light:", "web-incident-1").names_report("web-incident-1")
+    assert Received(0, "/", None, "not json").format == "unknown"
+
+
+HOOKS = [{"url": "http://127.0.0.1:9/g", "minSeverity": "high", "format": "generic"},
+         {"url": "http://127.0.0.1:9/s", "minSeverity": "critical", "format": "slack"}]
+WANT = {"notifications": NotificationExpect(Bounds(3, None), ("critical",), ("generic", "slack"), True)}
+
+
+def observed(*got: Received) -> Observed:
+    return Observed(notifications=list(got), webhooks=HOOKS, report_name="web-incident-1",
+                    rollout={"status": {"incident": {"reportRef": "web-incident-1"}}})
+
+
+def test_notifications_pass_when_each_target_got_only_its_share() -> None:
+    obs = observed(generic("high", at=1), generic("critical", at=2), slack(":rotating_light:", at=2),
+                   generic("critical", "web-incident-1", at=3), slack(":rotating_light:", "web-incident-1", at=3))
+    checks = check_all(WANT, obs, "ns", "web")
+    assert all(c.passed for c in checks), [c.line() for c in checks if not c.passed]
+    assert len(checks) == 7  # received, severities, formats, and two per target
+
+
+def test_notifications_below_min_severity_or_wrong_format_fail() -> None:
+    obs = observed(generic("medium", at=1), slack(":warning:", at=2), generic("critical", at=2, path="/s"),
+                   generic("critical", "web-incident-1", at=3), slack(":rotating_light:", at=3))
+    failed = {c.name: c.detail for c in check_all(WANT, obs, "ns", "web") if not c.passed}
+    assert "below high" in failed["notifications to /g (generic, minSeverity high)"]
+    slack_problems = failed["notifications to /s (slack, minSeverity critical)"]
+    assert "1 not slack" in slack_problems and "below critical" in slack_problems
+    assert "does not name" in failed["notifications to /s (slack, minSeverity critical): the last one names the report"]
+
+
+def test_nothing_received_fails_every_notification_check() -> None:
+    checks = check_all(WANT, observed(), "ns", "web")
+    assert [c.name for c in checks if not c.passed] == ["notifications received", "notifications severities",
+                                                        "notifications formats", "notifications reportRefPresent"]
+
+
+def test_selector_target_report_and_secret_checks() -> None:
+    obs = Observed(selectors={"web": {"app": "web"}, "gone": None}, target_changes=[],
+                   report={"data": {"report.md": "`memory` = 9e+07 (threshold canary - stable <= 5e+07)"}},
+                   report_name="web-incident-1", password="pa$$word",
+                   notifications=[generic("critical")], events=[], operator_log="")
+    expect: dict[str, Any] = {
+        "serviceSelector": [("web", {"app": "web"}), ("gone", {"app": "web"})],
+        "targetUnchanged": True,
+        "incidentReportContains": ["`memory`", "canary - stable"],
+        "secretAbsentFrom": ["notifications", "events"],
+    }
+    result = {c.name: c.passed for c in check_all(expect, obs, "ns", "web")}
+    assert result == {"serviceSelector web": True, "serviceSelector gone": False, "targetUnchanged": True,
+                      "incidentReportContains": True, "secretAbsentFrom": True}
+    obs.target_changes = ["generation 1 -> 2"]
+    obs.notifications = [generic("critical", report="pa%24%24word")]  # URL-encoded counts too
+    result = {c.name: c.passed for c in check_all(expect, obs, "ns", "web")}
+    assert not result["targetUnchanged"] and not result["secretAbsentFrom"]
+    missing = check_all({"incidentReportContains": ["latency"]}, obs, "ns", "web")[0]
+    assert not missing.passed and "lacks ['latency']" in missing.detail
