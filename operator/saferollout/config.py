@@ -31,7 +31,9 @@ class OperatorConfig:
     rate_window: str = "1m"
     labels: LabelNames = field(default_factory=LabelNames)
     snapshot_dir: Path = Path("/var/lib/saferollout/snapshots")
-    tick_seconds: float = 1.0
+    tick_seconds: float = 1.0  # how often a rollout waiting on the cluster looks again
+    max_sleep: float = 60.0  # no rollout sleeps longer than this, whatever its next deadline: a resync
+    workers: int = 16  # threads that run rollouts (their I/O waits on the API server and Prometheus)
     settings: Settings = field(default_factory=Settings)
     log_format: str = "text"
     metrics_port: int = 8080
@@ -55,9 +57,13 @@ class OperatorConfig:
             ),
             snapshot_dir=Path(e.get("SAFEROLLOUT_SNAPSHOT_DIR", str(cls.snapshot_dir))),
             tick_seconds=float(e.get("SAFEROLLOUT_TICK_SECONDS", cls.tick_seconds)),
+            max_sleep=float(e.get("SAFEROLLOUT_MAX_SLEEP_SECONDS", cls.max_sleep)),
+            workers=int(e.get("SAFEROLLOUT_WORKERS", cls.workers)),
             settings=Settings(default_stages=_stages(e.get("SAFEROLLOUT_DEFAULT_STAGES")),
                               settle_seconds=parse_duration(e.get("SAFEROLLOUT_RATE_WINDOW", cls.rate_window)),
-                              due_slack=float(e.get("SAFEROLLOUT_TICK_SECONDS", cls.tick_seconds)) / 2),
+                              # rollouts wake at their deadline: only clock jitter to absorb
+                              due_slack=0.01,
+                              poll_seconds=float(e.get("SAFEROLLOUT_TICK_SECONDS", cls.tick_seconds))),
             log_format=e.get("SAFEROLLOUT_LOG_FORMAT", cls.log_format),
             metrics_port=int(e.get("SAFEROLLOUT_METRICS_PORT", cls.metrics_port)),
             metrics_host=e.get("SAFEROLLOUT_METRICS_HOST", cls.metrics_host),

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import dataclasses
 import logging
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import Any
 
@@ -26,59 +29,120 @@ CFG = OperatorConfig.from_env()
 log = logging.getLogger("saferollout")
 
 
+_background: set[asyncio.Task[None]] = set()
+
+
 @kopf.on.startup()
-def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
+async def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="saferollout.dev")
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix="saferollout.dev")
     settings.posting.enabled = False  # our own Events carry the story; kopf's would repeat it
-    settings.execution.max_workers = 32
+    settings.execution.max_workers = 4  # kopf's own pool; the rollouts run on POOL
     settings.watching.server_timeout = 300
     kube.on_request = lambda verb: observability.API_REQUESTS.labels(verb).inc()
+    task = asyncio.get_running_loop().create_task(_heartbeat())
+    _background.add(task)
+    task.add_done_callback(_background.discard)
     if CFG.metrics_port:
         observability.serve(CFG.metrics_port, CFG.metrics_host)
         log.info("metrics and health on :%d (/metrics, /healthz)", CFG.metrics_port)
+
+
+async def _heartbeat() -> None:
+    """Liveness: the event loop turns and the rollouts' pool takes work. Sleeping rollouts do not tick, so the
+    ticks themselves cannot be the sign of life."""
+    loop = asyncio.get_running_loop()
+    while True:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(loop.run_in_executor(POOL, observability.heartbeat), 60)
+        await asyncio.sleep(10)
 
 
 def _status_dict(status: SafeRolloutStatus) -> dict[str, Any]:
     return status.model_dump(by_alias=True, exclude_none=True, mode="json")
 
 
-# sharp: ticks keep their cadence however long a reconcile takes, so analyses do not drift late tick by tick
-@kopf.timer(GROUP, VERSION, PLURAL, interval=CFG.tick_seconds, sharp=True)
-def reconcile(name: str, namespace: str | None, uid: str, spec: kopf.Spec, status: kopf.Status, meta: kopf.Meta,
-              **_: Any) -> None:
+POOL = ThreadPoolExecutor(CFG.workers, thread_name_prefix="rollout")
+_wakeups: dict[str, asyncio.Event] = {}  # uid -> set when the object changed in a way the core must see now
+_written: dict[str, SafeRolloutStatus] = {}  # uid -> the status this process wrote last (the watch may lag it)
+_seen: dict[str, tuple[Any, ...]] = {}  # uid -> what of the object, when it changes, wakes its rollout
+
+
+@kopf.daemon(GROUP, VERSION, PLURAL, cancellation_timeout=5.0)
+async def rollout(name: str, namespace: str | None, uid: str, spec: kopf.Spec, status: kopf.Status, meta: kopf.Meta,
+                  logger: kopf.Logger, **_: Any) -> None:
+    """One rollout: decide and act, then sleep until the core's next deadline or a change of the object.
+
+    A kopf timer would tick every second whether or not anything is due; at 1000 rollouts most of those 1000
+    ticks a second are idle and queue up in front of the due ones. kopf stops the daemon when the object goes
+    and when a peer with a higher priority takes over.
+    """
     assert namespace is not None  # the resource is namespaced
-    ref = RolloutRef(namespace, name, uid)
+    wake = _wakeups.setdefault(uid, asyncio.Event())
+    loop = asyncio.get_running_loop()
+    errors = 0
+    try:
+        while True:
+            wake.clear()
+            try:
+                after = await loop.run_in_executor(POOL, reconcile, RolloutRef(namespace, name, uid), dict(spec),
+                                                   dict(status), dict(meta))
+                errors = 0
+            except Exception as e:
+                errors += 1
+                after = min(CFG.tick_seconds * 2 ** errors, CFG.max_sleep)
+                observability.RECONCILE_ERRORS.inc()
+                logger.error("reconcile failed (%d in a row; next in %.0fs): %s", errors, after, redact(str(e)))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(wake.wait(), CFG.max_sleep if after is None else min(after, CFG.max_sleep))
+    finally:
+        for table in (_wakeups, _written, _seen):
+            table.pop(uid, None)
+
+
+@kopf.on.event(GROUP, VERSION, PLURAL)
+async def changed(event: kopf.RawEvent, uid: str, name: str, namespace: str | None, meta: kopf.Meta,
+                  **_: Any) -> None:
+    """A new generation (spec) or new annotations (commands) wake the rollout now; its own status writes do not."""
+    if event.get("type") == "DELETED":
+        observability.set_phase(f"{namespace}/{name}", None)
+        return
+    seen = (meta.get("generation"), tuple(sorted((meta.get("annotations") or {}).items())))
+    if _seen.get(uid, seen) != seen and uid in _wakeups:
+        _wakeups[uid].set()
+    _seen[uid] = seen
+
+
+def reconcile(ref: RolloutRef, spec: dict[str, Any], status: dict[str, Any], meta: dict[str, Any]) -> float | None:
+    """Read the object, run the core's loop with the executor; returns the seconds until the core wants to run."""
     generation = meta.get("generation")
     try:
-        parsed = SafeRolloutSpec.model_validate(dict(spec))
+        parsed = SafeRolloutSpec.model_validate(spec)
     except ValidationError as e:
-        _invalid(ref, dict(status), generation, e)
-        return
-    current = SafeRolloutStatus.model_validate(dict(status))
+        _written.pop(ref.uid, None)
+        _invalid(ref, status, generation, e)
+        return None
+    current = _written.get(ref.uid) or SafeRolloutStatus.model_validate(status)
     holder = {"status": current}
     executor = Executor(ref, parsed, CFG, lambda: holder["status"])
     command = (meta.get("annotations") or {}).get(COMMAND_ANNOTATION)
 
     def inputs(results: list[a.Result]) -> Inputs:
-        return Inputs(now=datetime.now(UTC), name=name, generation=generation, command=command, results=results)
+        return Inputs(now=datetime.now(UTC), name=ref.name, generation=generation, command=command, results=results)
 
     def write(new: SafeRolloutStatus) -> None:
         kube.write_status(ref, _status_dict(new))
-        observability.observe(f"{namespace}/{name}", holder["status"], new, parsed.analysis.interval_seconds)
+        _written[ref.uid] = new
+        observability.observe(f"{ref.namespace}/{ref.name}", holder["status"], new, parsed.analysis.interval_seconds)
         holder["status"] = new
         if new.phase != holder.get("logged_phase", current.phase):
-            log.info("%s/%s phase %s: %s", namespace, name, new.phase.value if new.phase else None, new.message)
+            log.info("%s/%s phase %s: %s", ref.namespace, ref.name, new.phase.value if new.phase else None, new.message)
             holder["logged_phase"] = new.phase  # type: ignore[assignment]
 
-    observability.heartbeat()
-    token = CURRENT_ROLLOUT.set((namespace, name))
+    token = CURRENT_ROLLOUT.set((ref.namespace, ref.name))
     with observability.RECONCILE_SECONDS.time():
         try:
-            drive(parsed, current, inputs, executor, write, CFG.settings)
-        except Exception:
-            observability.RECONCILE_ERRORS.inc()
-            raise
+            return drive(parsed, current, inputs, executor, write, CFG.settings).wake_after
         finally:
             CURRENT_ROLLOUT.reset(token)
 
@@ -93,12 +157,6 @@ def _timers_without_finalizer() -> None:
 
 
 _timers_without_finalizer()
-
-
-@kopf.on.delete(GROUP, VERSION, PLURAL, optional=True)
-def forget(name: str, namespace: str | None, **_: Any) -> None:
-    """Owner references let the garbage collector remove the canary and reports; only the gauge needs us."""
-    observability.set_phase(f"{namespace}/{name}", None)
 
 
 def _invalid(ref: RolloutRef, status: dict[str, Any], generation: int | None, e: ValidationError) -> None:

@@ -185,6 +185,8 @@ def test_every_setting_is_an_env_var() -> None:
         "SAFEROLLOUT_PROMETHEUS_TIMEOUT": "5",
         "SAFEROLLOUT_RATE_WINDOW": "1m",
         "SAFEROLLOUT_TICK_SECONDS": "1",
+        "SAFEROLLOUT_MAX_SLEEP_SECONDS": "60",
+        "SAFEROLLOUT_WORKERS": "16",
         "SAFEROLLOUT_REQUESTS_METRIC": "http_requests_total",
         "SAFEROLLOUT_DURATION_BUCKET_METRIC": "http_request_duration_seconds_bucket",
         "SAFEROLLOUT_SERVICE_LABEL": "service",

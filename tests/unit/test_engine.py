@@ -3,13 +3,28 @@
 from __future__ import annotations
 
 from datetime import timedelta
+from typing import Any
 
 import pytest
 
 from saferollout.core import actions as a
 from saferollout.core.engine import Inputs, decide
 from saferollout.core.models import Phase, SafeRolloutSpec, SafeRolloutStatus
+from tests.unit import world as world_module
 from tests.unit.world import T0, MetricFn, World, make_spec
+
+
+@pytest.fixture(autouse=True, params=["every-second", "on-wake"])
+def clock(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Every test runs twice: ticking every second, and ticking only when the core asked to be woken (the
+    operator's scheduler). The outcomes, and the times in them, must not differ."""
+    if request.param == "on-wake":
+        run = world_module.World.run
+
+        def on_wake(self: World, seconds: float, until: Any = None, step: float | None = 1.0) -> World:
+            return run(self, seconds, until, None)
+        monkeypatch.setattr(world_module.World, "run", on_wake)
+    return str(request.param)
 
 
 def canary_error(rate: float) -> MetricFn:
@@ -453,3 +468,27 @@ def test_analysis_queries_say_when_the_stage_weight_was_set() -> None:
     queries = [line for line in w.log if "QueryMetrics(target='canary'" in line]
     assert queries and all("since='2026-01-01T00:00:" in q for q in queries)
     assert w.status.stage_started_at is not None and f"since='{w.status.stage_started_at}'" in queries[-1]
+
+
+def test_the_core_says_when_it_next_needs_a_tick(clock: str) -> None:
+    """Idle rollouts cost nothing: the core asks to be woken at its next deadline, not every second."""
+    w = World(make_spec()).run(200, until=World.done)
+    assert w.phase() == "Succeeded"
+    if clock == "on-wake":
+        # four 10 s stages and a 10 s watch, analysis every 2 s: about one tick per analysis, not one per second
+        assert w.ticks <= 35, w.ticks
+    else:
+        assert w.ticks >= 50
+    assert w.wake_after is None  # done: asleep until the object changes
+
+
+def test_waits_on_the_world_are_polled_and_waits_on_people_sleep() -> None:
+    w = World(make_spec(**{"analysis.metrics": [
+        {"name": "error-rate", "template": "error-rate", "max": 0.01, "onBreach": "pause", "severity": "high"}]}),
+        metrics=canary_error(0.5))
+    w.run(60, until=lambda x: x.phase() == "Paused")
+    assert w.status.pause_reason == "breach" and w.wake_after is None  # only `resume` moves it on
+    w = World(make_spec())
+    w.fail_set_weight = 100
+    w.run(5)
+    assert w.phase() == "Progressing" and w.wake_after == w.settings.poll_seconds  # the router write is retried

@@ -85,6 +85,8 @@ class World:
     writes: int = 0
     reports: dict[str, str] = field(default_factory=dict)
     settings: Settings = field(default_factory=Settings)
+    ticks: int = 0
+    wake_after: float | None = None
 
     @property
     def t(self) -> float:
@@ -165,16 +167,21 @@ class World:
         def inputs(results: list[a.Result]) -> Inputs:
             return Inputs(now=self.now, name="web", generation=1, command=command, results=results)
 
+        self.ticks += 1
+        self.wake_after = self.settings.poll_seconds  # a crash: the operator comes back and looks at once
         with contextlib.suppress(Crash):  # what was written before the crash survives, as with a killed operator
-            drive(self.spec, self.status, inputs, self.execute, self.write, self.settings)
+            self.wake_after = drive(self.spec, self.status, inputs, self.execute, self.write, self.settings).wake_after
 
-    def run(self, seconds: float, until: Callable[[World], bool] | None = None, step: float = 1.0) -> World:
+    def run(self, seconds: float, until: Callable[[World], bool] | None = None, step: float | None = 1.0) -> World:
+        """Tick every `step` seconds; with step=None, tick when the core asked to be woken (as the operator does)."""
         end = self.now + timedelta(seconds=seconds)
         while self.now < end:
             self.tick()
             if until is not None and until(self):
                 break
-            self.now += timedelta(seconds=step)
+            if step is None and self.wake_after is None:
+                break  # asleep until the object changes
+            self.now += timedelta(seconds=step if step is not None else max(self.wake_after or 0.0, 0.001))
         return self
 
     def phase(self) -> str | None:

@@ -53,8 +53,10 @@ class Settings:
     # after the canary's weight goes down (a stepBack), judge only data measured at the new weight: wait this
     # long (the metrics' rate window) before the first analysis
     settle_seconds: float = 0.0
-    # ticks come every tick_seconds: an analysis due within half a tick runs on this tick, not one tick late
+    # an analysis due within this much runs now rather than on a later tick (ticks have jitter)
     due_slack: float = 0.0
+    # while the world is catching up (a workload rolling out, a write refused) ask again this often
+    poll_seconds: float = 1.0
 
 
 @dataclass
@@ -70,6 +72,8 @@ class Inputs:
 class Decision:
     status: SafeRolloutStatus
     actions: list[a.Action]
+    # seconds until this rollout needs deciding again if nothing changes; None: only when its object changes
+    wake_after: float | None = None
 
 
 def iso(t: datetime) -> str:
@@ -89,7 +93,7 @@ def decide(spec: SafeRolloutSpec, status: SafeRolloutStatus, inputs: Inputs,
            settings: Settings | None = None) -> Decision:
     run = _Run(spec, status.model_copy(deep=True), inputs, settings or Settings())
     run.step()
-    return Decision(run.s, run.actions)
+    return Decision(run.s, run.actions, run.wake_after())
 
 
 _ACTIVE = (Phase.pending, Phase.preflight, Phase.progressing, Phase.paused, Phase.promoting)
@@ -110,6 +114,7 @@ class _Run:
         self.interval = spec.analysis.interval_seconds
         self.polled: set[type] = set()  # "not ready yet" answers seen in this call: ask again next tick, not now
         self.analysed_now = False
+        self.deadlines: list[float] = []  # seconds from now at which something waited for here becomes due
 
     # ------------------------------------------------------------------------------------------------ helpers
 
@@ -146,8 +151,32 @@ class _Run:
         return self.s.stage_elapsed_seconds + running
 
     def analysis_due(self) -> bool:
-        due = self.interval - max(1e-6, self.settings.due_slack)
-        return self.s.analysis.last_run is None or self.since(self.s.analysis.last_run) >= due
+        due = self.interval - self.settings.due_slack
+        left = due - self.since(self.s.analysis.last_run) if self.s.analysis.last_run else 0.0
+        if left > 1e-6:  # timestamps have microseconds: a hair early is on time
+            self.wake_in(left)
+            return False
+        return True
+
+    def wake_in(self, seconds: float) -> None:
+        self.deadlines.append(seconds)
+
+    def wake_after(self) -> float | None:
+        """When to decide again if nothing changes: a timer need not tick every second for every rollout.
+
+        Phases that wait on the world (workloads rolling out, snapshots, the rollback's steps) are polled; phases
+        that wait on the clock (analysis, stage ends, a settle) sleep until their earliest deadline; a terminal
+        phase, or a pause only a person can end, sleeps until the object changes.
+        """
+        phase = self.s.phase
+        if phase is None or phase.terminal or (phase == Phase.paused and self.s.pause_reason != "inconclusive"):
+            return None
+        self.analysis_due()  # analysis goes on in every phase left: never sleep past the next one
+        due = [*self.deadlines, self.interval]
+        if self.polled or phase in (Phase.pending, Phase.preflight, Phase.rolling_back) or (
+                phase == Phase.promoting and self.s.step != "Watch"):
+            due.append(self.settings.poll_seconds)
+        return max(0.0, min(due)) if due else None
 
     def metric(self, name: str) -> Metric:
         return next(m for m in self.spec.analysis.metrics if m.name == name)
@@ -545,6 +574,7 @@ class _Run:
             self.s.message = f"stage {self.s.stage}/{len(self.stages)}: moving canary weight to {stage.weight}%"
             return
         if self.s.settle_until and self.now < parse_time(self.s.settle_until):
+            self.wake_in((parse_time(self.s.settle_until) - self.now).total_seconds())
             self.s.message = (f"stage {self.s.stage}/{len(self.stages)} at {stage.weight}%: waiting for the metrics' "
                               f"window to hold only data at {stage.weight}%")
             return
@@ -599,7 +629,10 @@ class _Run:
         needed = stage.seconds
         if self.blue_green and self.s.stage == 1 and self.spec.strategy.blue_green:
             needed = max(needed, parse_duration(self.spec.strategy.blue_green.scale_down_delay))
-        if self.stage_elapsed() < needed or self.s.stage_checks < 1:
+        elapsed = self.stage_elapsed()
+        if elapsed < needed and self.s.stage_resumed_at:
+            self.wake_in(needed - elapsed)
+        if elapsed < needed or self.s.stage_checks < 1:
             return False
         latest = {m.name: m for m in self.s.analysis.metrics}
         for metric in self.metrics_for(self.analysis_target()):
@@ -732,6 +765,8 @@ class _Run:
             if self.judge_breaches():
                 return
             watch = self.stages[-1]
+            if self.stage_elapsed() < watch.seconds and self.s.stage_resumed_at:
+                self.wake_in(watch.seconds - self.stage_elapsed())
             if self.stage_elapsed() >= watch.seconds and self.s.stage_checks > 0 and self.stage_done_any():
                 self.finish(Phase.succeeded, "RolloutSucceeded",
                             f"{_images(self.s.canary_images)} promoted and healthy for {watch.duration}")

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from saferollout.core import actions as a
-from saferollout.core.engine import Inputs, Settings, decide
+from saferollout.core.engine import Decision, Inputs, Settings, decide
 from saferollout.core.models import SafeRolloutSpec, SafeRolloutStatus
 
 MAX_STEPS = 40
@@ -22,8 +22,12 @@ def drive(
     execute: Callable[[a.Action], a.Result | None],
     write: Callable[[SafeRolloutStatus], None],
     settings: Settings | None = None,
-) -> SafeRolloutStatus:
-    """One reconcile: decide, persist intent, act, repeat while acts produce results to decide on."""
+) -> Decision:
+    """One reconcile: decide, persist intent, act, repeat while acts produce results to decide on.
+
+    Returns the last decision: its status is what was written, its wake_after when to call again.
+    """
+    settings = settings or Settings()
     results: list[a.Result] = []
     for _ in range(MAX_STEPS):
         decision = decide(spec, status, inputs(results), settings)
@@ -36,5 +40,6 @@ def drive(
             if result is not None:
                 results.append(result)
         if not results:
-            break
-    return status
+            return decision
+    # still busy after MAX_STEPS: carry on soon
+    return Decision(status, [], min(decision.wake_after or settings.poll_seconds, settings.poll_seconds))
