@@ -23,7 +23,7 @@ from saferollout.adapters.snapshots.postgres import PostgresSnapshots
 from saferollout.config import OperatorConfig
 from saferollout.core import actions as a
 from saferollout.core.durations import parse_duration
-from saferollout.core.engine import parse_time
+from saferollout.core.engine import iso, parse_time
 from saferollout.core.models import Metric, SafeRolloutSpec, SafeRolloutStatus
 from saferollout.redact import redact
 
@@ -35,7 +35,8 @@ _providers: dict[str, PrometheusProvider] = {}
 def prometheus(cfg: OperatorConfig, spec: SafeRolloutSpec) -> PrometheusProvider:
     url = (spec.analysis.prometheus.address if spec.analysis.prometheus else None) or cfg.prometheus_url
     if url not in _providers:
-        _providers[url] = PrometheusProvider(url, cfg.prometheus_timeout, cfg.labels, group_ttl=cfg.query_group_ttl)
+        _providers[url] = PrometheusProvider(url, cfg.prometheus_timeout, cfg.labels, group_ttl=cfg.query_group_ttl,
+                                             pool_size=cfg.workers)
         _providers[url].on_query = observability.PROM_QUERIES.inc
     return _providers[url]
 
@@ -177,6 +178,7 @@ class Executor:
                 "target": spec.target_ref.name}
 
     def query(self, act: a.QueryMetrics) -> a.MetricValues:
+        asked_at = datetime.now(UTC)
         prom = prometheus(self.cfg, self.spec)
         ctx = self.context(act.target)
         values: dict[str, float | None] = {}
@@ -199,7 +201,7 @@ class Executor:
                     samples[m.name] = reading.requests
             if err:
                 errors[m.name] = err
-        return a.MetricValues(act.target, act.purpose, values, errors, samples, series)
+        return a.MetricValues(act.target, act.purpose, values, errors, samples, series, iso(asked_at))
 
     def compare(self, prom: PrometheusProvider, m: Metric, ctx: dict[str, str],
                 series: dict[str, tuple[list[float], list[float]]],

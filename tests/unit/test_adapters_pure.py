@@ -83,3 +83,16 @@ def test_no_handler_puts_a_finalizer_on_rollouts() -> None:
     spawning = registry._spawning.get_all_handlers()
     assert spawning and not [h for h in spawning if h.requires_finalizer]
     assert not [h for h in registry._changing.get_all_handlers() if h.requires_finalizer]
+
+
+def test_idle_polls_back_off_and_any_progress_resets_them() -> None:
+    from saferollout.handlers import MAX_POLL, backoff
+
+    idle, sleeps = 0, []
+    for _ in range(6):  # the canary is still rolling out: nothing written, the core asks for a 1 s poll
+        after, idle = backoff(1.0, False, idle, 1.0)
+        sleeps.append(after)
+    assert sleeps == [1.0, 2.0, 4.0, MAX_POLL, MAX_POLL, MAX_POLL]
+    assert backoff(1.0, True, idle, 1.0) == (1.0, 0)  # the status moved: poll at the core's pace again
+    assert backoff(7.5, False, 3, 1.0) == (7.5, 0)  # waiting on the clock is not polling
+    assert backoff(None, False, 3, 1.0) == (None, 0)  # asleep until the object changes

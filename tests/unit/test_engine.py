@@ -492,3 +492,14 @@ def test_waits_on_the_world_are_polled_and_waits_on_people_sleep() -> None:
     w.fail_set_weight = 100
     w.run(5)
     assert w.phase() == "Progressing" and w.wake_after == w.settings.poll_seconds  # the router write is retried
+
+
+def test_the_next_analysis_is_an_interval_after_the_queries_went_out() -> None:
+    """Slow answers must not stretch every interval by the queries' duration."""
+    w = World(make_spec()).run(5)  # progressing at 5%, analysing every 2 s
+    asked = w.now + timedelta(seconds=2)
+    answered = asked + timedelta(seconds=0.8)
+    values = a.MetricValues("canary", "analysis", {"error-rate": 0.001}, asked_at=asked.strftime("%Y-%m-%dT%H:%M:%S.%fZ"))
+    d = decide(w.spec, w.status, Inputs(now=answered, name="web", generation=1, results=[values]))
+    assert d.status.analysis.last_run == values.asked_at
+    assert d.wake_after is not None and abs(d.wake_after - 1.2) < 1e-3

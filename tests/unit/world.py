@@ -11,7 +11,7 @@ from typing import Any
 import yaml
 
 from saferollout.core import actions as a
-from saferollout.core.engine import Inputs, Settings
+from saferollout.core.engine import Inputs, Settings, iso
 from saferollout.core.loop import drive
 from saferollout.core.models import SafeRolloutSpec, SafeRolloutStatus
 
@@ -130,7 +130,7 @@ class World:
             return a.Outcome(act, True)
         if isinstance(act, a.QueryMetrics):
             values = {n: self.metrics(n, act.target, self.weight, self.t) for n in act.metrics}
-            return a.MetricValues(act.target, act.purpose, values)
+            return a.MetricValues(act.target, act.purpose, values, asked_at=iso(self.now))
         if isinstance(act, a.CheckDatabase):
             return a.Outcome(act, self.database_up, "" if self.database_up else "connection refused")
         if isinstance(act, a.TakeSnapshot):

@@ -15,6 +15,7 @@ from saferollout.core.models import GROUP, KIND, PLURAL, VERSION
 T = TypeVar("T")
 _api: client.ApiClient | None = None
 on_request: Callable[[str], None] | None = None  # set by the operator to count requests (a metric)
+pool_size = 16  # connections kept to the API server: one per thread that runs rollouts, or they churn
 
 
 class _CountingApiClient(client.ApiClient):  # type: ignore[misc]
@@ -31,7 +32,9 @@ def api() -> client.ApiClient:
             config.load_incluster_config()
         else:
             config.load_kube_config(config_file=os.environ.get("KUBECONFIG"))
-        _api = _CountingApiClient()
+        conf = client.Configuration.get_default_copy()
+        conf.connection_pool_maxsize = pool_size
+        _api = _CountingApiClient(conf)
     return _api
 
 

@@ -12,6 +12,7 @@ from datetime import UTC, datetime, timedelta
 
 import requests
 from prometheus_api_client import PrometheusConnect
+from requests.adapters import HTTPAdapter
 from urllib3.util.retry import Retry
 
 from saferollout.core.models import Metric
@@ -35,7 +36,7 @@ class Reading:
 
 class PrometheusProvider:
     def __init__(self, url: str, timeout: float, labels: LabelNames, user_templates: Mapping[str, str] | None = None,
-                 group_ttl: float = 0.0):
+                 group_ttl: float = 0.0, pool_size: int = 16):
         self.url = url
         self.timeout = timeout
         self.labels = labels
@@ -45,6 +46,8 @@ class PrometheusProvider:
         # no retries inside a query: the next analysis tick is the retry, and a dead Prometheus must cost
         # one timeout, not a backoff series that delays every other decision
         self._client = PrometheusConnect(url=url, disable_ssl=True, timeout=timeout, retry=Retry(total=0))
+        # one kept connection per thread that runs rollouts (the client mounts a pool of 10 of its own)
+        self._client._session.mount(self._client.url, HTTPAdapter(max_retries=Retry(total=0), pool_maxsize=pool_size))
         self.queries = 0
 
     def count_query(self) -> None:

@@ -137,6 +137,9 @@ class MetricValues:
     samples: dict[str, float] = field(default_factory=dict, hash=False)  # requests behind a rate
     # for judged metrics: the window's samples of (canary, stable)
     series: dict[str, tuple[list[float], list[float]]] = field(default_factory=dict, hash=False)
+    # when the queries went out: the analysis's time, so the next one is due an interval after it, not an
+    # interval after the answers came back (that would add the queries' duration to every interval)
+    asked_at: str | None = None
 
 
 @dataclass(frozen=True)

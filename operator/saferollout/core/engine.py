@@ -358,7 +358,7 @@ class _Run:
                 self.s.preflight_attempts += 1
                 inconclusive_only = all(v == Verdict.inconclusive for _, v, _ in bad)
                 if inconclusive_only and self.s.preflight_attempts < self.spec.analysis.inconclusive_limit:
-                    self.s.analysis.last_run = iso(self.now)
+                    self.s.analysis.last_run = r.asked_at or iso(self.now)
                     self.s.message = "stable version: no data yet, asking again"
                     return
                 detail = "; ".join(f"{n} {v.value}: {msg}" for n, v, msg in bad)
@@ -367,7 +367,7 @@ class _Run:
                 self.s.step = "Snapshot"
             return
         if r.purpose == "verify":
-            self.s.analysis.last_run = iso(self.now)
+            self.s.analysis.last_run = r.asked_at or iso(self.now)
             if self.judge_all(r, record=True) or not r.values:
                 self.s.verify_successes = 0
             else:
@@ -375,7 +375,7 @@ class _Run:
             return
         # analysis of the canary (or, after promotion, of the target)
         self.judge_all(r, record=True)
-        self.s.analysis.last_run = iso(self.now)
+        self.s.analysis.last_run = r.asked_at or iso(self.now)
         self.s.analysis.runs += 1
         self.s.stage_checks += 1
         self.analysed_now = True
