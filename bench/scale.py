@@ -134,6 +134,13 @@ def quantile(a: dict[str, float], b: dict[str, float], name: str, q: float) -> f
     return float("inf")
 
 
+def share_over(a: dict[str, float], b: dict[str, float], name: str, le: float) -> float:
+    """Share of the histogram's observations between two scrapes above the bucket bound `le`."""
+    count = total(b, name + "_count") - total(a, name + "_count")
+    key = f'{name}_bucket{{le="{le:g}"}}' if le != int(le) else f'{name}_bucket{{le="{le:.1f}"}}'
+    return (1 - (b.get(key, 0.0) - a.get(key, 0.0)) / count) if count > 0 else float("nan")
+
+
 def progressing(ns: str) -> int:
     out = kubectl("get", "saferollouts", "-n", ns, "-o", "jsonpath={range .items[*]}{.status.phase}{\"\\n\"}{end}",
                   check=False).stdout
@@ -180,6 +187,7 @@ def run(n: int, interval: str, measure: float, grouped: bool, prom_url: str, exp
             "ticks_per_s": ticks / measure,
             "lag_p50_s": quantile(a, b, "saferollout_analysis_lag_seconds", 0.5),
             "lag_p99_s": quantile(a, b, "saferollout_analysis_lag_seconds", 0.99),
+            "late_over_1s_pct": 100 * share_over(a, b, "saferollout_analysis_lag_seconds", 1.0),
             "api_rps": (total(b, "saferollout_api_requests_total") - total(a, "saferollout_api_requests_total")) / measure,
             "prom_qps": (total(b, "saferollout_prometheus_queries_total")
                          - total(a, "saferollout_prometheus_queries_total")) / measure,
@@ -187,7 +195,8 @@ def run(n: int, interval: str, measure: float, grouped: bool, prom_url: str, exp
     finally:
         op.terminate()
         op.wait(30)
-        kubectl("delete", "namespace", ns, "--wait=false", check=False)
+        # the next count must not measure this one's garbage collection
+        kubectl("delete", "namespace", ns, "--timeout=600s", check=False)
 
 
 def main() -> None:
