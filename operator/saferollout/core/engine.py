@@ -176,7 +176,7 @@ class _Run:
         if self.polled or phase in (Phase.pending, Phase.preflight, Phase.rolling_back) or (
                 phase == Phase.promoting and self.s.step != "Watch"):
             due.append(self.settings.poll_seconds)
-        return max(0.0, min(due)) if due else None
+        return max(0.0, min(due))
 
     def metric(self, name: str) -> Metric:
         return next(m for m in self.spec.analysis.metrics if m.name == name)
