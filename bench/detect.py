@@ -45,7 +45,7 @@ TRAFFIC: dict[str, dict[str, Any]] = {
 def scenario(limit: int, router: str = "gatewayAPI") -> dict[str, Any]:
     ns = f"bench-detect-{limit}" + ("" if router == "gatewayAPI" else f"-{router.lower()}")
     return {
-        "name": f"detect-limit-{limit}-{router}",
+        "name": f"detect-limit-{limit}-{router.lower()}",
         "description": "bench: canary fails half its requests at a known moment",
         "rollout": {
             "apiVersion": "saferollout.dev/v1alpha1", "kind": "SafeRollout",
