@@ -11,6 +11,7 @@ import os
 import shutil
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +48,18 @@ def default_kubectl() -> Path:
     if not found:
         raise RuntimeError("no kubectl: build the cluster tools (cluster/build.sh) or set SAFEROLLOUT_KUBECTL")
     return Path(found)
+
+
+def get_or_none(fn: Callable[[], Any], api: client.ApiClient) -> dict[str, Any] | None:
+    """An object read by `fn` as a plain dict, or None when it does not exist (other API errors raise)."""
+    try:
+        obj = fn()
+    except ApiException as e:
+        if e.status == 404:
+            return None
+        raise
+    out = obj if isinstance(obj, dict) else api.sanitize_for_serialization(obj)
+    return out if isinstance(out, dict) else None
 
 
 class Kube:
@@ -104,31 +117,22 @@ class Kube:
 
     # ----------------------------------------------------------------------------------------------- reads
     def get_rollout(self, ns: str, name: str) -> dict[str, Any] | None:
-        return self._get(lambda: self.custom.get_namespaced_custom_object(SR_GROUP, SR_VERSION, ns, SR_PLURAL, name))
+        return get_or_none(lambda: self.custom.get_namespaced_custom_object(SR_GROUP, SR_VERSION, ns, SR_PLURAL, name),
+                           self.api)
 
     def get_deployment(self, ns: str, name: str) -> dict[str, Any] | None:
-        return self._get(lambda: self.api.sanitize_for_serialization(self.apps.read_namespaced_deployment(name, ns)))
+        return get_or_none(lambda: self.apps.read_namespaced_deployment(name, ns), self.api)
 
     def get_service(self, ns: str, name: str) -> dict[str, Any] | None:
-        return self._get(lambda: self.api.sanitize_for_serialization(self.core.read_namespaced_service(name, ns)))
+        return get_or_none(lambda: self.core.read_namespaced_service(name, ns), self.api)
 
     def get_configmap(self, ns: str, name: str) -> dict[str, Any] | None:
-        return self._get(lambda: self.api.sanitize_for_serialization(self.core.read_namespaced_config_map(name, ns)))
+        return get_or_none(lambda: self.core.read_namespaced_config_map(name, ns), self.api)
 
     def events(self, ns: str) -> list[dict[str, Any]]:
         out = self.core.list_namespaced_event(ns)
         items = self.api.sanitize_for_serialization(out).get("items") or []
         return [i for i in items if isinstance(i, dict)]
-
-    @staticmethod
-    def _get(fn: Any) -> dict[str, Any] | None:
-        try:
-            obj = fn()
-        except ApiException as e:
-            if e.status == 404:
-                return None
-            raise
-        return obj if isinstance(obj, dict) else None
 
     # ------------------------------------------------------------------------------------------- namespace
     def namespace_exists(self, ns: str) -> bool:

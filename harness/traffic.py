@@ -22,9 +22,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from kubernetes import client
-from kubernetes.client.exceptions import ApiException
 
 from harness.format import TrafficRefs
+from harness.kube import get_or_none
 from harness.router import Backend, backend_weights
 
 CANARY = "nginx.ingress.kubernetes.io/canary"
@@ -171,17 +171,6 @@ class Source:
     what: str
 
 
-def _get(fn: Callable[[], Any], api: client.ApiClient) -> dict[str, Any] | None:
-    try:
-        obj = fn()
-    except ApiException as e:
-        if e.status == 404:
-            return None
-        raise
-    out = obj if isinstance(obj, dict) else api.sanitize_for_serialization(obj)
-    return out if isinstance(out, dict) else None
-
-
 def traffic_sources(refs: TrafficRefs, namespace: str, target: str, api: client.ApiClient) -> dict[str, Source]:
     """{"main": the load's stream, and for blueGreen "preview": the test load through the preview Service}.
 
@@ -194,7 +183,7 @@ def traffic_sources(refs: TrafficRefs, namespace: str, target: str, api: client.
         obj = str(refs.obj)
 
         def read_route() -> dict[str, int] | None:
-            route = _get(lambda: custom.get_namespaced_custom_object(GATEWAY_GROUP, GATEWAY_VERSION, namespace,
+            route = get_or_none(lambda: custom.get_namespaced_custom_object(GATEWAY_GROUP, GATEWAY_VERSION, namespace,
                                                                      "httproutes", obj), api)
             return None if route is None else backend_weights(route)
 
@@ -203,7 +192,7 @@ def traffic_sources(refs: TrafficRefs, namespace: str, target: str, api: client.
         obj = str(refs.obj)
 
         def read_vs() -> dict[str, int] | None:
-            vs = _get(lambda: custom.get_namespaced_custom_object(ISTIO_GROUP, ISTIO_VERSION, namespace,
+            vs = get_or_none(lambda: custom.get_namespaced_custom_object(ISTIO_GROUP, ISTIO_VERSION, namespace,
                                                                   "virtualservices", obj), api)
             return None if vs is None else istio_weights(vs, refs.route, namespace, stable, canary)
 
@@ -213,8 +202,8 @@ def traffic_sources(refs: TrafficRefs, namespace: str, target: str, api: client.
         net = client.NetworkingV1Api(api)
 
         def read_ingress() -> dict[str, int] | None:
-            main = _get(lambda: net.read_namespaced_ingress(obj, namespace), api)
-            side = _get(lambda: net.read_namespaced_ingress(f"{obj}-canary", namespace), api)
+            main = get_or_none(lambda: net.read_namespaced_ingress(obj, namespace), api)
+            side = get_or_none(lambda: net.read_namespaced_ingress(f"{obj}-canary", namespace), api)
             return None if main is None else nginx_weights(main, side, stable)
 
         return {"main": Source(read_ingress, by_service, f"Ingress {obj} (+ {obj}-canary) weights")}
