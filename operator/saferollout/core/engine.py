@@ -292,7 +292,10 @@ class _Run:
                 self.s.stage_started_at = self.s.stage_resumed_at = iso(self.now)
                 self.s.stage_elapsed_seconds = 0
                 self.s.stage_checks = 0
-                settle = self.settings.settle_seconds if act.weight < previous else 0.0
+                # a full rate window of data at the new weight, whose first scrape may come up to an interval late
+                # (slow requests started at the old weight also finish, and are counted, after the change)
+                settle = self.settings.settle_seconds + self.interval if act.weight < previous and \
+                    self.settings.settle_seconds > 0 else 0.0
                 self.s.settle_until = iso(self.now + timedelta(seconds=settle)) if settle > 0 else None
                 self.event("StageAdvanced" if act.weight > previous else "StageSteppedBack",
                            f"stage {self.s.stage}/{len(self.stages)}: canary weight {act.weight}%")
