@@ -118,7 +118,8 @@ def total(m: dict[str, float], prefix: str) -> float:
 
 
 def quantile(a: dict[str, float], b: dict[str, float], name: str, q: float) -> float:
-    """Quantile of the histogram's observations between two scrapes, from its cumulative buckets."""
+    """Quantile of the histogram's observations between two scrapes, interpolated linearly inside the bucket it
+    falls in, as PromQL's histogram_quantile does."""
     buckets: list[tuple[float, float]] = []
     for k, v in b.items():
         m = re.fullmatch(name + r'_bucket\{le="([^"]+)"\}', k)
@@ -128,9 +129,13 @@ def quantile(a: dict[str, float], b: dict[str, float], name: str, q: float) -> f
     count = buckets[-1][1] if buckets else 0
     if count <= 0:
         return float("nan")
+    lower, below = 0.0, 0.0
     for le, c in buckets:
         if c >= q * count:
-            return le
+            if le == float("inf"):
+                return lower
+            return lower + (le - lower) * (q * count - below) / (c - below) if c > below else le
+        lower, below = le, c
     return float("inf")
 
 

@@ -23,7 +23,7 @@ RECONCILE_SECONDS = Histogram("saferollout_reconcile_duration_seconds", "One rec
                               buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))
 
 ANALYSIS_LAG = Histogram("saferollout_analysis_lag_seconds", "How late an analysis ran after it was due",
-                         buckets=(0.05, 0.1, 0.25, 0.5, 0.75, 1, 1.5, 2, 3, 5, 10, 30))
+                         buckets=(0.05, 0.1, 0.25, 0.5, 0.75, 0.9, 1, 1.25, 1.5, 2, 3, 5, 10, 30))
 PROM_QUERIES = Counter("saferollout_prometheus_queries_total", "Queries sent to Prometheus")
 API_REQUESTS = Counter("saferollout_api_requests_total", "Requests the adapters sent to the API server", ["verb"])
 

@@ -96,3 +96,18 @@ def test_idle_polls_back_off_and_any_progress_resets_them() -> None:
     assert backoff(1.0, True, idle, 1.0) == (1.0, 0)  # the status moved: poll at the core's pace again
     assert backoff(7.5, False, 3, 1.0) == (7.5, 0)  # waiting on the clock is not polling
     assert backoff(None, False, 3, 1.0) == (None, 0)  # asleep until the object changes
+
+
+def test_quiet_gc_freezes_what_is_loaded_and_spaces_full_collections() -> None:
+    import gc
+
+    from saferollout.handlers import quiet_gc
+
+    before = gc.get_threshold()
+    try:
+        quiet_gc()
+        assert gc.get_freeze_count() > 1000  # the imported modules, classes and functions
+        assert gc.get_threshold() == (before[0], before[1], 1000)
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*before)
