@@ -184,7 +184,7 @@ def traffic_sources(refs: TrafficRefs, namespace: str, target: str, api: client.
 
         def read_route() -> dict[str, int] | None:
             route = get_or_none(lambda: custom.get_namespaced_custom_object(GATEWAY_GROUP, GATEWAY_VERSION, namespace,
-                                                                     "httproutes", obj), api)
+                                                                            "httproutes", obj), api)
             return None if route is None else backend_weights(route)
 
         return {"main": Source(read_route, by_service, f"HTTPRoute {obj} weights")}
@@ -193,7 +193,7 @@ def traffic_sources(refs: TrafficRefs, namespace: str, target: str, api: client.
 
         def read_vs() -> dict[str, int] | None:
             vs = get_or_none(lambda: custom.get_namespaced_custom_object(ISTIO_GROUP, ISTIO_VERSION, namespace,
-                                                                  "virtualservices", obj), api)
+                                                                         "virtualservices", obj), api)
             return None if vs is None else istio_weights(vs, refs.route, namespace, stable, canary)
 
         return {"main": Source(read_vs, by_service, f"VirtualService {obj} weights")}

@@ -148,9 +148,11 @@ async def changed(event: kopf.RawEvent, uid: str, name: str, namespace: str | No
 
 
 class Reconciled(NamedTuple):
+    """The daemon waits from `decided_at`, not from the return: the status write and the way back to the event
+    loop (tens of ms under load) come out of the wait, or every analysis would start that much late."""
+
     after: float | None  # seconds from the last decision until the core wants to run again; None: on change only
-    decided_at: float  # time.monotonic() of that decision: the status write and the way back to the event loop
-    # (tens of ms under load) come out of the wait, or every analysis would start that much late
+    decided_at: float  # time.monotonic() of that decision
     wrote: bool
 
 
