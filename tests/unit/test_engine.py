@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import pytest
 
 from saferollout.core import actions as a
-from saferollout.core.engine import Inputs, decide
+from saferollout.core.engine import Inputs, decide, iso, parse_time
 from saferollout.core.models import Phase, SafeRolloutSpec, SafeRolloutStatus
 from tests.unit import world as world_module
 from tests.unit.world import T0, MetricFn, World, make_spec
@@ -494,12 +494,43 @@ def test_waits_on_the_world_are_polled_and_waits_on_people_sleep() -> None:
     assert w.phase() == "Progressing" and w.wake_after == w.settings.poll_seconds  # the router write is retried
 
 
+def _analysed(w: World, asked: datetime, answered: datetime) -> tuple[SafeRolloutStatus, float | None]:
+    values = a.MetricValues("canary", "analysis", {"error-rate": 0.001}, asked_at=iso(asked))
+    d = decide(w.spec, w.status, Inputs(now=answered, name="web", generation=1, results=[values]))
+    assert d.status.analysis.last_run == values.asked_at
+    return d.status, d.wake_after
+
+
 def test_the_next_analysis_is_an_interval_after_the_queries_went_out() -> None:
     """Slow answers must not stretch every interval by the queries' duration."""
     w = World(make_spec()).run(5)  # progressing at 5%, analysing every 2 s
-    asked = w.now + timedelta(seconds=2)
-    answered = asked + timedelta(seconds=0.8)
-    values = a.MetricValues("canary", "analysis", {"error-rate": 0.001}, asked_at=asked.strftime("%Y-%m-%dT%H:%M:%S.%fZ"))
-    d = decide(w.spec, w.status, Inputs(now=answered, name="web", generation=1, results=[values]))
-    assert d.status.analysis.last_run == values.asked_at
-    assert d.wake_after is not None and abs(d.wake_after - 1.2) < 1e-3
+    assert w.status.analysis.next_run is not None
+    asked = parse_time(w.status.analysis.next_run)
+    _, wake = _analysed(w, asked, asked + timedelta(seconds=0.8))
+    assert wake is not None and abs(wake - 1.2) < 1e-3
+
+
+@pytest.mark.parametrize(("late", "next_in"), [(0.0, 2.0), (0.7, 1.3), (1.9, 0.1), (2.5, 2.0), (30.0, 2.0)])
+def test_a_late_analysis_does_not_move_the_later_ones(late: float, next_in: float) -> None:
+    """The grid holds for a run late by less than an interval (2 s here): the next one is due on its slot. Later
+    than that (a stalled operator, a pause) a new grid starts from the run."""
+    w = World(make_spec(**{"strategy.canary.stages": [{"weight": 5, "duration": "5m"}]})).run(5)
+    assert w.status.analysis.next_run is not None
+    slot = parse_time(w.status.analysis.next_run)
+    asked = slot + timedelta(seconds=late)
+    status, wake = _analysed(w, asked, asked)
+    assert status.analysis.next_run is not None
+    assert abs((parse_time(status.analysis.next_run) - asked).total_seconds() - next_in) < 1e-3
+    assert wake is not None and abs(wake - next_in) < 1e-3
+
+
+def test_an_analysis_that_passes_costs_one_status_write() -> None:
+    """At 1000 rollouts every write is API-server load: the stage message moves on with the results, in their
+    write, not in one of its own before the query."""
+    w = World(make_spec(**{"strategy.canary.stages": [{"weight": 5, "duration": "30m"}]})).run(60, step=None)
+    ticks, writes, runs, message = w.ticks, w.writes, w.status.analysis.runs, w.status.message
+    w.run(100, step=None)
+    assert w.phase() == "Progressing" and w.status.analysis.runs - runs == 50  # every 2 s
+    assert w.writes - writes == w.ticks - ticks == 50
+    assert (message, w.status.message) == ("stage 1/1 at 5%: 29m2s of analysis left",
+                                           "stage 1/1 at 5%: 27m22s of analysis left")  # 100 s on, up to date

@@ -151,12 +151,27 @@ class _Run:
         return self.s.stage_elapsed_seconds + running
 
     def analysis_due(self) -> bool:
-        due = self.interval - self.settings.due_slack
-        left = due - self.since(self.s.analysis.last_run) if self.s.analysis.last_run else 0.0
+        an = self.s.analysis
+        if an.next_run:
+            left = (parse_time(an.next_run) - self.now).total_seconds() - self.settings.due_slack
+        else:  # a status written before nextRun existed
+            left = self.interval - self.settings.due_slack - self.since(an.last_run) if an.last_run else 0.0
         if left > 1e-6:  # timestamps have microseconds: a hair early is on time
             self.wake_in(left)
             return False
         return True
+
+    def ran(self, asked_at: str | None) -> None:
+        """Analyses keep to a grid: the next is due one interval after the slot this one was due in, not one
+        interval after it ran. Counted from the run, every delay would carry into all later runs, and rollouts
+        served late together would stay bunched (due together, late together again: at 1000 rollouts, bursts of
+        300 due in one second)."""
+        at = asked_at or iso(self.now)
+        slot = parse_time(self.s.analysis.next_run) if self.s.analysis.next_run else None
+        if slot is None or abs((parse_time(at) - slot).total_seconds()) >= self.interval:
+            slot = parse_time(at)  # the first run, or one after a long stall: a new grid from here
+        self.s.analysis.last_run = at
+        self.s.analysis.next_run = iso(slot + timedelta(seconds=self.interval))
 
     def wake_in(self, seconds: float) -> None:
         self.deadlines.append(seconds)
@@ -183,7 +198,7 @@ class _Run:
 
     def reset_analysis(self) -> None:
         self.s.analysis.metrics = []
-        self.s.analysis.last_run = None
+        self.s.analysis.last_run = self.s.analysis.next_run = None
         self.s.stage_checks = 0
 
     # --------------------------------------------------------------------------------------------- main step
@@ -361,7 +376,7 @@ class _Run:
                 self.s.preflight_attempts += 1
                 inconclusive_only = all(v == Verdict.inconclusive for _, v, _ in bad)
                 if inconclusive_only and self.s.preflight_attempts < self.spec.analysis.inconclusive_limit:
-                    self.s.analysis.last_run = r.asked_at or iso(self.now)
+                    self.ran(r.asked_at)
                     self.s.message = "stable version: no data yet, asking again"
                     return
                 detail = "; ".join(f"{n} {v.value}: {msg}" for n, v, msg in bad)
@@ -370,7 +385,7 @@ class _Run:
                 self.s.step = "Snapshot"
             return
         if r.purpose == "verify":
-            self.s.analysis.last_run = r.asked_at or iso(self.now)
+            self.ran(r.asked_at)
             if self.judge_all(r, record=True) or not r.values:
                 self.s.verify_successes = 0
             else:
@@ -378,7 +393,7 @@ class _Run:
             return
         # analysis of the canary (or, after promotion, of the target)
         self.judge_all(r, record=True)
-        self.s.analysis.last_run = r.asked_at or iso(self.now)
+        self.ran(r.asked_at)
         self.s.analysis.runs += 1
         self.s.stage_checks += 1
         self.analysed_now = True
@@ -594,6 +609,7 @@ class _Run:
             return
         if self.analysis_due():
             self.act(self.analysis_query(self.analysis_target()))
+            return  # the message moves on with the results, in their write: a query needs no write of its own
         left = max(0.0, stage.seconds - self.stage_elapsed())
         self.s.message = (f"stage {self.s.stage}/{len(self.stages)} at {stage.weight}%: "
                           + (f"{format_duration(left)} of analysis left" if left > 0 else
@@ -618,6 +634,7 @@ class _Run:
             return
         if self.analysis_due():
             self.act(self.analysis_query("preview"))
+            return  # as in progressing: the message moves on with the results
         left = max(0.0, parse_duration(bg.preview_duration) - self.stage_elapsed())
         self.s.message = f"preview on {bg.preview_service}: {format_duration(left)} of analysis left"
 
@@ -776,6 +793,7 @@ class _Run:
                 return
             if self.analysis_due():
                 self.act(self.analysis_query("stable"))
+                return  # as in progressing: the message moves on with the results
             left = max(0.0, watch.seconds - self.stage_elapsed())
             self.s.message = f"promoted; watching the target for {format_duration(left)}"
 
@@ -844,7 +862,7 @@ class _Run:
         if self.s.verify_started_at is None:
             self.s.verify_started_at = iso(self.now)
             self.s.verify_successes = 0
-            self.s.analysis.last_run = None
+            self.s.analysis.last_run = self.s.analysis.next_run = None
         if self.s.verify_successes >= v.successes:
             assert self.s.incident is not None
             self.s.incident.verified_at = iso(self.now)

@@ -519,6 +519,7 @@ class MetricStatus(Model):
 
 class AnalysisStatus(Model):
     last_run: str | None = None
+    next_run: str | None = None  # the grid's next slot (a late run does not move it)
     runs: int = 0
     metrics: list[MetricStatus] = Field(default_factory=list)
 
