@@ -193,6 +193,7 @@ def run(n: int, interval: str, measure: float, grouped: bool, prom_url: str, exp
             "lag_p50_s": quantile(a, b, "saferollout_analysis_lag_seconds", 0.5),
             "lag_p99_s": quantile(a, b, "saferollout_analysis_lag_seconds", 0.99),
             "late_over_1s_pct": 100 * share_over(a, b, "saferollout_analysis_lag_seconds", 1.0),
+            "write_p99_s": quantile(a, b, "saferollout_status_write_seconds", 0.99),
             "api_rps": (total(b, "saferollout_api_requests_total") - total(a, "saferollout_api_requests_total")) / measure,
             "prom_qps": (total(b, "saferollout_prometheus_queries_total")
                          - total(a, "saferollout_prometheus_queries_total")) / measure,

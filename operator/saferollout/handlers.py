@@ -8,6 +8,7 @@ import dataclasses
 import gc
 import logging
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import Any, NamedTuple
@@ -42,7 +43,7 @@ async def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.execution.max_workers = 4  # kopf's own pool; the rollouts run on POOL
     settings.watching.server_timeout = 300
     kube.on_request = lambda verb: observability.API_REQUESTS.labels(verb).inc()
-    kube.pool_size = CFG.workers
+    kube.pool_size = 2 * CFG.workers  # one connection per thread of POOL and of WRITES, or they churn
     quiet_gc()
     task = asyncio.get_running_loop().create_task(_heartbeat())
     _background.add(task)
@@ -80,6 +81,7 @@ def _status_dict(status: SafeRolloutStatus) -> dict[str, Any]:
 
 MAX_POLL = 4.0  # seconds: the slowest a rollout that waits on the cluster looks again
 POOL = ThreadPoolExecutor(CFG.workers, thread_name_prefix="rollout")
+WRITES = ThreadPoolExecutor(CFG.workers, thread_name_prefix="status")  # a decision's last write, off POOL
 _wakeups: dict[str, asyncio.Event] = {}  # uid -> set when the object changed in a way the core must see now
 _written: dict[str, SafeRolloutStatus] = {}  # uid -> the status this process wrote last (the watch may lag it)
 _seen: dict[str, tuple[Any, ...]] = {}  # uid -> what of the object, when it changes, wakes its rollout
@@ -106,6 +108,8 @@ async def rollout(name: str, namespace: str | None, uid: str, spec: kopf.Spec, s
             try:
                 done = await loop.run_in_executor(POOL, reconcile, RolloutRef(namespace, name, uid),
                                                   dict(spec), dict(status), dict(meta))
+                if done.last_write is not None:
+                    await loop.run_in_executor(WRITES, done.last_write)
                 errors = 0
                 after, idle_polls = backoff(done.after, done.wrote, idle_polls, CFG.tick_seconds)
                 if after is not None:  # counted from the decision: the status write already took some of it
@@ -149,11 +153,18 @@ async def changed(event: kopf.RawEvent, uid: str, name: str, namespace: str | No
 
 class Reconciled(NamedTuple):
     """The daemon waits from `decided_at`, not from the return: the status write and the way back to the event
-    loop (tens of ms under load) come out of the wait, or every analysis would start that much late."""
+    loop (tens of ms under load) come out of the wait, or every analysis would start that much late.
+
+    A decision with nothing left to do after its status write (every analysis that passes) hands that write back
+    as `last_write`, and the daemon runs it on WRITES before it sleeps. The API server slows down in bursts
+    (a PATCH taking 0.2-0.3 s), and with that write on POOL the analyses due meanwhile queued for a thread: at
+    1000 rollouts, p99 0.96 s waiting for a thread against 0.15 s with it on WRITES. Nothing reads the write
+    before the daemon's next turn, and a write that comes before an action is still made first, on POOL."""
 
     after: float | None  # seconds from the last decision until the core wants to run again; None: on change only
     decided_at: float  # time.monotonic() of that decision
     wrote: bool
+    last_write: Callable[[], None] | None = None
 
 
 def reconcile(ref: RolloutRef, spec: dict[str, Any], status: dict[str, Any], meta: dict[str, Any]) -> Reconciled:
@@ -176,8 +187,17 @@ def reconcile(ref: RolloutRef, spec: dict[str, Any], status: dict[str, Any], met
         decided[0] = time.monotonic()
         return Inputs(now=datetime.now(UTC), name=ref.name, generation=generation, command=command, results=results)
 
+    unwritten: list[SafeRolloutStatus] = []  # the decision's status, written before the next act or by the daemon
+
     def write(new: SafeRolloutStatus) -> None:
-        kube.write_status(ref, _status_dict(new))
+        unwritten[:] = [new]
+
+    def flush() -> None:
+        if not unwritten:
+            return
+        new = unwritten.pop()
+        with observability.STATUS_WRITE_SECONDS.time():
+            kube.write_status(ref, _status_dict(new))
         _written[ref.uid] = new
         observability.observe(f"{ref.namespace}/{ref.name}", holder["status"], new, parsed.analysis.interval_seconds)
         holder["status"] = new
@@ -185,11 +205,23 @@ def reconcile(ref: RolloutRef, spec: dict[str, Any], status: dict[str, Any], met
             log.info("%s/%s phase %s: %s", ref.namespace, ref.name, new.phase.value if new.phase else None, new.message)
             holder["logged_phase"] = new.phase  # type: ignore[assignment]
 
+    def execute(action: a.Action) -> a.Result | None:
+        flush()  # intent first: a restart finds what was about to be done
+        return executor(action)
+
+    def last_write() -> None:
+        token = CURRENT_ROLLOUT.set((ref.namespace, ref.name))
+        try:
+            flush()
+        finally:
+            CURRENT_ROLLOUT.reset(token)
+
     token = CURRENT_ROLLOUT.set((ref.namespace, ref.name))
     with observability.RECONCILE_SECONDS.time():
         try:
-            after = drive(parsed, current, inputs, executor, write, CFG.settings).wake_after
-            return Reconciled(after, decided[0], holder["status"] is not current)
+            decision = drive(parsed, current, inputs, execute, write, CFG.settings)
+            return Reconciled(decision.wake_after, decided[0], decision.status is not current,
+                              last_write if unwritten else None)
         finally:
             CURRENT_ROLLOUT.reset(token)
 

@@ -22,6 +22,8 @@ RECONCILE_ERRORS = Counter("saferollout_reconcile_errors_total", "Reconciles tha
 RECONCILE_SECONDS = Histogram("saferollout_reconcile_duration_seconds", "One reconcile (all of its steps)",
                               buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))
 
+STATUS_WRITE_SECONDS = Histogram("saferollout_status_write_seconds", "One write of a rollout's status",
+                                 buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5))
 ANALYSIS_LAG = Histogram("saferollout_analysis_lag_seconds", "How late an analysis ran after it was due",
                          buckets=(0.05, 0.1, 0.25, 0.5, 0.75, 0.9, 1, 1.25, 1.5, 2, 3, 5, 10, 30))
 PROM_QUERIES = Counter("saferollout_prometheus_queries_total", "Queries sent to Prometheus")
@@ -41,10 +43,10 @@ def _seconds(a: str | None, b: str | None) -> float | None:
 
 def observe(key: str, old: SafeRolloutStatus, new: SafeRolloutStatus, interval: float | None = None) -> None:
     """Count what changed between two writes of one rollout's status."""
-    if interval and old.analysis.last_run and new.analysis.last_run and new.analysis.last_run != old.analysis.last_run:
-        gap = _seconds(old.analysis.last_run, new.analysis.last_run)
-        if gap is not None and gap < 3 * interval:  # a gap after a pause or a stage change is not lag
-            ANALYSIS_LAG.observe(max(0.0, gap - interval))
+    if interval and old.analysis.next_run and new.analysis.last_run and new.analysis.last_run != old.analysis.last_run:
+        late = _seconds(old.analysis.next_run, new.analysis.last_run)
+        if late is not None and late < 2 * interval:  # after a pause or a stage change, a run is not late
+            ANALYSIS_LAG.observe(max(0.0, late))
     if new.analysis.runs > old.analysis.runs or (new.analysis.last_run != old.analysis.last_run and new.analysis.metrics):
         for m in new.analysis.metrics:
             ANALYSIS.labels(m.name, m.verdict.value).inc()

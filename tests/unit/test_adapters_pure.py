@@ -111,3 +111,47 @@ def test_quiet_gc_freezes_what_is_loaded_and_spaces_full_collections() -> None:
     finally:
         gc.unfreeze()
         gc.set_threshold(*before)
+
+
+def test_a_passing_analysis_leaves_its_write_to_the_daemon_and_intent_is_written_before_any_act(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The write of a decision with nothing after it goes to the status pool (the rollouts' pool stays free for
+    analyses when the API server is slow); a write followed by an act is still made first, by the same thread."""
+    from datetime import UTC, datetime, timedelta
+
+    from saferollout import handlers
+    from saferollout.adapters import kube
+    from saferollout.adapters.kube import RolloutRef
+    from saferollout.core import actions as a
+    from saferollout.core.models import Phase
+    from tests.unit.world import World, make_spec
+
+    spec = make_spec(**{"strategy.canary.stages": [{"weight": 5, "duration": "30m"}]})
+    world = World(spec, now=datetime.now(UTC) - timedelta(seconds=60)).run(50, until=lambda w: w.status.stage_checks > 0)
+    assert world.phase() == "Progressing"
+    world.now = datetime.now(UTC)  # the world answers queries on the operator's clock
+    trail: list[str] = []
+    monkeypatch.setattr(kube, "write_status", lambda ref, status: trail.append(f"write {status['phase']}"))
+
+    def execute(act: a.Action) -> a.Result | None:
+        trail.append(f"act {type(act).__name__}")
+        return world.execute(act)
+
+    monkeypatch.setattr(handlers, "Executor", lambda *_: execute)
+    ref = RolloutRef("default", "web", "uid-1")
+    handlers._written.pop(ref.uid, None)
+    as_dict = spec.model_dump(by_alias=True, exclude_none=True, mode="json")
+    status = handlers._status_dict(world.status)
+
+    done = handlers.reconcile(ref, as_dict, status, {"generation": 1})  # the next analysis is due: query, judge
+    assert trail == ["act QueryMetrics"] and done.last_write is not None and done.wrote
+    done.last_write()
+    assert trail == ["act QueryMetrics", "write Progressing"]
+    assert handlers._written[ref.uid].analysis.runs == world.status.analysis.runs + 1
+
+    trail.clear()
+    done = handlers.reconcile(ref, as_dict, status, {"generation": 1, "annotations": {
+        handlers.COMMAND_ANNOTATION: "abort"}})
+    assert trail[:2] == ["write RollingBack", "act SetWeight"]  # the intent is on record before traffic moves
+    assert handlers._written[ref.uid].phase in (Phase.rolling_back, Phase.rolled_back)
+    handlers._written.pop(ref.uid, None)
