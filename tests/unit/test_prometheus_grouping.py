@@ -48,8 +48,24 @@ def test_many_rollouts_share_one_query_and_get_their_own_value() -> None:
     before = len(fake.queries)
     values = [p.read(METRIC, ctx(f"app{i}-canary")).value for i in range(50)]
     assert values == [i / 1000 for i in range(50)]
-    assert len(fake.queries) == before  # the second round of 50 reads cost no query at all
+    # the second round of 50 reads cost one refresh (errors and requests: two queries), for app49, which had
+    # already been handed the newest result
+    assert len(fake.queries) == before + 2
     assert 'service=~"app0-canary|app1-canary|' in fake.queries[-1] and "sum by (service, namespace)" in fake.queries[-1]
+
+
+def test_a_rollout_is_never_handed_the_same_result_twice() -> None:
+    series = [{"metric": {"service": s, "namespace": "demo"}, "value": [0, "0"]} for s in ("a", "b")]
+    p, fake = provider(series)  # a ttl of 60 s: only the rule below makes a query
+    p95 = Metric(name="p95", template="p95-latency", max=0.5)  # one query per refresh (error-rate makes two)
+    p.read(p95, ctx("a"))
+    p.read(p95, ctx("b"))  # b is new to the group: a refresh with both
+    p.read(p95, ctx("a"))  # a has not seen that one yet: shared
+    assert len(fake.queries) == 2
+    p.read(p95, ctx("a"))  # a's next analysis must not judge the data it judged last time
+    assert len(fake.queries) == 3
+    p.read(p95, ctx("b"))
+    assert len(fake.queries) == 3
 
 
 def test_missing_series_is_no_data_and_nan_is_inconclusive() -> None:

@@ -143,7 +143,9 @@ class GroupedQueries:
     has asked lately, cached for `ttl` seconds and split per rollout.
 
     Without it the operator sends one query per metric per rollout per tick; with it, one per template and rate
-    window per `ttl`, however many rollouts share them.
+    window per `ttl`, however many rollouts share them. A rollout is never handed a result it has already been
+    handed: with an interval as short as the ttl, an analysis on time would otherwise judge the last tick's data
+    again, a whole interval late to see a failure.
     """
 
     FORGET_AFTER = 300.0
@@ -156,6 +158,7 @@ class GroupedQueries:
         self._key_locks: dict[tuple[str, str], threading.Lock] = {}
         self._interest: dict[tuple[str, str], dict[tuple[str, str], float]] = {}
         self._cache: dict[tuple[str, str], tuple[float, set[tuple[str, str]], dict[tuple[str, str], Reading]]] = {}
+        self._served: dict[tuple[str, str], dict[tuple[str, str], float]] = {}  # key -> member -> fetch time seen
 
     def read(self, template: str, context: dict[str, str]) -> Reading:
         key = (template, context["window"])
@@ -167,8 +170,11 @@ class GroupedQueries:
             key_lock = self._key_locks.setdefault(key, threading.Lock())
         with key_lock:  # one refresh per key at a time; the others wait and read its result
             fetched = self._cache.get(key)
-            if fetched is None or now - fetched[0] > self.ttl or who not in fetched[1]:
+            served = self._served.setdefault(key, {})
+            if (fetched is None or now - fetched[0] > self.ttl or who not in fetched[1]
+                    or served.get(who) == fetched[0]):
                 fetched = self._refresh(key)
+            served[who] = fetched[0]
         return fetched[2].get(who, Reading(None, "no data"))
 
     def _refresh(self, key: tuple[str, str]) -> tuple[float, set[tuple[str, str]], dict[tuple[str, str], Reading]]:
@@ -178,6 +184,7 @@ class GroupedQueries:
             wanted = self._interest[key]
             for who in [w for w, seen in wanted.items() if now - seen > self.FORGET_AFTER]:
                 del wanted[who]
+                self._served.get(key, {}).pop(who, None)
             members = set(wanted)
         labels = self.provider.labels
         text = render(self.templates[template], {
