@@ -183,6 +183,7 @@ def test_every_setting_is_an_env_var() -> None:
     assert env_of(render()) == {
         "SAFEROLLOUT_PROMETHEUS_URL": "http://prometheus-operated.monitoring:9090",
         "SAFEROLLOUT_PROMETHEUS_TIMEOUT": "5",
+        "SAFEROLLOUT_QUERY_GROUP_TTL": "1",
         "SAFEROLLOUT_RATE_WINDOW": "1m",
         "SAFEROLLOUT_TICK_SECONDS": "1",
         "SAFEROLLOUT_MAX_SLEEP_SECONDS": "60",
@@ -212,10 +213,12 @@ def test_the_default_env_parses_into_the_operator_config() -> None:
     cfg = OperatorConfig.from_env(env_of(render()))
     assert [(s.weight, s.duration) for s in cfg.settings.default_stages] == [(5, "2m"), (25, "3m"), (50, "3m"), (100, "5m")]
     assert cfg.metrics_port == 8080 and cfg.prometheus_timeout == 5.0 and cfg.log_format == "text"
+    assert cfg.query_group_ttl == 1.0
 
 
 def test_values_map_to_the_env_vars() -> None:
     objs = render("--set", "prometheus.address=http://prom.mon:9090", "--set", "prometheus.timeout=2.5",
+                  "--set", "prometheus.groupTtlSeconds=0",
                   "--set", "analysis.rateWindow=2m", "--set", "analysis.tickSeconds=0.5", "--set", "logFormat=json",
                   "--set", "metricLabels.requests=istio_requests_total", "--set", "metricLabels.code=response_code",
                   "--set", "metricLabels.namespace=", "--set", "metrics.port=9090",
@@ -223,6 +226,7 @@ def test_values_map_to_the_env_vars() -> None:
     env = env_of(objs)
     assert env["SAFEROLLOUT_PROMETHEUS_URL"] == "http://prom.mon:9090"
     assert env["SAFEROLLOUT_PROMETHEUS_TIMEOUT"] == "2.5"
+    assert env["SAFEROLLOUT_QUERY_GROUP_TTL"] == "0"
     assert env["SAFEROLLOUT_RATE_WINDOW"] == "2m"
     assert env["SAFEROLLOUT_TICK_SECONDS"] == "0.5"
     assert env["SAFEROLLOUT_LOG_FORMAT"] == "json"
