@@ -7,7 +7,7 @@ import re
 import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 import requests
@@ -138,6 +138,17 @@ class PrometheusProvider:
         return Reading(value)
 
 
+Member = tuple[str, str]  # (service, namespace) of a rollout in a group
+
+
+@dataclass
+class _Fetched:
+    at: float  # time.monotonic()
+    members: set[Member]
+    readings: dict[Member, Reading]
+    handed: set[Member] = field(default_factory=set)  # who has these readings already: their next read refreshes
+
+
 class GroupedQueries:
     """Many rollouts, one query: the built-in templates asked `by (service, namespace)` for every rollout that
     has asked lately, cached for `ttl` seconds and split per rollout.
@@ -156,9 +167,8 @@ class GroupedQueries:
         self.ttl = ttl
         self._lock = threading.Lock()
         self._key_locks: dict[tuple[str, str], threading.Lock] = {}
-        self._interest: dict[tuple[str, str], dict[tuple[str, str], float]] = {}
-        self._cache: dict[tuple[str, str], tuple[float, set[tuple[str, str]], dict[tuple[str, str], Reading]]] = {}
-        self._served: dict[tuple[str, str], dict[tuple[str, str], float]] = {}  # key -> member -> fetch time seen
+        self._interest: dict[tuple[str, str], dict[Member, float]] = {}
+        self._cache: dict[tuple[str, str], _Fetched] = {}
 
     def read(self, template: str, context: dict[str, str]) -> Reading:
         key = (template, context["window"])
@@ -170,28 +180,25 @@ class GroupedQueries:
             key_lock = self._key_locks.setdefault(key, threading.Lock())
         with key_lock:  # one refresh per key at a time; the others wait and read its result
             fetched = self._cache.get(key)
-            served = self._served.setdefault(key, {})
-            if (fetched is None or now - fetched[0] > self.ttl or who not in fetched[1]
-                    or served.get(who) == fetched[0]):
+            if fetched is None or now - fetched.at > self.ttl or who not in fetched.members or who in fetched.handed:
                 fetched = self._refresh(key)
-            served[who] = fetched[0]
-        return fetched[2].get(who, Reading(None, "no data"))
+            fetched.handed.add(who)
+        return fetched.readings.get(who, Reading(None, "no data"))
 
-    def _refresh(self, key: tuple[str, str]) -> tuple[float, set[tuple[str, str]], dict[tuple[str, str], Reading]]:
+    def _refresh(self, key: tuple[str, str]) -> _Fetched:
         template, window = key
         now = time.monotonic()
         with self._lock:
             wanted = self._interest[key]
             for who in [w for w, seen in wanted.items() if now - seen > self.FORGET_AFTER]:
                 del wanted[who]
-                self._served.get(key, {}).pop(who, None)
             members = set(wanted)
         labels = self.provider.labels
         text = render(self.templates[template], {
             "services": alternation(sorted({s for s, _ in members})),
             "namespaces": alternation(sorted({n for _, n in members})), "window": window})
         self.provider.count_query()
-        readings: dict[tuple[str, str], Reading] = {}
+        readings: dict[Member, Reading] = {}
         try:
             result = self.provider._client.custom_query(text, timeout=self.provider.timeout)
         except requests.ConnectionError:
@@ -211,7 +218,7 @@ class GroupedQueries:
                     continue
                 ok = not (math.isnan(value) or math.isinf(value))
                 readings[who] = Reading(value) if ok else Reading(None, "NaN (no requests in the window)")
-        entry = (time.monotonic(), members, readings)
+        entry = _Fetched(time.monotonic(), members, readings)
         self._cache[key] = entry
         return entry
 
