@@ -25,7 +25,7 @@ from saferollout.core.engine import Inputs
 from saferollout.core.loop import drive
 from saferollout.core.models import GROUP, PLURAL, VERSION, SafeRolloutSpec, SafeRolloutStatus
 from saferollout.executor import Executor
-from saferollout.redact import CURRENT_ROLLOUT, redact
+from saferollout.redact import naming, redact
 
 COMMAND_ANNOTATION = "saferollout.dev/command"
 CFG = OperatorConfig.from_env()
@@ -210,20 +210,13 @@ def reconcile(ref: RolloutRef, spec: dict[str, Any], status: dict[str, Any], met
         return executor(action)
 
     def last_write() -> None:
-        token = CURRENT_ROLLOUT.set((ref.namespace, ref.name))
-        try:
+        with naming(ref.namespace, ref.name):
             flush()
-        finally:
-            CURRENT_ROLLOUT.reset(token)
 
-    token = CURRENT_ROLLOUT.set((ref.namespace, ref.name))
-    with observability.RECONCILE_SECONDS.time():
-        try:
-            decision = drive(parsed, current, inputs, execute, write, CFG.settings)
-            return Reconciled(decision.wake_after, decided[0], decision.status is not current,
-                              last_write if unwritten else None)
-        finally:
-            CURRENT_ROLLOUT.reset(token)
+    with naming(ref.namespace, ref.name), observability.RECONCILE_SECONDS.time():
+        decision = drive(parsed, current, inputs, execute, write, CFG.settings)
+        return Reconciled(decision.wake_after, decided[0], decision.status is not current,
+                          last_write if unwritten else None)
 
 
 def _timers_without_finalizer() -> None:

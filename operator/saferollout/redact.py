@@ -6,9 +6,21 @@ import contextvars
 import logging
 import re
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 # the rollout being reconciled in this thread: every log line names it
 CURRENT_ROLLOUT: contextvars.ContextVar[tuple[str, str] | None] = contextvars.ContextVar("rollout", default=None)
+
+
+@contextmanager
+def naming(namespace: str, name: str) -> Iterator[None]:
+    """Log lines written inside name this rollout (a worker thread serves many, one after another)."""
+    token = CURRENT_ROLLOUT.set((namespace, name))
+    try:
+        yield
+    finally:
+        CURRENT_ROLLOUT.reset(token)
 
 _lock = threading.Lock()
 _secrets: set[str] = set()

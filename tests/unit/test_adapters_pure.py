@@ -61,14 +61,11 @@ def test_log_lines_name_the_rollout_in_text_and_json() -> None:
     import json
 
     from saferollout.__main__ import JsonFormatter, TextFormatter
-    from saferollout.redact import CURRENT_ROLLOUT
+    from saferollout.redact import naming
 
-    token = CURRENT_ROLLOUT.set(("demo", "web"))
-    try:
+    with naming("demo", "web"):
         record = logging.LogRecord("saferollout.x", logging.INFO, "f", 1, "weight %d%%", (25,), None)
         RedactingFilter().filter(record)
-    finally:
-        CURRENT_ROLLOUT.reset(token)
     assert "[demo/web] saferollout.x: weight 25%" in TextFormatter().format(record)
     line = json.loads(JsonFormatter().format(record))
     assert line["namespace"] == "demo" and line["name"] == "web" and line["message"] == "weight 25%"
