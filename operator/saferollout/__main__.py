@@ -19,8 +19,8 @@ class JsonFormatter(logging.Formatter):
         if name:
             line["namespace"], line["name"] = getattr(record, "rollout_namespace", ""), name
         line["message"] = record.getMessage()
-        if record.exc_info:
-            line["exception"] = self.formatException(record.exc_info)
+        if record.exc_text:  # formatted and masked by RedactingFilter
+            line["exception"] = record.exc_text
         return json.dumps(line)
 
 
@@ -29,7 +29,7 @@ class TextFormatter(logging.Formatter):
         name = getattr(record, "rollout_name", None)
         where = f" [{getattr(record, 'rollout_namespace', '')}/{name}]" if name else ""
         return f"{self.formatTime(record)} {record.levelname}{where} {record.name}: {record.getMessage()}" + (
-            "\n" + self.formatException(record.exc_info) if record.exc_info else "")
+            "\n" + record.exc_text if record.exc_text else "")  # formatted and masked by RedactingFilter
 
 
 def setup_logging(fmt: str, verbose: bool) -> None:

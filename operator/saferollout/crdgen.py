@@ -18,7 +18,7 @@ from typing import Any
 
 import yaml
 
-from saferollout.core.models import GROUP, KIND, PLURAL, VERSION, SafeRolloutSpec, SafeRolloutStatus
+from saferollout.core.models import GROUP, KIND, NAME_MAX, PLURAL, VERSION, SafeRolloutSpec, SafeRolloutStatus
 
 DEFAULT_PATH = Path(__file__).resolve().parents[2] / "crds" / f"{GROUP}_{PLURAL}.yaml"
 _DROP = {"title", "$defs", "discriminator"}
@@ -143,6 +143,11 @@ def crd() -> dict[str, Any]:
                         "openAPIV3Schema": {
                             "type": "object",
                             "required": ["spec"],
+                            # the rollout's name is a label value on what it creates: 63 characters at most
+                            "x-kubernetes-validations": [{
+                                "rule": f"self.metadata.name.size() <= {NAME_MAX}",
+                                "message": f"metadata.name: at most {NAME_MAX} characters (it becomes a label value)",
+                            }],
                             "properties": {
                                 "apiVersion": {"type": "string"},
                                 "kind": {"type": "string"},

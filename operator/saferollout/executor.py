@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import logging
-import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -25,7 +24,7 @@ from saferollout.core import actions as a
 from saferollout.core.durations import parse_duration
 from saferollout.core.engine import iso, parse_time
 from saferollout.core.models import Metric, SafeRolloutSpec, SafeRolloutStatus
-from saferollout.redact import redact
+from saferollout.redact import redact, register
 
 log = logging.getLogger("saferollout.executor")
 VERIFY_ERROR_RATE = "verify-error-rate"
@@ -62,8 +61,10 @@ def secret_value(namespace: str, name: str, key: str) -> str:
     secret = kube.core().read_namespaced_secret(name, namespace)
     data = (secret.data or {}).get(key)
     if data is None:
-        raise KeyError(f"Secret {name} has no key {key!r}")
-    return base64.b64decode(data).decode()
+        raise kube.Refused(f"Secret {name} has no key {key!r}")
+    value = base64.b64decode(data).decode(errors="replace")
+    register(value)  # before anything parses it: a parser's error may quote it
+    return value
 
 
 @dataclass
@@ -106,7 +107,7 @@ class Executor:
                 return a.RestoreResult(act.snapshot_id, False, message)
             if isinstance(act, a.Event | a.Notify):
                 return None
-            return a.Outcome(act, False, message)
+            return a.Outcome(act, False, message, refused=kube.refused(e))
         finally:
             self.timings[type(act).__name__] = time.monotonic() - started
 
@@ -189,41 +190,47 @@ class Executor:
             metrics = [Metric(name=VERIFY_ERROR_RATE, template="error-rate", max=act.max_error_rate)]
         else:
             metrics = [m for m in self.spec.analysis.metrics if m.name in act.metrics]
+        pairs: dict[str, tuple[float | None, float | None]] = {}
         for m in metrics:
-            if m.kind == "http":
-                values[m.name], err = probe(m, ctx)
-            elif m.kind == "baseline" or m.kind == "judge":
-                values[m.name], err = self.compare(prom, m, ctx, series, act.since)
-            else:
-                reading = prom.read(m, ctx)
-                values[m.name], err = reading.value, reading.error
-                if reading.requests is not None:
-                    samples[m.name] = reading.requests
+            try:
+                if m.kind == "http":
+                    values[m.name], err = probe(m, ctx)
+                elif m.kind == "baseline":
+                    values[m.name], err = self.baseline(prom, m, ctx, pairs)
+                elif m.kind == "judge":
+                    values[m.name], err = self.samples(prom, m, ctx, series, act.since)
+                else:
+                    reading = prom.read(m, ctx)
+                    values[m.name], err = reading.value, reading.error
+                    if reading.requests is not None:
+                        samples[m.name] = reading.requests
+            except Exception as e:  # one metric's failure is that metric's "no data", never the others'
+                values[m.name], err = None, f"{type(e).__name__}: {str(e)[:200]}"
             if err:
-                errors[m.name] = err
-        return a.MetricValues(act.target, act.purpose, values, errors, samples, series, iso(asked_at))
+                errors[m.name] = redact(err)
+        return a.MetricValues(act.target, act.purpose, values, errors, samples, series, pairs, iso(asked_at))
 
-    def compare(self, prom: PrometheusProvider, m: Metric, ctx: dict[str, str],
-                series: dict[str, tuple[list[float], list[float]]],
-                since: str | None = None) -> tuple[float | None, str | None]:
-        """Baseline: canary minus (or over) stable now. Judge: both sides' samples over the window."""
-        stable_ctx = {**ctx, "service": ctx["stableService"], "canaryService": ctx["stableService"]}
-        if m.judge is not None:
-            window, step = parse_duration(m.judge.window), parse_duration(m.judge.step)
-            start = parse_time(since) if since else None
-            canary, err1 = prom.samples(m, ctx, window, step, start)
-            stable, err2 = prom.samples(m, stable_ctx, window, step, start)
-            series[m.name] = (canary, stable)
-            return None, err1 or err2
-        assert m.baseline is not None
-        c, s = prom.read(m, ctx), prom.read(m, stable_ctx)
-        if c.value is None or s.value is None:
-            return None, c.error or s.error
-        if m.baseline.max_difference is not None:
-            return c.value - s.value, None
-        if s.value == 0:
-            return (1.0 if c.value == 0 else math.inf), None
-        return c.value / s.value, None
+    @staticmethod
+    def stable_context(ctx: dict[str, str]) -> dict[str, str]:
+        return {**ctx, "service": ctx["stableService"], "canaryService": ctx["stableService"]}
+
+    def samples(self, prom: PrometheusProvider, m: Metric, ctx: dict[str, str],
+                series: dict[str, tuple[list[float], list[float]]], since: str | None) -> tuple[None, str | None]:
+        """Judge: both sides' samples over the window, for the core's test."""
+        assert m.judge is not None
+        window, step = parse_duration(m.judge.window), parse_duration(m.judge.step)
+        start = parse_time(since) if since else None
+        canary, err1 = prom.samples(m, ctx, window, step, start)
+        stable, err2 = prom.samples(m, self.stable_context(ctx), window, step, start)
+        series[m.name] = (canary, stable)
+        return None, err1 or err2
+
+    def baseline(self, prom: PrometheusProvider, m: Metric, ctx: dict[str, str],
+                 pairs: dict[str, tuple[float | None, float | None]]) -> tuple[None, str | None]:
+        """Baseline: canary and stable now; the core compares them."""
+        c, s = prom.read(m, ctx), prom.read(m, self.stable_context(ctx))
+        pairs[m.name] = (c.value, s.value)
+        return None, c.error or s.error
 
     def write_report(self, act: a.WriteReport) -> str:
         body: dict[str, Any] = {

@@ -19,13 +19,23 @@ from pydantic import ValidationError
 from saferollout import observability
 from saferollout.adapters import events, kube
 from saferollout.adapters.kube import RolloutRef
+from saferollout.adapters.routers import router_for
 from saferollout.config import OperatorConfig
 from saferollout.core import actions as a
 from saferollout.core.engine import Inputs
 from saferollout.core.loop import drive
-from saferollout.core.models import GROUP, PLURAL, VERSION, SafeRolloutSpec, SafeRolloutStatus
+from saferollout.core.models import (
+    GROUP,
+    NAME_MAX,
+    PLURAL,
+    VERSION,
+    SafeRolloutSpec,
+    SafeRolloutStatus,
+    Strategy,
+    TargetRef,
+)
 from saferollout.executor import Executor
-from saferollout.redact import naming, redact
+from saferollout.redact import forget, naming, redact
 
 COMMAND_ANNOTATION = "saferollout.dev/command"
 CFG = OperatorConfig.from_env()
@@ -76,7 +86,19 @@ async def _heartbeat() -> None:
 
 
 def _status_dict(status: SafeRolloutStatus) -> dict[str, Any]:
-    return status.model_dump(by_alias=True, exclude_none=True, mode="json")
+    """Every string of the status is masked once more: whatever an adapter let through stops here."""
+    out: dict[str, Any] = _masked(status.model_dump(by_alias=True, exclude_none=True, mode="json"))
+    return out
+
+
+def _masked(value: Any) -> Any:
+    if isinstance(value, str):
+        return redact(value)
+    if isinstance(value, dict):
+        return {k: _masked(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_masked(v) for v in value]
+    return value
 
 
 MAX_POLL = 4.0  # seconds: the slowest a rollout that waits on the cluster looks again
@@ -144,6 +166,7 @@ async def changed(event: kopf.RawEvent, uid: str, name: str, namespace: str | No
     """A new generation (spec) or new annotations (commands) wake the rollout now; its own status writes do not."""
     if event.get("type") == "DELETED":
         observability.set_phase(f"{namespace}/{name}", None)
+        forget((namespace or "", name))
         return
     seen = (meta.get("generation"), tuple(sorted((meta.get("annotations") or {}).items())))
     if _seen.get(uid, seen) != seen and uid in _wakeups:
@@ -171,10 +194,12 @@ def reconcile(ref: RolloutRef, spec: dict[str, Any], status: dict[str, Any], met
     """Read the object, run the core's loop with the executor."""
     generation = meta.get("generation")
     try:
+        if len(ref.name) > NAME_MAX:  # the CRD refuses it too; the name becomes a label value
+            raise ValueError(f"metadata.name: at most {NAME_MAX} characters (it becomes a label value)")
         parsed = SafeRolloutSpec.model_validate(spec)
-    except ValidationError as e:
+    except ValueError as e:  # pydantic's ValidationError is one
         _written.pop(ref.uid, None)
-        _invalid(ref, status, generation, e)
+        _invalid(ref, spec, status, generation, e)
         return Reconciled(None, time.monotonic(), True)
     current = _written.get(ref.uid) or SafeRolloutStatus.model_validate(status)
     holder = {"status": current}
@@ -206,7 +231,15 @@ def reconcile(ref: RolloutRef, spec: dict[str, Any], status: dict[str, Any], met
             holder["logged_phase"] = new.phase  # type: ignore[assignment]
 
     def execute(action: a.Action) -> a.Result | None:
-        flush()  # intent first: a restart finds what was about to be done
+        try:
+            flush()  # intent first: a restart finds what was about to be done
+        except Exception:
+            # a refused status write must not keep traffic on the canary: the revert goes out regardless,
+            # and the error goes on to the daemon, which tries the whole reconcile again
+            if isinstance(action, a.SetWeight) and action.weight == 0:
+                log.error("status write failed; reverting traffic anyway")
+                executor(action)
+            raise
         return executor(action)
 
     def last_write() -> None:
@@ -231,12 +264,34 @@ def _timers_without_finalizer() -> None:
 _timers_without_finalizer()
 
 
-def _invalid(ref: RolloutRef, status: dict[str, Any], generation: int | None, e: ValidationError) -> None:
-    """A spec the CRD let through but the models refuse: say so once, touch nothing."""
+def _invalid(ref: RolloutRef, spec: dict[str, Any], status: dict[str, Any], generation: int | None,
+             e: ValueError) -> None:
+    """A spec the CRD let through but the models refuse: say so once; a canary with traffic gets none."""
     if (status or {}).get("observedGeneration") == generation and (status or {}).get("phase") == "Blocked":
         return
-    problems = "; ".join(f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in e.errors()[:5])
+    problems = "; ".join(f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in e.errors()[:5]) \
+        if isinstance(e, ValidationError) else str(e)
     message = redact(f"invalid spec: {problems}")
     new = {**(status or {}), "phase": "Blocked", "message": message, "observedGeneration": generation}
+    if new.get("weight"):
+        if _revert_traffic(ref, spec):
+            new["weight"], message = 0, message + "; all traffic is back on the stable version"
+        else:
+            message += "; traffic could NOT be sent back to the stable version: its router is invalid too"
+        new["message"] = message
     kube.write_status(ref, new)
     events.emit(ref, "InvalidSpec", message, "Warning")
+
+
+def _revert_traffic(ref: RolloutRef, spec: dict[str, Any]) -> bool:
+    """Weight 0 through the router the invalid spec still names, if that part of it is valid."""
+    try:
+        # the routers read only targetRef and strategy: the rest may stay unvalidated
+        minimal = SafeRolloutSpec.model_construct(  # type: ignore[call-arg]
+            target_ref=TargetRef.model_validate(spec.get("targetRef")),
+            strategy=Strategy.model_validate(spec.get("strategy")))
+        router_for(minimal).set_weight(ref, minimal, 0)
+    except Exception as e:
+        log.error("invalid spec: could not revert traffic: %s", redact(kube.error_text(e)))
+        return False
+    return True

@@ -72,7 +72,8 @@ def test_default_install_objects_and_service_account_rights(default_install: flo
     objects = _release_objects(RELEASE, NAMESPACE)
     kinds = sorted(o.split("/")[0] for o in objects)
     assert kinds == sorted(["serviceaccount", "clusterrole.rbac.authorization.k8s.io",
-                            "clusterrolebinding.rbac.authorization.k8s.io", "service", "deployment.apps"]), objects
+                            "clusterrolebinding.rbac.authorization.k8s.io", "service", "deployment.apps",
+                            "networkpolicy.networking.k8s.io"]), objects
     kubectl("get", "crd", "saferollouts.saferollout.dev", "clusterkopfpeerings.kopf.dev", "kopfpeerings.kopf.dev")
     pods = _wait_for_pod(RELEASE, NAMESPACE)
     assert pods, f"no operator pod was created; ReplicaSet events:\n{_failed_creates(NAMESPACE)}"

@@ -112,3 +112,47 @@ def test_prune_keeps_the_newest_and_never_the_current(db: tuple[Postgres, Postgr
     gone = snaps.prune(keep=2, current="snap-0-x")
     assert sorted(gone) == ["snap-1-x.dump", "snap-2-x.dump"]
     assert sorted(p.name for p in snaps.store.glob("snap-*.dump")) == ["snap-0-x.dump", "snap-3-x.dump"]
+
+
+HOSTILE = 'x"; \\! touch {path} #'
+
+
+def test_a_hostile_schema_name_is_dropped_by_the_restore_and_runs_nothing(
+        db: tuple[Postgres, PostgresSnapshots, str]) -> None:
+    """Before: the restore wrote `DROP SCHEMA "<name>"` into a psql script; this name closed the quote and ran a
+    shell command in the operator. Now names go through sql.Identifier and the dump through pg_restore."""
+    pg, snaps, _ = db
+    owned = Path(f"/tmp/sr-owned-{secrets.token_hex(3)}")  # short: PostgreSQL cuts names at 63 bytes
+    before = pg.checksum()
+    snaps.take("snap-h-1")
+    schema = HOSTILE.format(path=owned).replace('"', '""')
+    pg.run_as_app(f'CREATE SCHEMA "{schema}"; CREATE TABLE "{schema}".t (i int); INSERT INTO "{schema}".t VALUES (1);')
+    out = snaps.restore("snap-h-1", None)
+    ran = owned.exists()
+    owned.unlink(missing_ok=True)
+    assert not ran, "the schema's name ran a shell command"
+    assert out.ok, out.message
+    assert pg.checksum() == before
+    with pg.admin("app") as conn:
+        names = [r[0] for r in conn.execute("SELECT nspname FROM pg_namespace").fetchall()]
+    assert not [n for n in names if n.startswith(("x", "sr_aside_"))], names
+
+
+def test_a_failed_replay_puts_the_database_back(db: tuple[Postgres, PostgresSnapshots, str]) -> None:
+    """The restore renames the user schemas aside first; a replay that fails renames them back."""
+    pg, snaps, _ = db
+    snaps.take("snap-h-2")
+    pg.run_as_app(MIGRATION)
+    after_migration = pg.checksum()
+    snaps._replay = lambda *_: (_ for _ in ()).throw(RuntimeError("pg_restore failed: simulated"))  # type: ignore[method-assign]
+    out = snaps.restore("snap-h-2", None)
+    assert not out.ok and "as it was" in out.message
+    assert pg.checksum() == after_migration
+
+
+def test_snapshot_files_are_private(db: tuple[Postgres, PostgresSnapshots, str]) -> None:
+    _, snaps, _ = db
+    info = snaps.take("snap-h-3")
+    assert snaps.store.stat().st_mode & 0o777 == 0o700
+    for p in (Path(info.location), Path(info.location).with_suffix(".json")):
+        assert p.stat().st_mode & 0o777 == 0o600, p

@@ -175,8 +175,13 @@ def test_inconclusive_with_rollback_policy_rolls_back() -> None:
     w = World(spec, metrics=lambda *_: None).run(300, until=World.done)
     assert w.status.incident is not None and w.status.incident.reason == "AnalysisInconclusive"
     assert w.weight == 0 and w.canary is None
-    # verification needs data too: without any, the rollback is not proven within rollback.verify.duration
-    assert w.phase() == "Failed" and "RollbackNotVerified" in w.reasons()
+    # no data at all is not proof of an unhealthy stable version: the rollback is done, its verification
+    # inconclusive, and the status says exactly that
+    assert w.phase() == "RolledBack" and "RollbackNotVerified" not in w.reasons()
+    assert "RollbackVerificationInconclusive" in w.reasons()
+    verified = next(c for c in w.status.conditions if c.type == "Verified")
+    assert (verified.status, verified.reason) == ("Unknown", "VerificationInconclusive")
+    assert w.status.incident.verified_at is None and "verification inconclusive" in (w.status.message or "")
 
 
 def test_inconclusive_counts_are_consecutive_per_metric() -> None:

@@ -6,9 +6,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import requests
-
-from saferollout.adapters.prometheus import PrometheusProvider, longest_range
+from saferollout.adapters.prometheus import PrometheusProvider, QueryFailed, longest_range
 from saferollout.core.models import Judge, Metric
 from saferollout.core.queries import LabelNames
 
@@ -18,7 +16,7 @@ class FakeClient:
         self.result = result
         self.queries: list[str] = []
 
-    def custom_query(self, text: str, timeout: float | None = None) -> list[dict[str, Any]]:
+    def query(self, text: str) -> list[dict[str, Any]]:
         self.queries.append(text)
         if isinstance(self.result, Exception):
             raise self.result
@@ -28,7 +26,7 @@ class FakeClient:
 def provider(result: list[dict[str, Any]] | Exception, ttl: float = 60.0) -> tuple[PrometheusProvider, FakeClient]:
     p = PrometheusProvider("http://127.0.0.1:9", 1.0, LabelNames(), group_ttl=ttl)
     fake = FakeClient(result)
-    p._client = fake
+    p.api = fake  # type: ignore[assignment]
     return p, fake
 
 
@@ -75,7 +73,7 @@ def test_missing_series_is_no_data_and_nan_is_inconclusive() -> None:
 
 
 def test_prometheus_down_is_reported_to_every_member() -> None:
-    p, _ = provider(requests.ConnectionError("refused"))
+    p, _ = provider(QueryFailed("Prometheus unreachable at http://127.0.0.1:9"))
     r = p.read(METRIC, ctx("a"))
     assert r.value is None and r.error is not None and "unreachable" in r.error
 
@@ -91,8 +89,8 @@ class RangeClient:
     def __init__(self) -> None:
         self.calls: list[tuple[str, datetime, datetime, str]] = []
 
-    def custom_query_range(self, text: str, start_time: datetime, end_time: datetime, step: str) -> list[dict[str, Any]]:
-        self.calls.append((text, start_time, end_time, step))
+    def query_range(self, text: str, start: datetime, end: datetime, step: str) -> list[dict[str, Any]]:
+        self.calls.append((text, start, end, step))
         return [{"metric": {}, "values": [[0, "0.1"], [1, "NaN"], [2, "0.2"]]}]
 
 
@@ -109,7 +107,7 @@ def test_longest_range_reads_ranges_and_subqueries() -> None:
 def test_judge_samples_share_no_data_and_none_reaches_before_the_stage() -> None:
     p = PrometheusProvider("http://127.0.0.1:9", 1.0, LabelNames())
     fake = RangeClient()
-    p._client = fake
+    p.api = fake  # type: ignore[assignment]
     values, err = p.samples(JUDGED, ctx("web-canary"), 60, 1)
     assert (values, err) == ([0.1, 0.2], None)
     _, start, end, step = fake.calls[-1]

@@ -70,80 +70,99 @@ app.kubernetes.io/part-of: saferollout
 {{- end }}
 {{- end }}
 
+{{/* The operator image: repository@digest when image.digest is set (the tag is then ignored), else repository:tag. */}}
+{{- define "saferollout.image" -}}
+{{- if .Values.image.digest }}
+{{- printf "%s@%s" .Values.image.repository .Values.image.digest }}
+{{- else }}
+{{- printf "%s:%s" .Values.image.repository (.Values.image.tag | default .Chart.AppVersion) }}
+{{- end }}
+{{- end }}
+
 {{/*
 The namespaced API access of the operator, shared by the ClusterRole (rbac.scope=cluster) and by each Role
-(rbac.scope=namespaced). Least privilege: only the verbs the operator and kopf use, no wildcards.
+(rbac.scope=namespaced). Least privilege: only the verbs the operator (operator/saferollout, not its CLI, which
+runs as the user) and kopf 1.45 call, no wildcards. Every read of the operator is by name: no list or watch
+unless noted. tests/unit/test_chart.py pins every verb; change it together with the code that needs it.
 */}}
 {{- define "saferollout.namespacedRules" -}}
-# kopf lists and watches the rollouts and patches its bookkeeping annotations on them; the operator
-# writes its state only through the status subresource.
+# kopf lists and watches the rollouts. It patches them for its annotation storage (handlers.py) and to drop a
+# finalizer an older release left; it never reads one by name (no get).
 - apiGroups: [saferollout.dev]
   resources: [saferollouts]
-  verbs: [get, list, watch, patch]
+  verbs: [list, watch, patch]
+# kube.write_status: a JSON patch of the status subresource (kopf keeps its state in annotations, not status).
 - apiGroups: [saferollout.dev]
   resources: [saferollouts/status]
-  verbs: [patch, update]
-# kopf and the operator post events on the rollouts.
+  verbs: [patch]
+# adapters/events.py creates core v1 Events (kopf's own posting is off, and it would use core v1 too: no
+# events.k8s.io). Volume snapshot verify lists the scratch claim's Warning events to say why it failed.
 - apiGroups: [""]
   resources: [events]
   verbs: [create, list]
-- apiGroups: [events.k8s.io]
-  resources: [events]
-  verbs: [create]
-# The target Deployment (image patches) and its <target>-canary copy (created, scaled, deleted).
+# The target Deployment: read, images and restored volume patched, scaled by the replica router. Its
+# <target>-canary copy: created, patched, deleted.
 - apiGroups: [apps]
   resources: [deployments]
-  verbs: [get, list, watch, create, patch, update, delete]
-# The canary Service, and blue-green's selector switch.
+  verbs: [get, create, patch, delete]
+# The canary Service (created, selector patched), blue-green's selector switch, the stable Service's ports read.
 - apiGroups: [""]
   resources: [services]
-  verbs: [get, list, create, patch]
+  verbs: [get, create, patch]
 # The database DSN of a snapshot, read by name only (no list: the operator cannot enumerate secrets).
 - apiGroups: [""]
   resources: [secrets]
   verbs: [get]
-# Incident reports.
+# Incident reports: created, or replaced (update) when one exists already; never read back.
 - apiGroups: [""]
   resources: [configmaps]
-  verbs: [get, create, update]
-# Volume snapshots: restore targets, and verify's scratch claims (deleted again).
+  verbs: [create, update]
+# Volume snapshots: the source claim read, restore targets and verify's scratch claims created, leftovers of an
+# interrupted verify listed by label, scratch claims deleted (one by one: no deletecollection).
 - apiGroups: [""]
   resources: [persistentvolumeclaims]
   verbs: [get, list, create, delete]
+# VolumeSnapshots created and read by name; prune lists them by label and deletes the oldest.
 - apiGroups: [snapshot.storage.k8s.io]
   resources: [volumesnapshots]
   verbs: [get, list, create, delete]
-# Traffic routers: Gateway API, Istio, ingress-nginx canary Ingresses.
+# Gateway API router: the HTTPRoute read, its backendRef weights patched.
 - apiGroups: [gateway.networking.k8s.io]
   resources: [httproutes]
-  verbs: [get, list, watch, patch, update]
+  verbs: [get, patch]
+# Istio router: the VirtualService read, its route weights patched.
 - apiGroups: [networking.istio.io]
   resources: [virtualservices]
-  verbs: [get, patch, update]
+  verbs: [get, patch]
+# ingress-nginx router: the stable Ingress read; the canary Ingress created, patched, and deleted with the canary.
 - apiGroups: [networking.k8s.io]
   resources: [ingresses]
-  verbs: [get, create, patch, update, delete]
+  verbs: [get, create, patch, delete]
 {{- end }}
 
-{{/* kopf reads CustomResourceDefinitions to find the resources it serves: always cluster-scoped. */}}
+{{/* Cluster-scoped reads, so in a ClusterRole in both scopes. */}}
 {{- define "saferollout.crdRules" -}}
+# kopf's resource observer lists and watches CustomResourceDefinitions to find the resources it serves.
 - apiGroups: [apiextensions.k8s.io]
   resources: [customresourcedefinitions]
-  verbs: [get, list, watch]
-# kopf, when told which namespaces to watch, lists and watches namespaces; without this it retries for ~54 s
-# (9 attempts, Fibonacci backoff) before it falls back, so every start of the operator would be a minute late.
+  verbs: [list, watch]
+{{- if .Values.watchNamespaces }}
+# kopf, when told which namespaces to watch (--namespace), lists and watches namespaces; without this it retries
+# for ~54 s (9 attempts, Fibonacci backoff) before it falls back, so every start of the operator would be a
+# minute late. Clusterwide it does not look at namespaces, so the rule is left out.
 - apiGroups: [""]
   resources: [namespaces]
-  verbs: [get, list, watch]
+  verbs: [list, watch]
+{{- end }}
 # Volume snapshots: reachable() reads the claim's StorageClass to accept Pending + WaitForFirstConsumer.
 - apiGroups: [storage.k8s.io]
   resources: [storageclasses]
   verbs: [get]
 {{- end }}
 
-{{/* kopf peering: keep-alives are patches of the peering object, and every replica watches it. */}}
+{{/* kopf peering: it watches the peering object (a list, then a watch) and patches it with keep-alives. */}}
 {{- define "saferollout.peeringRules" -}}
 - apiGroups: [kopf.dev]
   resources: [{{ if include "saferollout.clusterwide" . }}clusterkopfpeerings{{ else }}kopfpeerings{{ end }}]
-  verbs: [get, list, watch, patch]
+  verbs: [list, watch, patch]
 {{- end }}

@@ -66,6 +66,19 @@ def read_or_none(read: Callable[..., Any], *args: Any) -> dict[str, Any] | None:
     return out
 
 
+class Refused(Exception):
+    """The cluster's answer no retry can mend: the object is not ours to change, or it is invalid as written."""
+
+
+def refused(e: Exception) -> bool:
+    """Refused by us (not our object) or by the API server as invalid (400, 422): retrying changes nothing."""
+    return isinstance(e, Refused) or (isinstance(e, ApiException) and e.status in (400, 422))
+
+
+def owned_by(obj: dict[str, Any], ref: RolloutRef) -> bool:
+    return any(o.get("uid") == ref.uid for o in (obj.get("metadata") or {}).get("ownerReferences") or [])
+
+
 def retry_conflicts(fn: Callable[[], T], attempts: int = 5) -> T:
     """Read-modify-write under optimistic concurrency: retry when someone wrote in between."""
     for i in range(attempts):

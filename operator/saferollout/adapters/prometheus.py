@@ -1,7 +1,14 @@
-"""Prometheus as the metric provider: one instant query per metric, no data and errors are inconclusive."""
+"""Prometheus as the metric provider: one instant query per metric, no data and errors are inconclusive.
+
+The HTTP API is read here directly, not through a client library: an answer is read up to a size limit (a query
+that returns more series than one rollout can use is inconclusive, not an out-of-memory), and a failure is
+described by its status and Prometheus' own error fields only, never by the body: `prometheus.address` is the
+user's, and whatever it points at must not be readable through the rollout's status.
+"""
 
 from __future__ import annotations
 
+import json
 import math
 import re
 import threading
@@ -9,9 +16,9 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import requests
-from prometheus_api_client import PrometheusConnect
 from requests.adapters import HTTPAdapter
 from urllib3.util.retry import Retry
 
@@ -25,6 +32,70 @@ from saferollout.core.queries import (
     grouped_templates,
     render,
 )
+
+MAX_ANSWER_BYTES = 4 << 20
+# Prometheus' errorType values: an answer of this shape is Prometheus' own, and its error text may be shown
+ERROR_TYPES = {"bad_data", "timeout", "canceled", "execution", "internal", "unavailable", "not_found", "none"}
+
+
+class QueryFailed(Exception):
+    """Why a query has no answer, in words safe for the status."""
+
+
+class PrometheusApi:
+    """GET /api/v1/query and /query_range with a bounded answer."""
+
+    def __init__(self, url: str, timeout: float, pool_size: int) -> None:
+        self.url = url.rstrip("/")
+        self.timeout = timeout
+        self.session = requests.Session()
+        # no retries inside a query: the next analysis tick is the retry, and a dead Prometheus must cost
+        # one timeout, not a backoff series that delays every other decision; one kept connection per thread
+        adapter = HTTPAdapter(max_retries=Retry(total=0), pool_maxsize=pool_size)
+        self.session.mount("http://", adapter)
+        self.session.mount("https://", adapter)
+
+    def query(self, text: str) -> list[Any]:
+        return self._get("query", {"query": text, "timeout": f"{self.timeout:g}s"})
+
+    def query_range(self, text: str, start: datetime, end: datetime, step: str) -> list[Any]:
+        return self._get("query_range", {"query": text, "start": start.timestamp(), "end": end.timestamp(),
+                                         "step": step, "timeout": f"{self.timeout:g}s"})
+
+    def _get(self, path: str, params: dict[str, Any]) -> list[Any]:
+        deadline = time.monotonic() + 2 * self.timeout
+        body = bytearray()
+        try:
+            with self.session.get(f"{self.url}/api/v1/{path}", params=params, timeout=self.timeout, stream=True,
+                                  allow_redirects=False) as r:
+                for chunk in r.iter_content(64 << 10):
+                    body += chunk
+                    if len(body) > MAX_ANSWER_BYTES:
+                        raise QueryFailed(f"the answer is over {MAX_ANSWER_BYTES >> 20} MiB: the query returns more "
+                                          "series than one rollout can use")
+                    if time.monotonic() > deadline:
+                        raise QueryFailed(f"Prometheus did not answer within {self.timeout:g}s")
+                code = r.status_code
+        except requests.ConnectionError:
+            raise QueryFailed(f"Prometheus unreachable at {self.url}") from None
+        except requests.Timeout:
+            raise QueryFailed(f"Prometheus did not answer within {self.timeout:g}s") from None
+        except requests.RequestException as e:
+            raise QueryFailed(f"Prometheus request failed: {type(e).__name__}") from None
+        try:
+            doc = json.loads(body)
+        except ValueError:
+            doc = None
+        if not isinstance(doc, dict) or doc.get("status") not in ("success", "error"):
+            raise QueryFailed(f"not a Prometheus answer (HTTP {code})")
+        if doc["status"] == "error":
+            kind = doc.get("errorType")
+            detail = f": {str(doc.get('error', ''))[:200]}" if kind in ERROR_TYPES else ""
+            raise QueryFailed(f"query failed (HTTP {code}, {kind if kind in ERROR_TYPES else 'error'}){detail}")
+        result = (doc.get("data") or {}).get("result")
+        if isinstance(result, list):
+            return result
+        raise QueryFailed(f"not a Prometheus answer (HTTP {code})")
 
 
 @dataclass(frozen=True)
@@ -43,11 +114,7 @@ class PrometheusProvider:
         self.templates = {**builtin_templates(labels), **(user_templates or {})}
         self.grouped = GroupedQueries(self, grouped_templates(labels), group_ttl) if group_ttl > 0 else None
         self.on_query: Callable[[], None] | None = None
-        # no retries inside a query: the next analysis tick is the retry, and a dead Prometheus must cost
-        # one timeout, not a backoff series that delays every other decision
-        self._client = PrometheusConnect(url=url, disable_ssl=True, timeout=timeout, retry=Retry(total=0))
-        # one kept connection per thread that runs rollouts (the client mounts a pool of 10 of its own)
-        self._client._session.mount(self._client.url, HTTPAdapter(max_retries=Retry(total=0), pool_maxsize=pool_size))
+        self.api = PrometheusApi(url, timeout, pool_size)
         self.queries = 0
 
     def count_query(self) -> None:
@@ -101,38 +168,35 @@ class PrometheusProvider:
             return [], None
         self.count_query()
         try:
-            result = self._client.custom_query_range(text, start_time=start, end_time=end, step=f"{step:g}s")
-        except requests.RequestException:
-            return [], f"Prometheus unreachable at {self.url}"
-        except Exception as e:
-            return [], f"query failed: {type(e).__name__}: {str(e).splitlines()[0][:160]}"
+            result = self.api.query_range(text, start, end, f"{step:g}s")
+        except QueryFailed as e:
+            return [], str(e)
         if len(result) > 1:
             return [], f"query returned {len(result)} series; it must return one"
-        values = [float(v) for _, v in (result[0]["values"] if result else [])]
-        return [v for v in values if not (math.isnan(v) or math.isinf(v))], None
+        try:
+            values = [float(v) for _, v in (result[0]["values"] if result else [])]
+        except (KeyError, TypeError, ValueError):
+            return [], "not a Prometheus range answer"
+        return [v for v in values if math.isfinite(v)], None
 
     def instant(self, text: str) -> Reading:
         self.count_query()
         try:
-            result = self._client.custom_query(text, timeout=self.timeout)
-        except requests.ConnectionError:
-            return Reading(None, f"Prometheus unreachable at {self.url}")
-        except requests.Timeout:
-            return Reading(None, f"Prometheus did not answer within {self.timeout:g}s")
-        except Exception as e:  # a bad query or a server error: inconclusive, and said
-            return Reading(None, f"query failed: {type(e).__name__}: {str(e).splitlines()[0][:160]}")
+            result = self.api.query(text)
+        except QueryFailed as e:  # a bad query, a server error, Prometheus down: inconclusive, and said
+            return Reading(None, str(e))
         if not result:
             return Reading(None, "no data")
-        if isinstance(result[0], dict):  # instant vector
-            if len(result) > 1:
-                return Reading(None, f"query returned {len(result)} series; it must return one")
-            raw = result[0].get("value", [None, None])[1]
-        else:  # scalar: [timestamp, "value"]
-            raw = result[1] if len(result) == 2 else None
         try:
+            if isinstance(result[0], dict):  # instant vector
+                if len(result) > 1:
+                    return Reading(None, f"query returned {len(result)} series; it must return one")
+                raw = result[0].get("value", [None, None])[1]
+            else:  # scalar: [timestamp, "value"]
+                raw = result[1] if len(result) == 2 else None
             value = float(raw)
-        except (TypeError, ValueError):
-            return Reading(None, f"not a number: {raw!r}")
+        except (IndexError, TypeError, ValueError, AttributeError):
+            return Reading(None, "not a number")
         if math.isnan(value) or math.isinf(value):
             return Reading(None, "NaN (no requests in the window)")
         return Reading(value)
@@ -194,22 +258,20 @@ class GroupedQueries:
                 del wanted[who]
             members = set(wanted)
         labels = self.provider.labels
-        text = render(self.templates[template], {
-            "services": alternation(sorted({s for s, _ in members})),
-            "namespaces": alternation(sorted({n for _, n in members})), "window": window})
-        self.provider.count_query()
+        values = {"services": alternation(sorted({s for s, _ in members})), "window": window}
+        if labels.namespace:  # an empty namespace label drops the matcher: there is no namespace to list
+            values["namespaces"] = alternation(sorted({n for _, n in members}))
         readings: dict[Member, Reading] = {}
         try:
-            result = self.provider._client.custom_query(text, timeout=self.provider.timeout)
-        except requests.ConnectionError:
-            readings = {m: Reading(None, f"Prometheus unreachable at {self.provider.url}") for m in members}
-        except requests.Timeout:
-            readings = {m: Reading(None, f"Prometheus did not answer within {self.provider.timeout:g}s") for m in members}
-        except Exception as e:
-            readings = {m: Reading(None, f"query failed: {type(e).__name__}: {str(e).splitlines()[0][:160]}")
-                        for m in members}
+            text = render(self.templates[template], values)
+            self.provider.count_query()
+            result = self.provider.api.query(text)
+        except (QueryFailed, TemplateError) as e:
+            readings = dict.fromkeys(members, Reading(None, str(e)))
         else:
             for series in result:
+                if not isinstance(series, dict):
+                    continue
                 lab = series.get("metric", {})
                 who = (lab.get(labels.service, ""), lab.get(labels.namespace, "") if labels.namespace else "")
                 try:

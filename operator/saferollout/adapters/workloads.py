@@ -9,7 +9,7 @@ from kubernetes.client.rest import ApiException
 
 from saferollout.adapters import kube
 from saferollout.adapters.kube import RolloutRef
-from saferollout.core.models import SafeRolloutSpec
+from saferollout.core.models import CANARY_SUFFIX, SafeRolloutSpec
 
 CANARY_OF = "saferollout.dev/canary-of"
 ROLLOUT = "saferollout.dev/rollout"
@@ -17,7 +17,7 @@ SMP = "application/strategic-merge-patch+json"
 
 
 def canary_name(spec: SafeRolloutSpec) -> str:
-    return f"{spec.target_ref.name}-canary"
+    return f"{spec.target_ref.name}{CANARY_SUFFIX}"
 
 
 def _dep(namespace: str, name: str) -> dict[str, Any]:
@@ -102,6 +102,9 @@ def ensure_canary(ref: RolloutRef, spec: SafeRolloutSpec, images: dict[str, str]
         apps.create_namespaced_deployment(ref.namespace, body)
         _ensure_canary_service(ref, spec)
         return False
+    if not kube.owned_by(current, ref):
+        raise kube.Refused(f"Deployment {name} exists and was not created by this SafeRollout; "
+                           "it is not taken over (rename it or remove it)")
     if images_of(current) != images or current["spec"].get("replicas") != body["spec"]["replicas"]:
         apps.patch_namespaced_deployment(name, ref.namespace, {"spec": body["spec"]}, _content_type=SMP)
         return False
@@ -122,17 +125,19 @@ def _ensure_canary_service(ref: RolloutRef, spec: SafeRolloutSpec) -> None:
     stable_name, canary_svc = service_names(spec)
     core = kube.core()
     selector = {CANARY_OF: spec.target_ref.name}
-    try:
-        svc = core.read_namespaced_service(canary_svc, ref.namespace)
-        current = dict((svc.spec.selector if svc.spec else None) or {})
+    svc_obj = kube.read_or_none(core.read_namespaced_service, canary_svc, ref.namespace)
+    if svc_obj is not None:
+        current = dict((svc_obj.get("spec") or {}).get("selector") or {})
+        # a Service already selecting the canary's pods is used as it is; any other is rewritten only if ours
+        if current != selector and not kube.owned_by(svc_obj, ref):
+            raise kube.Refused(f"Service {canary_svc} selects {current or 'nothing'} and was not created by this "
+                               f"SafeRollout; it is not taken over (make it select {CANARY_OF}: "
+                               f"{spec.target_ref.name}, or name another canary Service)")
         if current != selector:
             core.patch_namespaced_service(canary_svc, ref.namespace,
                                           {"spec": {"selector": {**{k: None for k in current}, **selector}}},
                                           _content_type="application/merge-patch+json")
         return
-    except ApiException as e:
-        if e.status != 404:
-            raise
     ports: list[dict[str, Any]] = [{"name": "http", "port": 80, "targetPort": 8080}]
     try:
         stable = kube.api().sanitize_for_serialization(core.read_namespaced_service(stable_name, ref.namespace))
@@ -149,8 +154,13 @@ def _ensure_canary_service(ref: RolloutRef, spec: SafeRolloutSpec) -> None:
 
 
 def delete_canary(ref: RolloutRef, spec: SafeRolloutSpec) -> None:
+    """Only the canary this rollout created goes; a Deployment of that name that someone else made stays."""
+    current = kube.read_or_none(kube.apps().read_namespaced_deployment, canary_name(spec), ref.namespace)
+    if current is None or not kube.owned_by(current, ref):
+        return
     try:
-        kube.apps().delete_namespaced_deployment(canary_name(spec), ref.namespace, propagation_policy="Background")
+        kube.apps().delete_namespaced_deployment(canary_name(spec), ref.namespace, propagation_policy="Background",
+                                                 body={"preconditions": {"uid": current["metadata"]["uid"]}})
     except ApiException as e:
-        if e.status != 404:
+        if e.status not in (404, 409):  # gone already, or replaced by another object meanwhile
             raise

@@ -126,6 +126,7 @@ class Outcome:
     action: Action
     ok: bool
     message: str = ""
+    refused: bool = False  # no retry can mend it (an invalid object, one the rollout does not own)
 
 
 @dataclass(frozen=True)
@@ -137,6 +138,8 @@ class MetricValues:
     samples: dict[str, float] = field(default_factory=dict, hash=False)  # requests behind a rate
     # for judged metrics: the window's samples of (canary, stable)
     series: dict[str, tuple[list[float], list[float]]] = field(default_factory=dict, hash=False)
+    # for baseline metrics: (canary, stable) now; the core does the arithmetic
+    pairs: dict[str, tuple[float | None, float | None]] = field(default_factory=dict, hash=False)
     # when the queries went out: the analysis's time, so the next one is due an interval after it, not an
     # interval after the answers came back (that would add the queries' duration to every interval)
     asked_at: str | None = None

@@ -10,13 +10,17 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+
+from pydantic import BaseModel
 
 from saferollout.core import actions as a
 from saferollout.core.durations import format_duration, parse_duration
 from saferollout.core.judge import judge
 from saferollout.core.models import (
+    Baseline,
     BreachAction,
     Condition,
     HistoryEntry,
@@ -43,6 +47,7 @@ DEFAULT_STAGES: tuple[Stage, ...] = (
 )
 RESTORE_BACKOFF_SECONDS = 5.0
 COMMANDS = ("abort", "promote", "resume", "retry")
+HISTORY_KEPT = 50  # the status must stay small: the oldest breach actions go first
 
 
 @dataclass(frozen=True)
@@ -91,9 +96,75 @@ def template_hash(spec: SafeRolloutSpec) -> str:
 
 def decide(spec: SafeRolloutSpec, status: SafeRolloutStatus, inputs: Inputs,
            settings: Settings | None = None) -> Decision:
-    run = _Run(spec, status.model_copy(deep=True), inputs, settings or Settings())
-    run.step()
-    return Decision(run.s, run.actions, run.wake_after())
+    """Never raises: an error inside the core is itself an outcome (traffic back to stable, a condition naming it),
+    never an exception that would leave the rollout at its weight on every reconcile."""
+    settings = settings or Settings()
+    try:
+        run = _Run(spec, status.model_copy(deep=True), inputs, settings)
+        run.step()
+        del run.s.history[:-HISTORY_KEPT]
+        finite(run.s)
+        return Decision(run.s, run.actions, run.wake_after())
+    except Exception as e:
+        return fail_safe(status, inputs, settings, e)
+
+
+def fail_safe(status: SafeRolloutStatus, inputs: Inputs, settings: Settings, error: Exception) -> Decision:
+    """The core could not decide. A rollout that was moving goes back to stable through the ordinary rollback
+    (whose steps need no stage, metric or clock arithmetic); one that fails even there, or had not started, ends
+    Failed with all traffic on stable. Either way the condition names the error."""
+    s = status.model_copy(deep=True)
+    now = iso(inputs.now)
+    text = f"internal error: {type(error).__name__}: {str(error)[:300]}"
+    s.message = text
+    s.observed_generation = inputs.generation
+    actions: list[a.Action] = [a.SetWeight(0), a.Event("InternalError", text, "Warning")]
+    if s.phase in _ACTIVE and s.phase is not None:
+        s.phase, s.step, s.pause_reason = Phase.rolling_back, "RevertTraffic", None
+        s.incident = s.incident or IncidentStatus(reason="InternalError", weight_at_breach=s.weight,
+                                                  stage_at_breach=s.stage, decided_at=now)
+        s.history.append(HistoryEntry(action="rollback", at=now, stage=s.stage, weight=s.weight, message=text))
+        actions.append(a.Notify(Severity.critical.value, "rolling back: internal error", f"{inputs.name}: {text}"))
+        wake: float | None = settings.poll_seconds
+    else:
+        if s.phase is not None and s.phase.terminal:  # nothing is moving: say it once, touch nothing
+            said = any(c.type == "Degraded" and c.message == text for c in s.conditions)
+            actions = [] if said else actions[1:]
+        else:
+            s.phase, s.step, s.failure, s.finished_at = Phase.failed, None, text, now
+            actions.append(a.Notify(Severity.critical.value, "rollout failed: internal error", f"{inputs.name}: {text}"))
+        wake = None
+    _set_condition(s, "Degraded", "True", "InternalError", text, inputs)
+    del s.history[:-HISTORY_KEPT]
+    finite(s)
+    return Decision(s, actions, wake)
+
+
+def finite(model: BaseModel) -> None:
+    """Status is strict JSON: a NaN or an infinity (a ratio against 0) becomes 'no value', never `Infinity`,
+    which the API server refuses, and with it the write that every following action waits on."""
+    for name, info in type(model).model_fields.items():
+        value = getattr(model, name)
+        if isinstance(value, float) and not math.isfinite(value):
+            setattr(model, name, None if info.default is None else 0.0)
+        elif isinstance(value, BaseModel):
+            finite(value)
+        elif isinstance(value, list):
+            for item in value:
+                if isinstance(item, BaseModel):
+                    finite(item)
+
+
+def _set_condition(s: SafeRolloutStatus, type_: str, status: str, reason: str, message: str, inputs: Inputs) -> None:
+    for c in s.conditions:
+        if c.type == type_:
+            if c.status != status:
+                c.last_transition_time = iso(inputs.now)
+            c.status, c.reason, c.message = status, reason, message  # type: ignore[assignment]
+            c.observed_generation = inputs.generation
+            return
+    s.conditions.append(Condition(type=type_, status=status, reason=reason, message=message,
+                                  last_transition_time=iso(inputs.now), observed_generation=inputs.generation))
 
 
 _ACTIVE = (Phase.pending, Phase.preflight, Phase.progressing, Phase.paused, Phase.promoting)
@@ -128,16 +199,7 @@ class _Run:
         self.act(a.Notify(Severity(severity).value, title, text, report))
 
     def condition(self, type_: str, status: str, reason: str, message: str = "") -> None:
-        for c in self.s.conditions:
-            if c.type == type_:
-                if c.status != status:
-                    c.last_transition_time = iso(self.now)
-                c.status, c.reason, c.message = status, reason, message  # type: ignore[assignment]
-                c.observed_generation = self.inp.generation
-                return
-        self.s.conditions.append(Condition(type=type_, status=status, reason=reason, message=message,
-                                           last_transition_time=iso(self.now),
-                                           observed_generation=self.inp.generation))
+        _set_condition(self.s, type_, status, reason, message, self.inp)
 
     def history(self, action: str, metric: str | None = None, message: str | None = None) -> None:
         self.s.history.append(HistoryEntry(action=action, at=iso(self.now), stage=self.s.stage,
@@ -213,6 +275,7 @@ class _Run:
         elif self.s.phase is None or (h != self.s.template_hash and self.s.phase != Phase.rolling_back):
             self.start(h, "new template" if self.s.phase is not None else "first version seen")
         self.s.observed_generation = self.inp.generation
+        self.clamp_stage()
         if verb in ("abort", "promote", "resume"):
             self.command(verb)
         handler = {
@@ -225,6 +288,15 @@ class _Run:
         }.get(self.s.phase) if self.s.phase else None
         if handler:
             handler()
+
+    def clamp_stage(self) -> None:
+        """`stages` edited to fewer than the current stage (the template unchanged, so the rollout goes on): it
+        continues at the new last stage, whose weight is lower, and says so."""
+        if self.s.stage is not None and self.s.stage > len(self.stages):
+            gone, self.s.stage = self.s.stage, len(self.stages)
+            last = self.stages[-1]
+            self.event("StagesChanged", f"spec.strategy.canary.stages now has {len(self.stages)} stages; stage {gone} "
+                       f"is gone: the rollout continues at stage {self.s.stage} ({last.weight}%)", warning=True)
 
     def take_command(self) -> str | None:
         cmd = self.inp.command
@@ -291,6 +363,14 @@ class _Run:
 
     def apply_outcome(self, r: a.Outcome) -> None:
         act = r.action
+        if not r.ok and isinstance(act, a.QueryMetrics):  # a failed query is no data: inconclusive, and counted
+            why = f"query failed: {r.message}"
+            self.apply_metrics(a.MetricValues(act.target, act.purpose, dict.fromkeys(act.metrics),
+                                              dict.fromkeys(act.metrics, why), asked_at=iso(self.now)))
+            return
+        if not r.ok and r.refused and self.s.phase in _ACTIVE:
+            self.refused(act, r.message)
+            return
         if not r.ok:
             previous_message = self.s.message
             self.s.message = f"{type(act).__name__} failed: {r.message}"
@@ -348,6 +428,15 @@ class _Run:
         elif isinstance(act, a.CheckDatabase):
             self.s.step = "GateStable" if self.spec.preflight.stable_healthy else "Snapshot"
 
+    def refused(self, act: a.Action, message: str) -> None:
+        """The cluster refused an action in a way no retry can mend (an invalid object, one we do not own)."""
+        text = f"{type(act).__name__} refused: {message}"
+        if self.s.phase in (Phase.pending, Phase.preflight):
+            self.block("ActionRefused", text)
+        else:
+            self.history("rollback", message=text)
+            self.rollback("ActionRefused", text, Severity.high)
+
     def apply_target(self, r: a.TargetState) -> None:
         if self.s.step == "Init":
             missing = [c.name for c in self.spec.template.containers if c.name not in r.images]
@@ -386,8 +475,10 @@ class _Run:
             return
         if r.purpose == "verify":
             self.ran(r.asked_at)
-            if self.judge_all(r, record=True) or not r.values:
+            bad = self.judge_all(r, record=True)
+            if bad or not r.values:
                 self.s.verify_successes = 0
+                self.s.verify_failures += any(v == Verdict.fail for _, v, _ in bad)
             else:
                 self.s.verify_successes += 1
             return
@@ -405,7 +496,7 @@ class _Run:
         out: list[MetricStatus] = []
         for name, value in r.values.items():
             metric = self.metric(name) if name in {m.name for m in self.spec.analysis.metrics} else None
-            judged = None
+            judged, note = None, None
             if metric is not None and metric.judge is not None and r.purpose != "preflight":
                 canary, stable = r.series.get(name, ([], []))
                 j = metric.judge
@@ -414,17 +505,20 @@ class _Run:
                 verdict, threshold = Verdict(judged.verdict), metric.threshold
             elif metric is not None and metric.judge is not None:
                 verdict, threshold = Verdict.passed, metric.threshold  # nothing to compare the stable version with
+            elif metric is not None and metric.baseline is not None and name in r.pairs:
+                value, note = compare(metric.baseline, *r.pairs[name])
+                verdict, threshold = metric.verdict(value), metric.threshold
             elif metric is not None:
                 verdict, threshold = metric.verdict(value, r.samples.get(name)), metric.threshold
             else:  # rollback.verify.maxErrorRate: the built-in error-rate with that maximum
                 check = Metric(name=name, template="error-rate", max=self.spec.rollback.verify.max_error_rate)
                 verdict, threshold = check.verdict(value, r.samples.get(name)), check.threshold
-            message = r.errors.get(name) or (judged.message if judged else None) or (
+            message = r.errors.get(name) or (judged.message if judged else None) or note or (
                 "no data" if verdict == Verdict.inconclusive else None)
             if verdict != Verdict.passed:
                 bad.append((name, verdict, message or f"{_fmt(value)} not {threshold}"))
             prev = previous.get(name)
-            ms = MetricStatus(name=name, value=None if value is None or value != value else value,
+            ms = MetricStatus(name=name, value=value if value is not None and math.isfinite(value) else None,
                               threshold=threshold, verdict=verdict, samples=round(r.samples.get(name, 0)),
                               message=message)
             if prev is not None and r.purpose == "analysis":
@@ -861,19 +955,27 @@ class _Run:
         v = self.spec.rollback.verify
         if self.s.verify_started_at is None:
             self.s.verify_started_at = iso(self.now)
-            self.s.verify_successes = 0
+            self.s.verify_successes = self.s.verify_failures = 0
             self.s.analysis.last_run = self.s.analysis.next_run = None
         if self.s.verify_successes >= v.successes:
             assert self.s.incident is not None
             self.s.incident.verified_at = iso(self.now)
             self.event("RollbackVerified", f"the stable version passed {v.successes} checks in a row")
+            self.condition("Verified", "True", "RollbackVerified", f"passed {v.successes} checks in a row")
             self.condition("Degraded", "True", "RolledBack", "rolled back; the stable version is healthy")
             self.s.step = "Report"
             self.write_report()
             return
         if self.since(self.s.verify_started_at) > parse_duration(v.duration):
-            self.s.failure = f"the stable version was not healthy within {v.duration} of the rollback"
-            self.event("RollbackNotVerified", self.s.failure, warning=True)
+            if self.s.verify_failures:
+                self.s.failure = f"the stable version was not healthy within {v.duration} of the rollback"
+                self.event("RollbackNotVerified", self.s.failure, warning=True)
+            else:  # nothing was measured: the rollback is done, only its proof is missing
+                text = f"no data proved the stable version healthy or unhealthy within {v.duration}; " \
+                       "the rollback itself is complete"
+                self.condition("Verified", "Unknown", "VerificationInconclusive", text)
+                self.condition("Degraded", "True", "RolledBack", "rolled back; verification inconclusive")
+                self.event("RollbackVerificationInconclusive", text, warning=True)
             self.s.step = "Report"
             self.write_report()
             return
@@ -891,8 +993,9 @@ class _Run:
         assert inc is not None
         if inc.report_ref:
             phase = Phase.failed if self.s.failure else Phase.rolled_back
+            unproven = "" if inc.verified_at else "; verification inconclusive (no data)"
             self.finish(phase, "RollbackFailed" if self.s.failure else "RolledBack",
-                        self.s.failure or f"rolled back to {_images(self.s.stable_images)}")
+                        self.s.failure or f"rolled back to {_images(self.s.stable_images)}{unproven}")
             return
         name = f"{self.inp.name}-incident-{self.s.attempt}"
         report = incident_report(self.inp.name, self.spec, self.s, self.now)
@@ -924,6 +1027,19 @@ class _Run:
             sev = Severity.critical if phase == Phase.failed else Severity(self.s.incident_severity or "high")
             ref = self.s.incident.report_ref if self.s.incident else None
             self.notify(sev, f"rollout {phase.value}", f"{self.inp.name}: {text}", ref)
+
+
+def compare(baseline: Baseline, canary: float | None, stable: float | None) -> tuple[float | None, str | None]:
+    """The canary against the stable version: their difference, or their ratio. A canary above a stable 0 has an
+    unbounded ratio: that fails any maxRatio (the status shows no value and says why), it is never `Infinity`."""
+    if canary is None or stable is None or not (math.isfinite(canary) and math.isfinite(stable)):
+        return None, None
+    if baseline.max_difference is not None:
+        return canary - stable, None
+    if stable == 0:
+        return (1.0, None) if canary == 0 else (math.inf, f"canary {canary:.4g} against a stable 0: the ratio is "
+                                                      "unbounded")
+    return canary / stable, None
 
 
 def _images(images: dict[str, str] | None) -> str:

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import itertools
 import math
+from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, GetCoreSchemaHandler, GetJsonSchemaHandler, field_validator, model_validator
 from pydantic.alias_generators import to_camel
 from pydantic.config import JsonDict
+from pydantic_core import core_schema
 
 from saferollout.core.durations import DURATION_PATTERN, parse_duration
 from saferollout.core.stats import wilson_lower
@@ -25,6 +27,11 @@ KIND = "SafeRollout"
 PLURAL = "saferollouts"
 
 NAME_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+NAME_MAX = 63  # a SafeRollout's own name is a label value (saferollout.dev/rollout) on what it creates
+CANARY_SUFFIX = "-canary"
+# The target's name becomes a label value and, with CANARY_SUFFIX, a Deployment and Service name: 63 at most.
+TARGET_NAME_MAX = 63 - len(CANARY_SUFFIX)
+URL_PATTERN = r"^https?://[^\s/][^\n\r]*$"  # an http(s) URL (placeholders may hold spaces)
 
 
 def cel(rule: str, message: str, field_path: str | None = None) -> JsonDict:
@@ -34,10 +41,45 @@ def cel(rule: str, message: str, field_path: str | None = None) -> JsonDict:
     return out
 
 
+@dataclass(frozen=True)
+class Bounded:
+    """A Go-style duration with a floor and a ceiling, refused by the API server (CEL) and by pydantic alike:
+    `interval: 0s` would be a hot loop, and a 400-digit duration overflows every clock sum."""
+
+    floor: str
+    ceiling: str
+
+    @property
+    def message(self) -> str:
+        return f"must be a duration between {self.floor} and {self.ceiling}"
+
+    def check(self, text: str) -> str:
+        if len(text) > 32 or not parse_duration(self.floor) <= parse_duration(text) <= parse_duration(self.ceiling):
+            raise ValueError(f"{text[:40]!r} {self.message}")
+        return text
+
+    def __get_pydantic_core_schema__(self, source: Any, handler: GetCoreSchemaHandler) -> core_schema.CoreSchema:
+        return core_schema.no_info_after_validator_function(self.check, handler(source))
+
+    def __get_pydantic_json_schema__(self, schema: core_schema.CoreSchema, handler: GetJsonSchemaHandler) -> JsonDict:
+        out: JsonDict = dict(handler(schema))
+        out.update({"pattern": DURATION_PATTERN, "maxLength": 32, "x-kubernetes-validations": [cel(
+            f"duration(self) >= duration('{self.floor}') && duration(self) <= duration('{self.ceiling}')",
+            self.message)]})
+        return out
+
+
+# a Kubernetes object name that also becomes a label value or a DNS label
+ServiceName = Annotated[str, Field(pattern=NAME_PATTERN, max_length=63)]
+TargetName = Annotated[str, Field(pattern=NAME_PATTERN, max_length=TARGET_NAME_MAX)]
+ObjectName = Annotated[str, Field(pattern=NAME_PATTERN, max_length=253)]
+Url = Annotated[str, Field(pattern=URL_PATTERN, max_length=2048)]
+
+
 class Model(BaseModel):
     """camelCase on the wire, snake_case in Python; unknown fields are an error, never ignored."""
 
-    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid")
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid", allow_inf_nan=False)
 
     def wire(self) -> dict[str, Any]:
         return self.model_dump(by_alias=True, exclude_none=True, mode="json")
@@ -71,7 +113,8 @@ class InconclusiveAction(StrEnum):
 
 class TargetRef(Model):
     kind: Literal["Deployment"] = "Deployment"
-    name: str = Field(pattern=NAME_PATTERN, max_length=253)
+    name: TargetName = Field(description=f"At most {TARGET_NAME_MAX} characters: "
+                                        f"the canary is named <name>{CANARY_SUFFIX}.")
 
 
 class EnvVar(Model):
@@ -81,7 +124,7 @@ class EnvVar(Model):
 
 class Container(Model):
     name: str = Field(pattern=NAME_PATTERN, max_length=63)
-    image: str = Field(min_length=1)
+    image: str = Field(min_length=1, max_length=1024)
     env: list[EnvVar] | None = None
 
 
@@ -93,7 +136,8 @@ class PodTemplate(Model):
 
 class Stage(Model):
     weight: int = Field(ge=1, le=100, description="Percent of traffic sent to the canary in this stage.")
-    duration: str = Field(pattern=DURATION_PATTERN, description="How long the stage is analysed before advancing.")
+    duration: Annotated[str, Bounded("1s", "24h")] = Field(
+        description="How long the stage is analysed before advancing.")
 
     @property
     def seconds(self) -> float:
@@ -101,29 +145,29 @@ class Stage(Model):
 
 
 class GatewayAPIRouter(Model):
-    http_route: str = Field(alias="httpRoute", pattern=NAME_PATTERN)
-    stable_service: str = Field(pattern=NAME_PATTERN)
-    canary_service: str = Field(pattern=NAME_PATTERN)
+    http_route: ObjectName = Field(alias="httpRoute")
+    stable_service: ServiceName
+    canary_service: ServiceName
 
 
 class IstioRouter(Model):
-    virtual_service: str = Field(pattern=NAME_PATTERN)
+    virtual_service: ObjectName
     route: str | None = Field(default=None, description="Name of the HTTP route in the VirtualService; the first.")
-    stable_service: str | None = Field(default=None, pattern=NAME_PATTERN)
-    canary_service: str | None = Field(default=None, pattern=NAME_PATTERN)
+    stable_service: ServiceName | None = None
+    canary_service: ServiceName | None = None
 
 
 class NginxRouter(Model):
-    ingress: str = Field(pattern=NAME_PATTERN)
-    stable_service: str | None = Field(default=None, pattern=NAME_PATTERN)
-    canary_service: str | None = Field(default=None, pattern=NAME_PATTERN)
+    ingress: str = Field(pattern=NAME_PATTERN, max_length=253 - len(CANARY_SUFFIX))
+    stable_service: ServiceName | None = None
+    canary_service: ServiceName | None = None
 
 
 class ReplicasRouter(Model):
     """No mesh or ingress: the weight is the canary's share of the replicas."""
 
-    stable_service: str | None = Field(default=None, pattern=NAME_PATTERN)
-    canary_service: str | None = Field(default=None, pattern=NAME_PATTERN)
+    stable_service: ServiceName | None = None
+    canary_service: ServiceName | None = None
 
 
 ROUTERS = ("gatewayAPI", "istio", "nginx", "replicas")
@@ -190,13 +234,13 @@ class CanaryStrategy(Model):
 
 
 class BlueGreenStrategy(Model):
-    active_service: str = Field(pattern=NAME_PATTERN)
-    preview_service: str = Field(pattern=NAME_PATTERN)
+    active_service: ServiceName
+    preview_service: ServiceName
     auto_promote: bool = True
-    preview_duration: str = Field(default="1m", pattern=DURATION_PATTERN,
-                                  description="Pre-promotion analysis against the preview Service.")
-    post_promotion_duration: str = Field(default="1m", pattern=DURATION_PATTERN)
-    scale_down_delay: str = Field(default="30s", pattern=DURATION_PATTERN)
+    preview_duration: Annotated[str, Bounded("1s", "24h")] = Field(
+        default="1m", description="Pre-promotion analysis against the preview Service.")
+    post_promotion_duration: Annotated[str, Bounded("1s", "24h")] = "1m"
+    scale_down_delay: Annotated[str, Bounded("0s", "24h")] = "30s"
 
 
 class Strategy(Model):
@@ -218,15 +262,17 @@ class Strategy(Model):
 
 
 class PrometheusSource(Model):
-    address: str | None = Field(default=None, description="Defaults to the operator's Prometheus address.")
+    address: str | None = Field(default=None, pattern=URL_PATTERN, max_length=2048,
+                                description="http(s) URL; defaults to the operator's Prometheus address.")
 
 
 class HttpCheck(Model):
     """A health probe of the new version: 2xx within the timeout is healthy (value 1), anything else 0."""
 
-    url: str = Field(default="http://{{ service }}.{{ namespace }}.svc:80/healthz",
+    url: str = Field(default="http://{{ service }}.{{ namespace }}.svc:80/healthz", pattern=URL_PATTERN,
+                     max_length=2048,
                      description="With placeholders; by default the health endpoint behind the analysed Service.")
-    timeout: str = Field(default="2s", pattern=DURATION_PATTERN)
+    timeout: Annotated[str, Bounded("100ms", "30s")] = "2s"
 
 
 class Baseline(Model):
@@ -248,12 +294,23 @@ class Baseline(Model):
 class Judge(Model):
     """Mann-Whitney U over the window's samples of canary and stable: fail when the canary is worse beyond chance."""
 
+    model_config = ConfigDict(json_schema_extra={"x-kubernetes-validations": [
+        cel("duration(self.window).getSeconds() <= duration(self.step).getSeconds() * 10000",
+            "window / step is the number of samples per side: at most 10000", ".window")
+    ]})
+
     min_samples: int = Field(default=20, ge=3, le=10000)
     confidence: float = Field(default=0.95, gt=0.5, lt=1)
     direction: Literal["increase", "decrease"] = Field(default="increase", description="which way is worse")
-    window: str = Field(default="2m", pattern=DURATION_PATTERN, description="how far back the samples go")
-    step: str = Field(default="5s", pattern=DURATION_PATTERN,
-                      description="one sample every step; at least the query's longest range, so samples share no data")
+    window: Annotated[str, Bounded("1s", "6h")] = Field(default="2m", description="how far back the samples go")
+    step: Annotated[str, Bounded("1s", "1h")] = Field(
+        default="5s", description="one sample every step; at least the query's longest range, so samples share no data")
+
+    @model_validator(mode="after")
+    def _samples_bounded(self) -> Judge:
+        if parse_duration(self.window) > parse_duration(self.step) * 10000:
+            raise ValueError("judge: window / step is the number of samples per side: at most 10000")
+        return self
 
 
 class Metric(Model):
@@ -271,7 +328,7 @@ class Metric(Model):
         }
     )
     name: str = Field(pattern=NAME_PATTERN, max_length=63)
-    query: str | None = Field(default=None, min_length=1, description="PromQL with {{ placeholders }}.")
+    query: str | None = Field(default=None, min_length=1, max_length=16384, description="PromQL with {{ placeholders }}.")
     template: str | None = Field(default=None, pattern=NAME_PATTERN,
                                  description="A built-in template (error-rate, p95-latency) or a MetricTemplate.")
     http_get: HttpCheck | None = None
@@ -356,7 +413,7 @@ def default_metrics() -> list[Metric]:
 
 class Analysis(Model):
     prometheus: PrometheusSource | None = None
-    interval: str = Field(default="30s", pattern=DURATION_PATTERN)
+    interval: Annotated[str, Bounded("1s", "1h")] = "30s"
     failure_limit: int = Field(default=3, ge=1, le=100,
                                description="Consecutive failed checks of one metric before its onBreach action.")
     inconclusive_limit: int = Field(default=3, ge=1, le=100)
@@ -380,12 +437,12 @@ class Analysis(Model):
 class Preflight(Model):
     database_reachable: bool = False
     stable_healthy: bool = False
-    timeout: str = Field(default="10s", pattern=DURATION_PATTERN)
+    timeout: Annotated[str, Bounded("1s", "5m")] = "10s"
 
 
 class SecretKeyRef(Model):
-    name: str = Field(pattern=NAME_PATTERN)
-    key: str = Field(min_length=1)
+    name: ObjectName
+    key: str = Field(min_length=1, max_length=253, pattern=r"^[-._a-zA-Z0-9]+$")
 
 
 class PostgresDatabase(Model):
@@ -429,8 +486,8 @@ class Database(Model):
 
 
 class RollbackVerify(Model):
-    duration: str = Field(default="2m", pattern=DURATION_PATTERN,
-                          description="Time the stable version has to prove healthy after a rollback.")
+    duration: Annotated[str, Bounded("1s", "24h")] = Field(
+        default="2m", description="Time the stable version has to prove healthy after a rollback.")
     successes: int = Field(default=3, ge=1, le=100, description="Consecutive passing checks that prove it.")
     max_error_rate: float | None = Field(
         default=None, ge=0, le=1, description="Check the error-rate template with this maximum; "
@@ -442,10 +499,10 @@ class Rollback(Model):
 
 
 class Webhook(Model):
-    url: str = Field(pattern=r"^https?://")
+    url: Url
     min_severity: Severity = Severity.high
     format: Literal["generic", "slack"] = "generic"
-    timeout: str = Field(default="5s", pattern=DURATION_PATTERN)
+    timeout: Annotated[str, Bounded("100ms", "30s")] = "5s"
 
 
 class Notification(Model):
@@ -604,6 +661,8 @@ class SafeRolloutStatus(Model):
     finished_at: str | None = None
     verify_started_at: str | None = None
     verify_successes: int = 0
+    verify_failures: int = Field(default=0, description="Verification checks whose data showed the stable version "
+                                 "unhealthy; none, and the verification was only inconclusive.")
     last_command: str | None = None
     failure: str | None = None
     incident_severity: str | None = None

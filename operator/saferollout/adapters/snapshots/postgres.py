@@ -1,9 +1,14 @@
 """PostgreSQL snapshots with pg_dump / pg_restore.
 
 The dump and the checksums of every table are taken inside one exported transaction snapshot, so "the state before
-the rollout" is exact even while the application writes. The restore is one transaction (drop the user schemas,
-replay the dump), so a failed restore leaves the database as it was. The password reaches the tools through the
-environment (PGPASSWORD), never argv, and is registered for redaction.
+the rollout" is exact even while the application writes.
+
+No text built from data reaches a shell or psql: schema names go through `sql.Identifier`, the dump is replayed by
+`pg_restore --dbname` itself (one transaction), and the database name reaches it as a conninfo quoted by the
+driver. The restore first renames the user schemas aside (one transaction), so a replay that fails is undone by
+renaming them back. The password reaches the tools through the environment (PGPASSWORD), never argv; the Secret's
+whole value is registered for redaction before it is parsed, and a parser's error, which quotes its input, is
+never passed on. Dumps are 0600 in a 0700 store.
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ from typing import Any
 
 import psycopg
 from psycopg import sql
-from psycopg.conninfo import conninfo_to_dict
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from saferollout.adapters.snapshots import RestoreOutcome, SnapshotInfo
 from saferollout.redact import redact, register
@@ -74,9 +79,22 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+class NotADsn(ValueError):
+    """The Secret's value does not parse as a connection string (the parser's own message would quote it)."""
+
+
+def _private(path: Path) -> None:
+    path.chmod(0o600)
+
+
 class PostgresSnapshots:
     def __init__(self, dsn: str, store: Path):
-        params = conninfo_to_dict(dsn)
+        register(dsn)
+        try:
+            params = conninfo_to_dict(dsn)
+        except Exception:
+            raise NotADsn("the Secret's value is not a PostgreSQL connection string "
+                          "(key=value pairs, or a postgresql:// URL with its password percent-encoded)") from None
         self.params = {k: str(v) for k, v in params.items() if v is not None}
         register(self.params.get("password"))
         self.dsn = dsn
@@ -100,10 +118,24 @@ class PostgresSnapshots:
         params = dict(self.params, dbname=dbname or self.dbname, connect_timeout=str(max(1, int(timeout))))
         return psycopg.connect(**params, autocommit=autocommit)  # type: ignore[arg-type]
 
-    def _run(self, argv: list[str], dbname: str | None = None, stdin: str | None = None) -> None:
-        p = subprocess.run(argv, env=self._env(dbname), input=stdin, capture_output=True, text=True, check=False)
+    def _run(self, argv: list[str], dbname: str | None = None, lock_timeout: str | None = None) -> None:
+        env = self._env(dbname)
+        if lock_timeout:
+            env["PGOPTIONS"] = f"-c lock_timeout={lock_timeout}"
+        p = subprocess.run(argv, env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True, check=False)
         if p.returncode != 0:
             raise RuntimeError(f"{argv[0]} failed: {redact(p.stderr.strip())[-600:]}")
+
+    def _store(self) -> Path:
+        self.store.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self.store.chmod(0o700)
+        return self.store
+
+    def _replay(self, snapshot_id: str, dbname: str | None = None) -> None:
+        """pg_restore into the database itself: its name is a conninfo the driver quoted, not text of ours."""
+        target = make_conninfo(dbname=dbname or self.dbname)
+        self._run(["pg_restore", "--no-owner", "--no-privileges", "--exit-on-error", "--single-transaction",
+                   f"--dbname={target}", str(self._path(snapshot_id))], dbname=dbname, lock_timeout="30s")
 
     def _path(self, snapshot_id: str) -> Path:
         if "/" in snapshot_id or snapshot_id.startswith("."):
@@ -125,7 +157,7 @@ class PostgresSnapshots:
         if path.exists() and path.with_suffix(".json").exists():  # already complete: never taken twice
             m = self._meta(snapshot_id)
             return SnapshotInfo(str(path), m["sizeBytes"], m["sha256"], len(m["tables"]), m["takenAt"])
-        self.store.mkdir(parents=True, exist_ok=True)
+        self._store()
         tmp = path.with_suffix(".partial")
         with self._connect(autocommit=False) as conn:
             conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
@@ -135,10 +167,12 @@ class PostgresSnapshots:
             self._run(["pg_dump", "--format=custom", f"--snapshot={exported}", f"--file={tmp}", "--no-owner"])
             sums = checksums(conn)
             conn.rollback()
+        _private(tmp)
         digest = _sha256(tmp)
         meta = {"id": snapshot_id, "takenAt": taken.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
                 "sizeBytes": tmp.stat().st_size, "sha256": digest, "tables": sums, "database": self.dbname}
         path.with_suffix(".json").write_text(json.dumps(meta, indent=1))
+        _private(path.with_suffix(".json"))
         os.replace(tmp, path)  # the .dump appears only when complete
         return SnapshotInfo(str(path), meta["sizeBytes"], digest, len(sums), meta["takenAt"])
 
@@ -157,8 +191,7 @@ class PostgresSnapshots:
         with self._connect() as conn:
             conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(scratch)))
         try:
-            self._run(["pg_restore", "--no-owner", "--no-privileges", "--exit-on-error", f"--dbname={scratch}",
-                       str(self._path(snapshot_id))], dbname=scratch)
+            self._replay(snapshot_id, scratch)
             with self._connect(scratch) as conn:
                 problems = diff(meta["tables"], checksums(conn))
         finally:
@@ -176,32 +209,49 @@ class PostgresSnapshots:
             return RestoreOutcome(False, str(e), pre_restore_dump)
         if pre_restore_dump is None:  # keep what the canary wrote, before anything is touched
             stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
-            dump = self.store / f"pre-restore-{snapshot_id}-{stamp}.dump"
+            dump = self._store() / f"pre-restore-{snapshot_id}-{stamp}.dump"
             try:
                 self._run(["pg_dump", "--format=custom", f"--file={dump}", "--no-owner"])
+                _private(dump)
             except RuntimeError as e:
                 return RestoreOutcome(False, f"pre-restore dump failed, nothing restored: {e}")
             pre_restore_dump = str(dump)
+        aside = self._set_aside()
         try:
-            script = subprocess.run(["pg_restore", "--no-owner", "--no-privileges", "--file=-",
-                                     str(self._path(snapshot_id))], capture_output=True, text=True, check=True).stdout
-        except subprocess.CalledProcessError as e:
-            return RestoreOutcome(False, f"pg_restore could not read the snapshot: {redact(e.stderr)[-300:]}",
-                                  pre_restore_dump)
-        with self._connect() as conn:
-            schemas = [r[0] for r in conn.execute(USER_SCHEMAS).fetchall()]
-        drops = "".join(f'DROP SCHEMA IF EXISTS "{s}" CASCADE;\n' for s in schemas)
-        prelude = f"SET lock_timeout = '30s';\n{drops}CREATE SCHEMA IF NOT EXISTS public;\n"
-        try:
-            self._run(["psql", "--no-psqlrc", "--quiet", "--single-transaction", "-v", "ON_ERROR_STOP=1",
-                       "--file=-"], stdin=prelude + script)
+            self._replay(snapshot_id)
         except RuntimeError as e:
-            return RestoreOutcome(False, str(e), pre_restore_dump)
+            self._put_back(aside)
+            return RestoreOutcome(False, f"{e}; the database is as it was", pre_restore_dump)
+        self._drop(aside)
         with self._connect() as conn:
             problems = diff(meta["tables"], checksums(conn))
         if problems:
             return RestoreOutcome(False, "restored database differs: " + "; ".join(problems[:5]), pre_restore_dump)
         return RestoreOutcome(True, f"{len(meta['tables'])} tables equal the snapshot", pre_restore_dump)
+
+    def _set_aside(self) -> list[tuple[str, str]]:
+        """Rename every user schema out of the way in one transaction; an empty `public` takes its place."""
+        token = secrets.token_hex(4)
+        with self._connect() as conn:
+            names = [r[0] for r in conn.execute(USER_SCHEMAS).fetchall()]
+            moved = [(name, f"sr_aside_{token}_{i}") for i, name in enumerate(names)]
+            with conn.transaction():
+                conn.execute("SET LOCAL lock_timeout = '30s'")
+                for old, new in moved:
+                    conn.execute(sql.SQL("ALTER SCHEMA {} RENAME TO {}").format(sql.Identifier(old), sql.Identifier(new)))
+                conn.execute("CREATE SCHEMA public")
+        return moved
+
+    def _put_back(self, moved: list[tuple[str, str]]) -> None:
+        with self._connect() as conn, conn.transaction():
+            conn.execute("DROP SCHEMA IF EXISTS public CASCADE")
+            for old, new in moved:
+                conn.execute(sql.SQL("ALTER SCHEMA {} RENAME TO {}").format(sql.Identifier(new), sql.Identifier(old)))
+
+    def _drop(self, moved: list[tuple[str, str]]) -> None:
+        with self._connect() as conn, conn.transaction():
+            for _, new in moved:
+                conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(new)))
 
     def equals(self, snapshot_id: str) -> bool:
         meta = self._meta(snapshot_id)
