@@ -170,21 +170,27 @@ class ReplicasRouter(Model):
     canary_service: ServiceName | None = None
 
 
-ROUTERS = ("gatewayAPI", "istio", "nginx", "replicas")
+def _router_names(traffic: type[BaseModel]) -> tuple[str, ...]:
+    """The routers by their names in the manifest: the fields of Traffic, the one list of them."""
+    return tuple(f.alias or name for name, f in traffic.model_fields.items())
 
 
+def _exactly_one_router(names: tuple[str, ...]) -> str:
+    return f"exactly one traffic router must be set: {', '.join(names[:-1])} or {names[-1]}"
+
+
+def _one_router_rule(schema: JsonDict, traffic: type[Any]) -> None:
+    names = _router_names(traffic)
+    schema["x-kubernetes-validations"] = [
+        cel("[" + ", ".join(f"has(self.{n})" for n in names) + "].filter(x, x).size() == 1", _exactly_one_router(names))
+    ]
+
+
+# Exactly one router. Traffic's fields are the only list of the routers: the CEL rule, the validator and ROUTERS
+# follow them, and saferollout.adapters.routers.ROUTERS maps each name to its adapter (a unit test checks that).
+# (A comment, not a docstring: a docstring would become the CRD's description of `traffic`.)
 class Traffic(Model):
-    model_config = ConfigDict(
-        json_schema_extra={
-            "x-kubernetes-validations": [
-                cel(
-                    "[has(self.gatewayAPI), has(self.istio), has(self.nginx), has(self.replicas)]"
-                    ".filter(x, x).size() == 1",
-                    "exactly one traffic router must be set: gatewayAPI, istio, nginx or replicas",
-                )
-            ]
-        }
-    )
+    model_config = ConfigDict(json_schema_extra=_one_router_rule)
     gateway_api: GatewayAPIRouter | None = Field(default=None, alias="gatewayAPI")
     istio: IstioRouter | None = None
     nginx: NginxRouter | None = None
@@ -192,16 +198,30 @@ class Traffic(Model):
 
     @model_validator(mode="after")
     def _one_router(self) -> Traffic:
-        if sum(x is not None for x in (self.gateway_api, self.istio, self.nginx, self.replicas)) != 1:
-            raise ValueError("exactly one traffic router must be set: gatewayAPI, istio, nginx or replicas")
+        self.chosen()
         return self
+
+    def chosen(self) -> tuple[str, BaseModel]:
+        """(its name in the manifest, its settings) of the router that is set."""
+        fields = type(self).model_fields
+        chosen = [(f.alias or name, v) for name, f in fields.items() if (v := getattr(self, name)) is not None]
+        if len(chosen) != 1:
+            raise ValueError(_exactly_one_router(_router_names(type(self))))
+        return chosen[0]
+
+    def router(self) -> str:
+        """The name in the manifest of the router that is set (`gatewayAPI`, ...): the adapters' registry key."""
+        return self.chosen()[0]
 
     def services(self, target: str) -> tuple[str, str]:
         """(stable, canary) Service names; routers that do not name them use the target's name."""
-        router = self.gateway_api or self.istio or self.nginx or self.replicas
+        router = self.chosen()[1]
         stable = getattr(router, "stable_service", None) or target
         canary = getattr(router, "canary_service", None) or f"{target}-canary"
         return stable, canary
+
+
+ROUTERS = _router_names(Traffic)
 
 
 class CanaryStrategy(Model):
@@ -547,6 +567,41 @@ class Phase(StrEnum):
         return self in (Phase.succeeded, Phase.rolled_back, Phase.failed, Phase.blocked)
 
 
+class Step(StrEnum):
+    """Where inside its phase a rollout is, so that a restarted operator resumes there (the wire values are the
+    strings the status has always carried)."""
+
+    init = "Init"
+    gate_database = "GateDatabase"
+    gate_stable = "GateStable"
+    snapshot = "Snapshot"
+    canary = "Canary"
+    promote_target = "PromoteTarget"
+    wait_target = "WaitTarget"
+    route_to_target = "RouteToTarget"
+    remove_canary = "RemoveCanary"
+    watch = "Watch"
+    revert_traffic = "RevertTraffic"
+    revert_workload = "RevertWorkload"
+    revert_images = "RevertImages"
+    restore_database = "RestoreDatabase"
+    verify = "Verify"
+    report = "Report"
+
+
+# the steps each phase may be in; Progressing, Paused and the terminal phases have none
+PHASE_STEPS: dict[Phase, tuple[Step, ...]] = {
+    Phase.pending: (Step.init,),
+    Phase.preflight: (Step.gate_database, Step.gate_stable, Step.snapshot, Step.canary),
+    Phase.promoting: (Step.promote_target, Step.wait_target, Step.route_to_target, Step.remove_canary, Step.watch),
+    Phase.rolling_back: (Step.revert_traffic, Step.revert_workload, Step.revert_images, Step.restore_database,
+                         Step.verify, Step.report),
+}
+
+
+PauseReason = Literal["user", "breach", "inconclusive", "approval"]
+
+
 class Verdict(StrEnum):
     passed = "pass"
     fail = "fail"
@@ -636,7 +691,7 @@ class SafeRolloutStatus(Model):
 
     phase: Phase | None = None
     message: str | None = None
-    step: str | None = Field(default=None, description="Sub-step inside the phase, for resumption.")
+    step: Step | None = Field(default=None, description="Sub-step inside the phase, for resumption.")
     template_hash: str | None = None
     attempt: int = 0
     observed_generation: int | None = None
@@ -650,7 +705,7 @@ class SafeRolloutStatus(Model):
     stage_resumed_at: str | None = None
     stepped_back: bool = False
     settle_until: str | None = Field(default=None, description="No analysis before this time (after a step back).")
-    pause_reason: Literal["user", "breach", "inconclusive", "approval"] | None = None
+    pause_reason: PauseReason | None = None
     stable_images: dict[str, str] | None = None
     canary_images: dict[str, str] | None = None
     stable_revision: str | None = None

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 
 from saferollout.core.durations import format_duration
-from saferollout.core.models import SafeRolloutSpec, SafeRolloutStatus
+from saferollout.core.models import IncidentStatus, SafeRolloutSpec, SafeRolloutStatus
 
 
 def _t(s: str | None) -> datetime | None:
@@ -20,12 +20,26 @@ def _between(a: str | None, b: str | None) -> str:
 def incident_report(name: str, spec: SafeRolloutSpec, s: SafeRolloutStatus, now: datetime) -> str:
     inc = s.incident
     assert inc is not None
+    lines = _summary(name, s, inc) + _timeline(s, inc) + _metrics(inc) + _database(spec, s)
+    lines += ["", f"_Written by SafeRollout at {now.strftime('%Y-%m-%dT%H:%M:%SZ')}._", ""]
+    return "\n".join(lines)
+
+
+def _outcome(s: SafeRolloutStatus, inc: IncidentStatus) -> str:
+    if s.failure:
+        return "rollback incomplete: " + s.failure
+    if inc.verified_at:
+        return "rolled back, stable version verified"
+    return "rolled back; verification inconclusive (no data showed the stable version healthy or unhealthy)"
+
+
+def _summary(name: str, s: SafeRolloutStatus, inc: IncidentStatus) -> list[str]:
     images_new = ", ".join(f"`{k}={v}`" for k, v in (s.canary_images or {}).items())
     images_old = ", ".join(f"`{k}={v}`" for k, v in (s.stable_images or {}).items())
-    lines = [
+    return [
         f"# Incident: rollback of {name} (rollout {s.attempt})",
         "",
-        f"- **Outcome:** {'rollback incomplete: ' + s.failure if s.failure else 'rolled back, stable version verified'}",
+        f"- **Outcome:** {_outcome(s, inc)}",
         f"- **Reason:** {inc.reason}" + (f" — `{inc.metric}` = {_v(inc.value)} (threshold {inc.threshold})"
                                           if inc.metric else ""),
         f"- **New version:** {images_new}",
@@ -34,12 +48,11 @@ def incident_report(name: str, spec: SafeRolloutSpec, s: SafeRolloutStatus, now:
         f"- **Time to detect** (first failed check → decision): {_between(inc.first_failed_at, inc.decided_at)}",
         f"- **Time to revert traffic** (decision → weight 0 written): {_between(inc.decided_at, inc.traffic_reverted_at)}",
         f"- **Time to recover** (decision → stable verified): {_between(inc.decided_at, inc.verified_at)}",
-        "",
-        "## Timeline",
-        "",
-        "| time (UTC) | event |",
-        "|---|---|",
     ]
+
+
+def _timeline(s: SafeRolloutStatus, inc: IncidentStatus) -> list[str]:
+    lines = ["", "## Timeline", "", "| time (UTC) | event |", "|---|---|"]
     timeline: list[tuple[str, str]] = [
         (t, what) for t, what in (
             (s.started_at, "rollout started"),
@@ -55,16 +68,22 @@ def incident_report(name: str, spec: SafeRolloutSpec, s: SafeRolloutStatus, now:
         ) if t
     ]
     timeline += [(h.at, f"{h.action}" + (f" on `{h.metric}`: {h.message}" if h.metric else "")) for h in s.history]
-    for t, what in sorted(timeline, key=lambda x: x[0]):
-        lines.append(f"| {t} | {what} |")
-    lines += ["", "## Metrics at the breach", "", "| metric | value | threshold | verdict | consecutive failures |",
-              "|---|---|---|---|---|"]
-    for m in inc.metrics:
-        lines.append(f"| {m.name} | {_v(m.value)} | {m.threshold} | {m.verdict.value} | {m.consecutive_failures} |")
+    lines += [f"| {t} | {what} |" for t, what in sorted(timeline, key=lambda x: x[0])]
+    return lines
+
+
+def _metrics(inc: IncidentStatus) -> list[str]:
+    lines = ["", "## Metrics at the breach", "", "| metric | value | threshold | verdict | consecutive failures |",
+             "|---|---|---|---|---|"]
+    lines += [f"| {m.name} | {_v(m.value)} | {m.threshold} | {m.verdict.value} | {m.consecutive_failures} |"
+              for m in inc.metrics]
     if not inc.metrics:
         lines.append("| (no analysis had run) | | | | |")
-    lines += ["", "## Database", ""]
-    db = spec.database
+    return lines
+
+
+def _database(spec: SafeRolloutSpec, s: SafeRolloutStatus) -> list[str]:
+    lines = ["", "## Database", ""]
     if s.restore is not None and s.snapshot is not None:
         window = _between(s.snapshot.taken_at, s.restore.started_at)
         lines += [
@@ -76,12 +95,11 @@ def incident_report(name: str, spec: SafeRolloutSpec, s: SafeRolloutStatus, now:
             f"{s.restore.started_at}). Rows written in that window are not in the restored database; they are "
             f"kept in the pre-restore dump `{s.restore.pre_restore_dump}`, so nothing is lost.",
         ]
-    elif db is not None and s.snapshot is not None:
+    elif spec.database is not None and s.snapshot is not None:
         lines.append(f"- Snapshot `{s.snapshot.id}` taken; the rollout did not ask to restore it.")
     else:
         lines.append("- No database action was part of this rollout.")
-    lines += ["", f"_Written by SafeRollout at {now.strftime('%Y-%m-%dT%H:%M:%SZ')}._", ""]
-    return "\n".join(lines)
+    return lines
 
 
 def _v(v: float | None) -> str:

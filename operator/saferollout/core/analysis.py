@@ -1,0 +1,248 @@
+"""Analysis shared by every phase that judges a version: verdicts per metric, the counters behind them, the
+breach and inconclusive responses, and when a stage's evidence is complete.
+
+The arithmetic lives here, not in the adapters: a baseline is compared here, a judged metric is tested here
+(core.judge), and a value that is not finite never reaches the status.
+"""
+
+from __future__ import annotations
+
+import math
+
+from saferollout.core import actions as a
+from saferollout.core import transitions as go
+from saferollout.core.clock import iso
+from saferollout.core.durations import parse_duration
+from saferollout.core.judge import judge
+from saferollout.core.models import (
+    Baseline,
+    BreachAction,
+    IncidentStatus,
+    InconclusiveAction,
+    Metric,
+    MetricStatus,
+    Phase,
+    Severity,
+    Stage,
+    Verdict,
+)
+from saferollout.core.run import Run, fmt
+
+_ORDER = {BreachAction.rollback: 4, BreachAction.step_back: 3, BreachAction.pause: 2, BreachAction.notify: 1}
+Bad = list[tuple[str, Verdict, str]]
+
+
+def compare(baseline: Baseline, canary: float | None, stable: float | None) -> tuple[float | None, str | None]:
+    """The canary against the stable version: their difference, or their ratio. A canary above a stable 0 has an
+    unbounded ratio: that fails any maxRatio (the status shows no value and says why), it is never `Infinity`."""
+    if canary is None or stable is None or not (math.isfinite(canary) and math.isfinite(stable)):
+        return None, None
+    if baseline.max_difference is not None:
+        return canary - stable, None
+    if stable == 0:
+        return (1.0, None) if canary == 0 else (math.inf, f"canary {canary:.4g} against a stable 0: the ratio is "
+                                                      "unbounded")
+    return canary / stable, None
+
+
+def target(run: Run) -> a.AnalysisTarget:
+    if run.blue_green:
+        return "preview" if run.s.stage == 0 else "stable"  # after the switch the active Service serves green
+    return "canary"
+
+
+def metrics_for(run: Run, to: a.AnalysisTarget) -> list[Metric]:
+    """Comparative metrics (baseline, judge) need a canary beside the stable version; elsewhere they sit out."""
+    both = to in ("canary", "preview")
+    return [m for m in run.spec.analysis.metrics if both or m.kind not in ("baseline", "judge")]
+
+
+def metric_names(run: Run, to: a.AnalysisTarget | None = None) -> tuple[str, ...]:
+    return tuple(m.name for m in metrics_for(run, to or target(run)))
+
+
+def query(run: Run, to: a.AnalysisTarget) -> a.QueryMetrics:
+    """Samples from before the stage's weight was set belong to another weight: the query says since when."""
+    return a.QueryMetrics(to, "analysis", metric_names(run, to), since=run.s.stage_started_at)
+
+
+def failure_limit(run: Run, metric: Metric) -> int:
+    return metric.failure_limit or run.spec.analysis.failure_limit
+
+
+def record(run: Run, r: a.MetricValues) -> None:
+    """An analysis of the canary (or, after promotion, of the target): verdicts and counters into status."""
+    verdicts(run, r, record=True)
+    run.ran(r.asked_at)
+    run.s.analysis.runs += 1
+    run.s.stage_checks += 1
+    run.analysed_now = True
+
+
+def _requests(r: a.MetricValues, name: str) -> float | None:
+    """How many requests a rate stands on; a count that is not a number is no count."""
+    n = r.samples.get(name)
+    return n if n is not None and math.isfinite(n) else None
+
+
+def _verdict(run: Run, r: a.MetricValues, name: str, value: float | None
+             ) -> tuple[Verdict, str, float | None, str | None]:
+    """(verdict, threshold, value shown, note) of one metric's reading."""
+    metric = run.metric(name) if name in {m.name for m in run.spec.analysis.metrics} else None
+    if metric is not None and metric.judge is not None and r.purpose != "preflight":
+        canary, stable = r.series.get(name, ([], []))
+        j = metric.judge
+        judged = judge(canary, stable, j.min_samples, j.confidence, j.direction)
+        return Verdict(judged.verdict), metric.threshold, judged.p_value, judged.message
+    if metric is not None and metric.judge is not None:
+        return Verdict.passed, metric.threshold, value, None  # nothing to compare the stable version with
+    if metric is not None and metric.baseline is not None and name in r.pairs:
+        value, note = compare(metric.baseline, *r.pairs[name])
+        return metric.verdict(value), metric.threshold, value, note
+    if metric is not None:
+        return metric.verdict(value, _requests(r, name)), metric.threshold, value, None
+    # rollback.verify.maxErrorRate: the built-in error-rate with that maximum
+    check = Metric(name=name, template="error-rate", max=run.spec.rollback.verify.max_error_rate)
+    return check.verdict(value, _requests(r, name)), check.threshold, value, None
+
+
+def verdicts(run: Run, r: a.MetricValues, record: bool) -> Bad:
+    """Verdict per metric; with record, update the consecutive counters in status. Returns the non-passes."""
+    bad: Bad = []
+    previous = {m.name: m for m in run.s.analysis.metrics}
+    out: list[MetricStatus] = []
+    for name, raw in r.values.items():
+        verdict, threshold, value, note = _verdict(run, r, name, raw)
+        message = r.errors.get(name) or note or ("no data" if verdict == Verdict.inconclusive else None)
+        if verdict != Verdict.passed:
+            bad.append((name, verdict, message or f"{fmt(value)} not {threshold}"))
+        ms = MetricStatus(name=name, value=value if value is not None and math.isfinite(value) else None,
+                          threshold=threshold, verdict=verdict, samples=round(_requests(r, name) or 0),
+                          message=message)
+        _count(run, ms, previous.get(name) if r.purpose == "analysis" else None)
+        out.append(ms)
+        if r.purpose == "analysis":
+            _warn(run, name, ms, message)
+    if record:
+        run.s.analysis.metrics = out
+    return bad
+
+
+def _count(run: Run, ms: MetricStatus, prev: MetricStatus | None) -> None:
+    if prev is not None:
+        ms.consecutive_failures = prev.consecutive_failures
+        ms.consecutive_inconclusive = prev.consecutive_inconclusive
+        ms.failing_since = prev.failing_since
+    if ms.verdict == Verdict.fail:
+        ms.consecutive_failures += 1
+        ms.consecutive_inconclusive = 0
+        ms.failing_since = ms.failing_since or iso(run.now)
+    elif ms.verdict == Verdict.inconclusive:
+        ms.consecutive_inconclusive += 1
+    else:
+        ms.consecutive_failures = ms.consecutive_inconclusive = 0
+        ms.failing_since = None
+
+
+def _warn(run: Run, name: str, ms: MetricStatus, message: str | None) -> None:
+    """warnAfter: an early word before the breach action."""
+    metric = run.metric(name) if name in {m.name for m in run.spec.analysis.metrics} else None
+    if metric is None or not metric.warn_after or ms.verdict != Verdict.fail or \
+            ms.consecutive_failures != metric.warn_after:
+        return
+    text = f"{name} failed {ms.consecutive_failures} checks in a row ({message or fmt(ms.value)}); " \
+           f"the breach action follows at {failure_limit(run, metric)}"
+    run.event("AnalysisDegraded", text, warning=True)
+    run.notify(Severity.medium if metric.severity.rank > 2 else Severity.low, f"{name} degraded",
+               f"{run.inp.name}: {text}")
+
+
+def breaches(run: Run) -> bool:
+    """Apply the strongest breach action due, or the inconclusive one; True when the phase or stage changed."""
+    names = metric_names(run)
+    breached = [(run.metric(ms.name), ms) for ms in run.s.analysis.metrics if ms.name in names
+                and ms.consecutive_failures >= failure_limit(run, run.metric(ms.name))]
+    if breached:
+        metric, ms = max(breached, key=lambda x: (_ORDER[x[0].on_breach], x[0].severity.rank))
+        return _respond(run, metric, ms)
+    limit = run.spec.analysis.inconclusive_limit
+    stuck = [ms for ms in run.s.analysis.metrics if ms.consecutive_inconclusive >= limit]
+    if stuck and run.s.phase != Phase.paused:
+        _inconclusive(run, stuck, limit)
+        return True
+    return False
+
+
+def _incident(run: Run, reason: str, ms: MetricStatus, metric: Metric | None = None) -> IncidentStatus:
+    return IncidentStatus(
+        reason=reason, metric=ms.name, value=ms.value if metric else None, threshold=ms.threshold if metric else None,
+        weight_at_breach=run.s.weight, stage_at_breach=run.s.stage, first_failed_at=ms.failing_since if metric else None,
+        detected_at=run.s.analysis.last_run, decided_at=iso(run.now),
+        metrics=[m.model_copy() for m in run.s.analysis.metrics])
+
+
+def _respond(run: Run, metric: Metric, ms: MetricStatus) -> bool:
+    action = metric.on_breach
+    if action != BreachAction.notify:
+        run.s.incident = _incident(run, "AnalysisFailed", ms, metric)
+    text = f"{metric.name} = {fmt(ms.value)}, threshold {ms.threshold}, failed {ms.consecutive_failures}x"
+    run.event("AnalysisFailed", text, warning=True)
+    if run.s.phase == Phase.promoting and action == BreachAction.step_back:
+        action = BreachAction.rollback
+    if action == BreachAction.notify:
+        run.history("notify", metric.name, text)
+        run.notify(metric.severity, f"{metric.name} breached", f"{run.inp.name}: {text}")
+        for m in run.s.analysis.metrics:
+            if m.name == metric.name:
+                m.consecutive_failures = 0
+        return False
+    if action == BreachAction.pause:
+        run.history("pause", metric.name, text)
+        run.notify(metric.severity, f"{metric.name} breached: paused", f"{run.inp.name}: {text}")
+        go.pause(run, "breach", "AnalysisFailed", f"paused for a person: {text}")
+        return True
+    if action == BreachAction.step_back and not run.s.stepped_back and (run.s.stage or 1) > 1:
+        run.history("stepBack", metric.name, text)
+        run.s.stepped_back = True
+        run.s.stage = (run.s.stage or 2) - 1
+        run.reset_analysis()
+        run.event("StepBack", f"{text}; back to stage {run.s.stage}", warning=True)
+        run.notify(metric.severity, f"{metric.name} breached: stepped back", f"{run.inp.name}: {text}")
+        return True
+    run.history("rollback", metric.name, text)
+    go.rollback(run, "AnalysisFailed", text, metric.severity)
+    return True
+
+
+def _inconclusive(run: Run, stuck: list[MetricStatus], limit: int) -> None:
+    names = ", ".join(ms.name for ms in stuck)
+    text = f"no conclusive data for {names} in {limit} checks ({stuck[0].message or 'no data'})"
+    if run.spec.analysis.on_inconclusive == InconclusiveAction.rollback:
+        run.history("rollback", stuck[0].name, text)
+        run.s.incident = _incident(run, "AnalysisInconclusive", stuck[0])
+        go.rollback(run, "AnalysisInconclusive", text, Severity.high)
+        return
+    run.event("AnalysisInconclusive", text, warning=True)
+    run.notify(Severity.medium, "analysis inconclusive: paused", f"{run.inp.name}: {text}")
+    go.pause(run, "inconclusive", "AnalysisInconclusive", text)
+
+
+def stage_done(run: Run, stage: Stage) -> bool:
+    """The stage's time is up, it was analysed at least once, and every metric's latest verdict passes."""
+    needed = stage.seconds
+    bg = run.spec.strategy.blue_green
+    if bg is not None and run.s.stage == 1:
+        needed = max(needed, parse_duration(bg.scale_down_delay))
+    elapsed = run.stage_elapsed()
+    if elapsed < needed and run.s.stage_resumed_at:
+        run.wake_in(needed - elapsed)
+    if elapsed < needed or run.s.stage_checks < 1:
+        return False
+    return all_pass(run, metrics_for(run, target(run)))
+
+
+def all_pass(run: Run, metrics: list[Metric]) -> bool:
+    """Never advance on what we could not see; a failure of a notify-only metric does not hold the rollout."""
+    latest = {m.name: m.verdict for m in run.s.analysis.metrics}
+    return all(latest.get(m.name) == Verdict.passed or
+               (latest.get(m.name) == Verdict.fail and m.on_breach == BreachAction.notify) for m in metrics)

@@ -1,0 +1,76 @@
+"""Promoting: the target gets the new template, the route returns to it, the canary goes, and the target is
+watched for the last stage's duration; a breach then rolls back like any other."""
+
+from __future__ import annotations
+
+from saferollout.core import actions as a
+from saferollout.core import analysis
+from saferollout.core import transitions as go
+from saferollout.core.clock import iso
+from saferollout.core.durations import format_duration
+from saferollout.core.models import Phase, Step
+from saferollout.core.run import Run, images
+
+
+def step(run: Run) -> None:
+    match run.s.step:
+        case Step.promote_target:
+            run.act(a.SetTargetImages(dict(run.s.canary_images or {}), "promote"))
+        case Step.wait_target:
+            if a.ReadTarget not in run.polled:
+                run.act(a.ReadTarget())
+        case Step.route_to_target:
+            run.act(a.SetWeight(0))
+        case Step.remove_canary:
+            run.act(a.DeleteCanary())
+        case Step.watch:
+            _watch(run)
+
+
+def _watch(run: Run) -> None:
+    if analysis.breaches(run):
+        return
+    watch = run.stages[-1]
+    elapsed = run.stage_elapsed()
+    if elapsed < watch.seconds and run.s.stage_resumed_at:
+        run.wake_in(watch.seconds - elapsed)
+    if elapsed >= watch.seconds and run.s.stage_checks > 0 and analysis.all_pass(run, analysis.metrics_for(run, "stable")):
+        go.finish(run, Phase.succeeded, "RolloutSucceeded",
+                  f"{images(run.s.canary_images)} promoted and healthy for {watch.duration}")
+        return
+    if run.analysis_due():
+        run.act(analysis.query(run, "stable"))
+        return  # as in a stage: the message moves on with the results
+    left = max(0.0, watch.seconds - elapsed)
+    run.s.message = f"promoted; watching the target for {format_duration(left)}"
+
+
+def apply(run: Run, r: a.Result) -> None:
+    act = r.action if isinstance(r, a.Outcome) and r.ok else None
+    if isinstance(act, a.SetTargetImages) and act.reason == "promote" and run.s.step == Step.promote_target:
+        run.s.step = Step.wait_target
+    elif isinstance(r, a.TargetState) and run.s.step == Step.wait_target:
+        if r.available and all(r.images.get(k) == v for k, v in (run.s.canary_images or {}).items()):
+            run.s.step = Step.route_to_target
+        else:
+            run.polled.add(a.ReadTarget)
+    elif isinstance(act, a.SetWeight) and act.weight == 0 and run.s.step == Step.route_to_target:
+        run.s.step = Step.remove_canary
+    elif isinstance(act, a.DeleteCanary) and run.s.step == Step.remove_canary:
+        _promoted(run)
+    elif isinstance(r, a.MetricValues) and r.purpose == "analysis":
+        analysis.record(run, r)
+
+
+def _promoted(run: Run) -> None:
+    run.s.promoted_at = iso(run.now)
+    if run.blue_green:  # its watch was the post-switch stage: the old version is gone, and that is the end
+        run.event("Promoted", f"the target runs {images(run.s.canary_images)}; the old version is gone")
+        go.finish(run, Phase.succeeded, "RolloutSucceeded",
+                  f"{images(run.s.canary_images)} promoted after post-promotion analysis")
+        return
+    run.s.step = Step.watch
+    run.reset_analysis()
+    run.s.stage_resumed_at = iso(run.now)
+    run.s.stage_elapsed_seconds = 0
+    run.event("Promoted", f"the target runs {images(run.s.canary_images)}; canary removed")

@@ -1,0 +1,179 @@
+"""RollingBack: traffic to stable (already sent by the transition), the canary removed, the target's images
+back, the database restored when asked, the stable version verified, the incident report written.
+
+The restore is destructive: it writes a marker before it starts, and after a restart it checks the database
+instead of restoring again.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from saferollout.core import actions as a
+from saferollout.core import analysis
+from saferollout.core import transitions as go
+from saferollout.core.clock import iso, parse_time
+from saferollout.core.durations import format_duration, parse_duration
+from saferollout.core.models import IncidentStatus, Phase, RestoreStatus, Severity, Step, Verdict
+from saferollout.core.report import incident_report
+from saferollout.core.run import Run, images
+
+RESTORE_BACKOFF_SECONDS = 5.0
+
+
+def step(run: Run) -> None:
+    match run.s.step:
+        case Step.revert_traffic:
+            if not any(isinstance(x, a.SetWeight) for x in run.actions):
+                run.act(a.SetWeight(0))
+        case Step.revert_workload:
+            run.act(a.DeleteCanary())
+        case Step.revert_images:
+            run.act(a.SetTargetImages(dict(run.s.stable_images or {}), "revert"))
+        case Step.restore_database:
+            _restore(run)
+        case Step.verify:
+            _verify(run)
+        case Step.report:
+            _report(run)
+
+
+def _needs_restore(run: Run) -> bool:
+    db, snap = run.spec.database, run.s.snapshot
+    return bool(db and db.restore_on_rollback and snap and snap.state in ("Taken", "Verified"))
+
+
+def _restore(run: Run) -> None:
+    snap = run.s.snapshot
+    assert snap is not None
+    rs = run.s.restore
+    got_result = any(isinstance(r, a.RestoreResult) for r in run.inp.results)
+    if rs is None:
+        run.s.restore = RestoreStatus(state="Restoring", attempts=1, started_at=iso(run.now))
+        run.event("RestoreStarted", f"restoring the database from snapshot {snap.id}")
+        run.act(a.RestoreDatabase(snap.id, 1))
+    elif rs.state == "Restoring" and not got_result:
+        if rs.next_attempt_at is None:
+            # we were interrupted while a restore ran: look before restoring again
+            run.act(a.CheckRestored(snap.id))
+        elif run.now >= parse_time(rs.next_attempt_at):
+            rs.attempts += 1
+            rs.next_attempt_at = None
+            run.act(a.RestoreDatabase(snap.id, rs.attempts))
+
+
+def _verify(run: Run) -> None:
+    v = run.spec.rollback.verify
+    if run.s.verify_started_at is None:
+        run.s.verify_started_at = iso(run.now)
+        run.s.verify_successes = run.s.verify_failures = 0
+        run.s.analysis.last_run = run.s.analysis.next_run = None
+    if run.s.verify_successes >= v.successes:
+        assert run.s.incident is not None
+        run.s.incident.verified_at = iso(run.now)
+        run.event("RollbackVerified", f"the stable version passed {v.successes} checks in a row")
+        run.condition("Verified", "True", "RollbackVerified", f"passed {v.successes} checks in a row")
+        run.condition("Degraded", "True", "RolledBack", "rolled back; the stable version is healthy")
+        run.s.step = Step.report
+        _report(run)
+        return
+    if run.since(run.s.verify_started_at) > parse_duration(v.duration):
+        _unverified(run, v.duration)
+        run.s.step = Step.report
+        _report(run)
+        return
+    names = ("error-rate",) if v.max_error_rate is not None else analysis.metric_names(run, "stable")
+    if not names:  # every metric compares canary with stable: there is nothing to check the stable version by
+        run.s.verify_successes = v.successes
+        run.s.message = "no metric applies to the stable version alone; rollback verification skipped"
+        _verify(run)
+        return
+    if run.analysis_due():
+        run.act(a.QueryMetrics("stable", "verify", names, v.max_error_rate))
+
+
+def _unverified(run: Run, duration: str) -> None:
+    """The window ended without proof: unhealthy only if some data showed it; no data is no verdict."""
+    if run.s.verify_failures:
+        run.s.failure = f"the stable version was not healthy within {duration} of the rollback"
+        run.event("RollbackNotVerified", run.s.failure, warning=True)
+        return
+    text = f"no data proved the stable version healthy or unhealthy within {duration}; " \
+           "the rollback itself is complete"
+    run.condition("Verified", "Unknown", "VerificationInconclusive", text)
+    run.condition("Degraded", "True", "RolledBack", "rolled back; verification inconclusive")
+    run.event("RollbackVerificationInconclusive", text, warning=True)
+
+
+def _report(run: Run) -> None:
+    inc = run.s.incident
+    assert inc is not None
+    if inc.report_ref:
+        phase = Phase.failed if run.s.failure else Phase.rolled_back
+        unproven = "" if inc.verified_at else "; verification inconclusive (no data)"
+        go.finish(run, phase, "RollbackFailed" if run.s.failure else "RolledBack",
+                  run.s.failure or f"rolled back to {images(run.s.stable_images)}{unproven}")
+        return
+    name = f"{run.inp.name}-incident-{run.s.attempt}"
+    run.act(a.WriteReport(name, incident_report(run.inp.name, run.spec, run.s, run.now)))
+
+
+# ------------------------------------------------------------------------------------------------- results
+
+
+def apply(run: Run, r: a.Result) -> None:
+    act = r.action if isinstance(r, a.Outcome) and r.ok else None
+    if isinstance(act, a.SetWeight) and act.weight == 0 and run.s.step == Step.revert_traffic:
+        run.s.incident = run.s.incident or IncidentStatus()
+        run.s.incident.traffic_reverted_at = iso(run.now)
+        run.event("TrafficReverted", "all traffic is back on the stable version")
+        run.s.step = Step.revert_workload
+    elif isinstance(act, a.DeleteCanary) and run.s.step == Step.revert_workload:
+        run.s.step = Step.revert_images
+    elif isinstance(act, a.SetTargetImages) and act.reason == "revert" and run.s.step == Step.revert_images:
+        assert run.s.incident is not None
+        run.s.incident.images_reverted_at = iso(run.now)
+        run.event("ImagesReverted", f"the target runs {images(run.s.stable_images)}")
+        run.s.step = Step.restore_database if _needs_restore(run) else Step.verify
+    elif isinstance(r, a.RestoreResult):
+        _restore_result(run, r)
+    elif isinstance(r, a.MetricValues) and r.purpose == "verify":
+        run.ran(r.asked_at)
+        bad = analysis.verdicts(run, r, record=True)
+        if bad or not r.values:
+            run.s.verify_successes = 0
+            run.s.verify_failures += any(v == Verdict.fail for _, v, _ in bad)
+        else:
+            run.s.verify_successes += 1
+    elif isinstance(r, a.ReportWritten) and run.s.incident is not None:
+        run.s.incident.report_ref = r.ref
+
+
+def _restore_result(run: Run, r: a.RestoreResult) -> None:
+    rs = run.s.restore
+    if rs is None:
+        return
+    if r.pre_restore_dump and not rs.pre_restore_dump:
+        rs.pre_restore_dump = r.pre_restore_dump
+    if r.ok and r.verified:
+        rs.state, rs.finished_at, rs.message = "Restored", iso(run.now), r.message
+        assert run.s.incident is not None
+        run.s.incident.restored_at = iso(run.now)
+        run.event("DatabaseRestored", f"database restored from snapshot {r.snapshot_id} and verified; "
+                  f"the state before the restore is kept in {rs.pre_restore_dump}")
+        run.s.step = Step.verify
+        return
+    rs.message = r.message or "the database does not equal the snapshot"
+    if rs.attempts >= (run.spec.database.max_restore_attempts if run.spec.database else 1):
+        rs.state = "Failed"
+        run.event("RestoreFailed", f"restore of snapshot {r.snapshot_id} failed after {rs.attempts} "
+                  f"attempt(s): {rs.message}; snapshot and pre-restore dump are kept", warning=True)
+        run.notify(Severity.critical, "Database restore failed",
+                   f"{run.inp.name}: restore failed after {rs.attempts} attempt(s): {rs.message}")
+        run.s.failure = f"database restore failed: {rs.message}"
+        run.s.step = Step.report
+    else:
+        delay = RESTORE_BACKOFF_SECONDS * 2 ** (rs.attempts - 1)
+        rs.next_attempt_at = iso(run.now + timedelta(seconds=delay))
+        run.event("RestoreRetry", f"restore attempt {rs.attempts} failed: {rs.message}; "
+                  f"next attempt in {format_duration(delay)}", warning=True)

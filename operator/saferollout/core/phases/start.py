@@ -1,0 +1,160 @@
+"""Pending and Preflight: what the target runs now, the gates, the snapshot, and the canary workload.
+
+Nothing here moves traffic: a failed gate blocks the rollout with all traffic still on the stable version.
+"""
+
+from __future__ import annotations
+
+from saferollout.core import actions as a
+from saferollout.core import analysis
+from saferollout.core import transitions as go
+from saferollout.core.clock import iso
+from saferollout.core.durations import parse_duration
+from saferollout.core.models import Phase, SnapshotStatus, Step, Verdict
+from saferollout.core.run import Run, images
+
+
+def step(run: Run) -> None:
+    if run.s.phase == Phase.pending:
+        _pending(run)
+        return
+    if run.s.step == Step.gate_database:
+        _gate_database(run)
+    if run.s.step == Step.gate_stable:
+        _gate_stable(run)
+    if run.s.step == Step.snapshot:
+        _snapshot(run)
+    if run.s.step == Step.canary:
+        _canary(run)
+
+
+def _pending(run: Run) -> None:
+    """A new template: first undo what an earlier attempt left (weight, canary), then read the target."""
+    if run.spec.paused:
+        run.s.message = "paused before start"
+        return
+    if run.s.weight != 0:
+        run.act(a.SetWeight(0))
+    elif run.s.canary_ready:
+        run.act(a.DeleteCanary())
+    elif a.ReadTarget not in run.polled:
+        run.act(a.ReadTarget())
+
+
+def _gate_database(run: Run) -> None:
+    pf, db = run.spec.preflight, run.spec.database
+    if pf.database_reachable and db is not None:
+        if a.CheckDatabase not in run.polled:
+            run.act(a.CheckDatabase(parse_duration(pf.timeout)))
+        return
+    run.s.step = Step.gate_stable
+
+
+def _gate_stable(run: Run) -> None:
+    if run.spec.preflight.stable_healthy:
+        if run.analysis_due():
+            run.act(a.QueryMetrics("stable", "preflight", analysis.metric_names(run, "stable")))
+        return
+    run.s.step = Step.snapshot
+
+
+def _snapshot(run: Run) -> None:
+    """Taken once (a marker first, so a restart never takes a second), verified when asked, then pruned."""
+    db = run.spec.database
+    if db is None or not db.snapshot_before_rollout:
+        run.s.step = Step.canary
+        return
+    snap = run.s.snapshot
+    if snap is None:
+        sid = f"snap-{run.s.attempt}-{run.now.strftime('%Y%m%dT%H%M%S')}"
+        provider = "postgres" if db.postgres else "volumeSnapshot"
+        run.s.snapshot = snap = SnapshotStatus(id=sid, provider=provider, state="Taking")
+        run.s.message = f"taking snapshot {sid}"
+    if snap.state == "Taking":
+        run.act(a.TakeSnapshot(snap.id))
+        return
+    if snap.state == "Taken" and db.verify_snapshot:
+        snap.state = "Verifying"
+    if snap.state == "Verifying":
+        run.act(a.VerifySnapshot(snap.id))
+        return
+    run.act(a.PruneSnapshots(db.retain, snap.id))
+    run.s.step = Step.canary
+
+
+def _canary(run: Run) -> None:
+    if run.s.canary_ready:
+        run.s.phase, run.s.step, run.s.stage = Phase.progressing, None, 0 if run.blue_green else 1
+        run.reset_analysis()
+        run.event("CanaryReady", f"canary workload available with {images(run.s.canary_images)}")
+    elif a.EnsureCanary not in run.polled:
+        run.act(a.EnsureCanary(dict(run.s.canary_images or {}), run.stages[0].weight))
+        run.s.message = "waiting for the canary workload to become available"
+
+
+# ------------------------------------------------------------------------------------------------- results
+
+
+def apply(run: Run, r: a.Result) -> None:
+    if isinstance(r, a.TargetState) and run.s.step == Step.init:
+        _target(run, r)
+    elif isinstance(r, a.Outcome) and isinstance(r.action, a.ReadTarget) and not r.ok:
+        if run.s.step == Step.init and run.failure_is_news:
+            run.event("TargetNotFound", r.message, warning=True)
+    elif isinstance(r, a.Outcome) and isinstance(r.action, a.CheckDatabase):
+        if r.ok:
+            run.s.step = Step.gate_stable if run.spec.preflight.stable_healthy else Step.snapshot
+        else:
+            go.block(run, "DatabaseUnreachable", f"database not reachable: {r.message}")
+    elif isinstance(r, a.MetricValues) and r.purpose == "preflight":
+        _stable_health(run, r)
+    elif isinstance(r, a.SnapshotResult):
+        _snapshot_result(run, r)
+
+
+def _target(run: Run, r: a.TargetState) -> None:
+    missing = [c.name for c in run.spec.template.containers if c.name not in r.images]
+    if missing:
+        go.block(run, "ContainerNotInTarget",
+                 f"the target has no container named {', '.join(missing)}; it has {', '.join(r.images)}")
+        return
+    run.s.stable_images = dict(r.images)
+    run.s.stable_revision = r.revision
+    run.s.canary_images = {**r.images, **{c.name: c.image for c in run.spec.template.containers}}
+    if run.s.canary_images == run.s.stable_images:
+        go.finish(run, Phase.succeeded, "NothingToRollOut", "the target already runs this template")
+        return
+    run.s.phase, run.s.step = Phase.preflight, Step.gate_database
+    run.s.message = f"pre-flight gates for {images(run.s.canary_images)}"
+
+
+def _stable_health(run: Run, r: a.MetricValues) -> None:
+    bad = analysis.verdicts(run, r, record=False)
+    if not bad:
+        run.s.step = Step.snapshot
+        return
+    run.s.preflight_attempts += 1
+    inconclusive_only = all(v == Verdict.inconclusive for _, v, _ in bad)
+    if inconclusive_only and run.s.preflight_attempts < run.spec.analysis.inconclusive_limit:
+        run.ran(r.asked_at)
+        run.s.message = "stable version: no data yet, asking again"
+        return
+    detail = "; ".join(f"{n} {v.value}: {msg}" for n, v, msg in bad)
+    go.block(run, "StableUnhealthy", f"the stable version does not meet the analysis: {detail}")
+
+
+def _snapshot_result(run: Run, r: a.SnapshotResult) -> None:
+    snap = run.s.snapshot
+    if snap is None or snap.id != r.snapshot_id:
+        return
+    if not r.ok:
+        snap.state, snap.message = "Failed", r.message
+        go.block(run, "SnapshotFailed", f"snapshot {snap.id}: {r.message}")
+        return
+    if snap.state == "Taking":
+        snap.state, snap.taken_at = "Taken", r.taken_at or iso(run.now)
+        snap.size_bytes, snap.sha256, snap.location, snap.tables = r.size_bytes, r.sha256, r.location, r.tables
+        run.event("SnapshotTaken", f"snapshot {snap.id} taken: {r.size_bytes} bytes, sha256 {r.sha256}")
+    elif snap.state == "Verifying":
+        snap.state, snap.verified = "Verified", True
+        run.event("SnapshotVerified", f"snapshot {snap.id} restores and matches the source: {r.message}")

@@ -1,0 +1,66 @@
+"""A stage held at its weight: the weight applied, the window settled, the analysis run, the evidence complete.
+
+Canary stages and blue-green's post-switch stage are the same loop; the strategies decide what follows it.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from saferollout.core import actions as a
+from saferollout.core import analysis
+from saferollout.core.clock import iso, parse_time
+from saferollout.core.durations import format_duration
+from saferollout.core.models import Phase, Stage
+from saferollout.core.run import Run
+
+
+def current(run: Run) -> Stage:
+    return run.stages[(run.s.stage or 1) - 1]
+
+
+def hold(run: Run, stage: Stage) -> bool:
+    """One turn of the stage; True when it is done (time up, analysed, every verdict passing)."""
+    label = f"stage {run.s.stage}/{len(run.stages)}"
+    if run.s.weight != stage.weight:
+        if a.SetWeight not in run.polled:
+            run.act(a.SetWeight(stage.weight))
+        run.s.message = f"{label}: moving canary weight to {stage.weight}%"
+        return False
+    if run.s.settle_until and run.now < parse_time(run.s.settle_until):
+        run.wake_in((parse_time(run.s.settle_until) - run.now).total_seconds())
+        run.s.message = (f"{label} at {stage.weight}%: waiting for the metrics' window to hold only data at "
+                         f"{stage.weight}%")
+        return False
+    if analysis.breaches(run):
+        return False
+    if analysis.stage_done(run, stage):
+        return True
+    if run.analysis_due():
+        run.act(analysis.query(run, analysis.target(run)))
+        return False  # the message moves on with the results, in their write: a query needs no write of its own
+    left = max(0.0, stage.seconds - run.stage_elapsed())
+    run.s.message = f"{label} at {stage.weight}%: " + (
+        f"{format_duration(left)} of analysis left" if left > 0 else "stage time is up; waiting for every metric to pass")
+    return False
+
+
+def apply(run: Run, r: a.Result) -> None:
+    """A weight applied starts the stage's clock; an analysis is recorded."""
+    if isinstance(r, a.Outcome) and r.ok and isinstance(r.action, a.SetWeight) and r.action.weight > 0:
+        _weight_applied(run, r.action.weight)
+    elif isinstance(r, a.MetricValues) and r.purpose == "analysis":
+        analysis.record(run, r)
+
+
+def _weight_applied(run: Run, weight: int) -> None:
+    if run.s.phase not in (Phase.progressing, Phase.paused):
+        return
+    previous = run.s.weight
+    run.start_stage_clock()
+    # a full rate window of data at the new weight, whose first scrape may come up to an interval late
+    # (slow requests started at the old weight also finish, and are counted, after the change)
+    settle = run.settings.settle_seconds + run.interval if weight < previous and run.settings.settle_seconds > 0 else 0.0
+    run.s.settle_until = iso(run.now + timedelta(seconds=settle)) if settle > 0 else None
+    run.event("StageAdvanced" if weight > previous else "StageSteppedBack",
+              f"stage {run.s.stage}/{len(run.stages)}: canary weight {weight}%")
