@@ -8,21 +8,19 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
-
-import requests
+from typing import Any, assert_never
 
 from saferollout import observability
 from saferollout.adapters import events, kube, notify, workloads
 from saferollout.adapters.kube import RolloutRef
+from saferollout.adapters.metrics import Measurement, provider_for
 from saferollout.adapters.prometheus import PrometheusProvider
 from saferollout.adapters.routers import router_for
 from saferollout.adapters.snapshots import SnapshotProvider
 from saferollout.adapters.snapshots.postgres import PostgresSnapshots
 from saferollout.config import OperatorConfig
 from saferollout.core import actions as a
-from saferollout.core.durations import parse_duration
-from saferollout.core.engine import iso, parse_time
+from saferollout.core.clock import iso
 from saferollout.core.models import Metric, SafeRolloutSpec, SafeRolloutStatus
 from saferollout.redact import redact, register
 
@@ -38,23 +36,6 @@ def prometheus(cfg: OperatorConfig, spec: SafeRolloutSpec) -> PrometheusProvider
                                              pool_size=cfg.workers)
         _providers[url].on_query = observability.PROM_QUERIES.inc
     return _providers[url]
-
-
-def probe(metric: Metric, ctx: dict[str, str]) -> tuple[float, str | None]:
-    """1.0 for a 2xx answer within the timeout, else 0.0: an unreachable canary is unhealthy, not 'no data'."""
-    assert metric.http_get is not None
-    url = render_url(metric.http_get.url, ctx)
-    try:
-        r = requests.get(url, timeout=parse_duration(metric.http_get.timeout))
-    except requests.RequestException as e:
-        return 0.0, f"{url}: {type(e).__name__}"
-    return (1.0, None) if 200 <= r.status_code < 300 else (0.0, f"{url}: HTTP {r.status_code}")
-
-
-def render_url(template: str, ctx: dict[str, str]) -> str:
-    for key, value in ctx.items():
-        template = template.replace("{{ " + key + " }}", value).replace("{{" + key + "}}", value)
-    return template
 
 
 def secret_value(namespace: str, name: str, key: str) -> str:
@@ -112,127 +93,125 @@ class Executor:
             self.timings[type(act).__name__] = time.monotonic() - started
 
     def run(self, act: a.Action) -> a.Result | None:
-        ref, spec = self.ref, self.spec
-        if isinstance(act, a.Event):
-            events.emit(ref, act.reason, act.message, act.type)
-            return None
-        if isinstance(act, a.Notify):
-            notify.send(spec.notifications, f"{ref.namespace}/{ref.name}", act.severity, act.title, act.text,
-                        act.report)
-            return None
-        if isinstance(act, a.ReadTarget):
-            images, ok, revision = workloads.read_target(ref, spec)
-            return a.TargetState(images, ok, revision)
-        if isinstance(act, a.SetWeight):
-            router_for(spec).set_weight(ref, spec, act.weight)
-            log.info("canary weight set to %d%%", act.weight)
-            return a.Outcome(act, True)
-        if isinstance(act, a.EnsureCanary):
-            replicas = None
-            if spec.strategy.canary and spec.strategy.canary.traffic.replicas is not None:
-                from saferollout.adapters.routers.replicas import initial_canary_replicas
+        """The handler of the action's type: one for each member of core.actions.Action. mypy proves the match
+        complete (a type without a case reaches `assert_never`), and tests/unit/test_adapters_registry.py sends
+        every type through it."""
+        match act:
+            case a.ReadTarget():
+                return self.read_target(act)
+            case a.CheckDatabase():
+                return self.check_database(act)
+            case a.QueryMetrics():
+                return self.query_metrics(act)
+            case a.TakeSnapshot():
+                return self.take_snapshot(act)
+            case a.VerifySnapshot():
+                return self.verify_snapshot(act)
+            case a.RestoreDatabase():
+                return self.restore_database(act)
+            case a.CheckRestored():
+                return self.check_restored(act)
+            case a.PruneSnapshots():
+                return self.prune_snapshots(act)
+            case a.EnsureCanary():
+                return self.ensure_canary(act)
+            case a.DeleteCanary():
+                return self.delete_canary(act)
+            case a.SetWeight():
+                return self.set_weight(act)
+            case a.SetTargetImages():
+                return self.set_target_images(act)
+            case a.WriteReport():
+                return self.write_report(act)
+            case a.Event():
+                self.event(act)
+                return None
+            case a.Notify():
+                self.notify(act)
+                return None
+            case _:
+                assert_never(act)
 
-                replicas = initial_canary_replicas(ref, spec, act.replicas_weight)
-            return a.CanaryState(workloads.ensure_canary(ref, spec, act.images, replicas))
-        if isinstance(act, a.DeleteCanary):
-            workloads.delete_canary(ref, spec)
-            if spec.strategy.canary and spec.strategy.canary.traffic.nginx is not None:
-                from saferollout.adapters.routers import nginx
+    # ------------------------------------------------------------------------------- one handler per action type
 
-                nginx.cleanup(ref, spec)
-            return a.Outcome(act, True)
-        if isinstance(act, a.SetTargetImages):
-            workloads.set_target_images(ref, spec, act.images)
-            return a.Outcome(act, True)
-        if isinstance(act, a.QueryMetrics):
-            return self.query(act)
-        if isinstance(act, a.CheckDatabase):
-            self.snapshots().reachable(act.timeout)
-            return a.Outcome(act, True)
-        if isinstance(act, a.TakeSnapshot):
-            info = self.snapshots().take(act.snapshot_id)
-            return a.SnapshotResult(act.snapshot_id, True, size_bytes=info.size_bytes, sha256=info.sha256,
-                                    location=info.location, tables=info.tables, taken_at=info.taken_at)
-        if isinstance(act, a.VerifySnapshot):
-            return a.SnapshotResult(act.snapshot_id, True, self.snapshots().verify(act.snapshot_id))
-        if isinstance(act, a.RestoreDatabase):
-            current = self.status().restore
-            out = self.snapshots().restore(act.snapshot_id, current.pre_restore_dump if current else None)
-            return a.RestoreResult(act.snapshot_id, out.ok, redact(out.message), out.pre_restore_dump, out.ok)
-        if isinstance(act, a.CheckRestored):
-            ok = self.snapshots().equals(act.snapshot_id)
-            return a.RestoreResult(act.snapshot_id, ok, "database equals the snapshot" if ok else
-                                   "database differs from the snapshot", verified=ok)
-        if isinstance(act, a.PruneSnapshots):
-            gone = self.snapshots().prune(act.keep, act.current)
-            return a.Outcome(act, True, f"pruned {len(gone)}")
-        if isinstance(act, a.WriteReport):
-            return a.ReportWritten(self.write_report(act))
-        raise NotImplementedError(f"no adapter for {type(act).__name__}")
+    def read_target(self, act: a.ReadTarget) -> a.TargetState:
+        images, ok, revision = workloads.read_target(self.ref, self.spec)
+        return a.TargetState(images, ok, revision)
 
-    def context(self, target: str) -> dict[str, str]:
-        spec = self.spec
-        stable, canary = workloads.service_names(spec)
-        service = canary if target in ("canary", "preview") else stable
-        return {"service": service, "canaryService": service, "stableService": stable, "namespace": self.ref.namespace,
-                "window": self.cfg.rate_window, "interval": spec.analysis.interval, "name": self.ref.name,
-                "target": spec.target_ref.name}
+    def check_database(self, act: a.CheckDatabase) -> a.Outcome:
+        self.snapshots().reachable(act.timeout)
+        return a.Outcome(act, True)
 
-    def query(self, act: a.QueryMetrics) -> a.MetricValues:
+    def query_metrics(self, act: a.QueryMetrics) -> a.MetricValues:
         asked_at = datetime.now(UTC)
         prom = prometheus(self.cfg, self.spec)
         ctx = self.context(act.target)
         values: dict[str, float | None] = {}
         errors: dict[str, str] = {}
-        series: dict[str, tuple[list[float], list[float]]] = {}
         samples: dict[str, float] = {}
-        if act.max_error_rate is not None:
-            metrics = [Metric(name=VERIFY_ERROR_RATE, template="error-rate", max=act.max_error_rate)]
-        else:
-            metrics = [m for m in self.spec.analysis.metrics if m.name in act.metrics]
+        series: dict[str, tuple[list[float], list[float]]] = {}
         pairs: dict[str, tuple[float | None, float | None]] = {}
-        for m in metrics:
+        if act.max_error_rate is not None:
+            wanted = [Metric(name=VERIFY_ERROR_RATE, template="error-rate", max=act.max_error_rate)]
+        else:
+            wanted = [m for m in self.spec.analysis.metrics if m.name in act.metrics]
+        for m in wanted:
             try:
-                if m.kind == "http":
-                    values[m.name], err = probe(m, ctx)
-                elif m.kind == "baseline":
-                    values[m.name], err = self.baseline(prom, m, ctx, pairs)
-                elif m.kind == "judge":
-                    values[m.name], err = self.samples(prom, m, ctx, series, act.since)
-                else:
-                    reading = prom.read(m, ctx)
-                    values[m.name], err = reading.value, reading.error
-                    if reading.requests is not None:
-                        samples[m.name] = reading.requests
+                got = provider_for(m, prom).measure(m, ctx, act.since)
             except Exception as e:  # one metric's failure is that metric's "no data", never the others'
-                values[m.name], err = None, f"{type(e).__name__}: {str(e)[:200]}"
-            if err:
-                errors[m.name] = redact(err)
+                got = Measurement(error=f"{type(e).__name__}: {str(e)[:200]}")
+            values[m.name] = got.value
+            if got.requests is not None:
+                samples[m.name] = got.requests
+            if got.series is not None:
+                series[m.name] = got.series
+            if got.pair is not None:
+                pairs[m.name] = got.pair
+            if got.error:
+                errors[m.name] = redact(got.error)
         return a.MetricValues(act.target, act.purpose, values, errors, samples, series, pairs, iso(asked_at))
 
-    @staticmethod
-    def stable_context(ctx: dict[str, str]) -> dict[str, str]:
-        return {**ctx, "service": ctx["stableService"], "canaryService": ctx["stableService"]}
+    def take_snapshot(self, act: a.TakeSnapshot) -> a.SnapshotResult:
+        info = self.snapshots().take(act.snapshot_id)
+        return a.SnapshotResult(act.snapshot_id, True, size_bytes=info.size_bytes, sha256=info.sha256,
+                                location=info.location, tables=info.tables, taken_at=info.taken_at)
 
-    def samples(self, prom: PrometheusProvider, m: Metric, ctx: dict[str, str],
-                series: dict[str, tuple[list[float], list[float]]], since: str | None) -> tuple[None, str | None]:
-        """Judge: both sides' samples over the window, for the core's test."""
-        assert m.judge is not None
-        window, step = parse_duration(m.judge.window), parse_duration(m.judge.step)
-        start = parse_time(since) if since else None
-        canary, err1 = prom.samples(m, ctx, window, step, start)
-        stable, err2 = prom.samples(m, self.stable_context(ctx), window, step, start)
-        series[m.name] = (canary, stable)
-        return None, err1 or err2
+    def verify_snapshot(self, act: a.VerifySnapshot) -> a.SnapshotResult:
+        return a.SnapshotResult(act.snapshot_id, True, self.snapshots().verify(act.snapshot_id))
 
-    def baseline(self, prom: PrometheusProvider, m: Metric, ctx: dict[str, str],
-                 pairs: dict[str, tuple[float | None, float | None]]) -> tuple[None, str | None]:
-        """Baseline: canary and stable now; the core compares them."""
-        c, s = prom.read(m, ctx), prom.read(m, self.stable_context(ctx))
-        pairs[m.name] = (c.value, s.value)
-        return None, c.error or s.error
+    def restore_database(self, act: a.RestoreDatabase) -> a.RestoreResult:
+        current = self.status().restore
+        out = self.snapshots().restore(act.snapshot_id, current.pre_restore_dump if current else None)
+        return a.RestoreResult(act.snapshot_id, out.ok, redact(out.message), out.pre_restore_dump, out.ok)
 
-    def write_report(self, act: a.WriteReport) -> str:
+    def check_restored(self, act: a.CheckRestored) -> a.RestoreResult:
+        ok = self.snapshots().equals(act.snapshot_id)
+        return a.RestoreResult(act.snapshot_id, ok, "database equals the snapshot" if ok else
+                               "database differs from the snapshot", verified=ok)
+
+    def prune_snapshots(self, act: a.PruneSnapshots) -> a.Outcome:
+        gone = self.snapshots().prune(act.keep, act.current)
+        return a.Outcome(act, True, f"pruned {len(gone)}")
+
+    def ensure_canary(self, act: a.EnsureCanary) -> a.CanaryState:
+        plan = router_for(self.spec).prepare(self.ref, self.spec, act.first_weight)
+        return a.CanaryState(workloads.ensure_canary(self.ref, self.spec, act.images, plan))
+
+    def delete_canary(self, act: a.DeleteCanary) -> a.Outcome:
+        workloads.delete_canary(self.ref, self.spec)
+        router_for(self.spec).clean_up(self.ref, self.spec)
+        return a.Outcome(act, True)
+
+    def set_weight(self, act: a.SetWeight) -> a.Outcome:
+        router_for(self.spec).set_weight(self.ref, self.spec, act.weight)
+        log.info("canary weight set to %d%%", act.weight)
+        return a.Outcome(act, True)
+
+    def set_target_images(self, act: a.SetTargetImages) -> a.Outcome:
+        workloads.set_target_images(self.ref, self.spec, act.images)
+        return a.Outcome(act, True)
+
+    def write_report(self, act: a.WriteReport) -> a.ReportWritten:
         body: dict[str, Any] = {
             "apiVersion": "v1", "kind": "ConfigMap",
             "metadata": {"name": act.name, "namespace": self.ref.namespace,
@@ -248,4 +227,21 @@ class Executor:
             if getattr(e, "status", None) != 409:
                 raise
             core.replace_namespaced_config_map(act.name, self.ref.namespace, body)
-        return act.name
+        return a.ReportWritten(act.name)
+
+    def event(self, act: a.Event) -> None:
+        events.emit(self.ref, act.reason, act.message, act.type)
+
+    def notify(self, act: a.Notify) -> None:
+        notify.send(self.spec.notifications, f"{self.ref.namespace}/{self.ref.name}", act.severity, act.title, act.text,
+                    act.report)
+
+    # ---------------------------------------------------------------------------------------------------- helpers
+
+    def context(self, target: str) -> dict[str, str]:
+        spec = self.spec
+        stable, canary = workloads.service_names(spec)
+        service = canary if target in ("canary", "preview") else stable
+        return {"service": service, "canaryService": service, "stableService": stable, "namespace": self.ref.namespace,
+                "window": self.cfg.rate_window, "interval": spec.analysis.interval, "name": self.ref.name,
+                "target": spec.target_ref.name}

@@ -32,7 +32,7 @@ from kubernetes.client.rest import ApiException
 from saferollout.adapters import kube, workloads
 from saferollout.adapters.kube import RolloutRef
 from saferollout.adapters.routers import nginx, router_for
-from saferollout.adapters.routers.replicas import TOTAL, initial_canary_replicas, split
+from saferollout.adapters.routers.replicas import TOTAL, split
 from saferollout.adapters.snapshots.volume import ROLE, ROLLOUT, VolumeSnapshotProvider, identity
 from saferollout.core import models
 from saferollout.core.models import SafeRolloutSpec, VolumeSnapshotDatabase
@@ -286,7 +286,7 @@ def test_nginx_router(namespace: str, cluster: bool) -> None:
     assert c["spec"]["rules"][0]["http"]["paths"][0]["backend"] == {"service": {"name": "web-canary", "port": {"name": "http"}}}
     stable = kube.api().sanitize_for_serialization(net.read_namespaced_ingress("web", namespace))
     assert "nginx.ingress.kubernetes.io/canary" not in stable["metadata"]["annotations"]  # the stable one untouched
-    nginx.cleanup(ref, spec)
+    router_for(spec).clean_up(ref, spec)
     wait_for("the canary Ingress to go", lambda: canary() is None, pause=0.05)
 
 
@@ -297,9 +297,10 @@ def test_replica_ratio_router(namespace: str, cluster: bool) -> None:
     ref, spec = rollout(namespace, {"replicas": {}}, real=cluster)
     wait_for("the target to be available", lambda: workloads.available(deploy_dict(namespace, "web")), pause=0.2)
     # what the executor does for EnsureCanary with this router: the canary starts at the first stage's size
-    first = initial_canary_replicas(ref, spec, WEIGHTS[0])
-    assert first == 1
-    workloads.ensure_canary(ref, spec, {"app": "demo/x:2"}, replicas=first)
+    plan = router_for(spec).prepare(ref, spec, WEIGHTS[0])
+    first = plan.replicas
+    assert first is not None and first == 1 and plan.behind_stable
+    workloads.ensure_canary(ref, spec, {"app": "demo/x:2"}, plan)
     wait_for("the canary to be available", lambda: workloads.available(deploy_dict(namespace, "web-canary")), pause=0.2)
 
     def scaled(w: int) -> bool:

@@ -254,3 +254,27 @@ def test_grouped_queries_without_a_namespace_label(server: tuple[str, type[_Answ
 
 def test_a_spec_from_the_readme_still_validates() -> None:
     assert spec_from(BASE).analysis.interval == "2s"
+
+
+def test_an_edit_raising_the_current_weight_waits_for_passing_verdicts() -> None:
+    """Found by the property tests: stages edited from [5, ...] to [6] while the canary was failing sent it 6%."""
+    failing = {"on": True}
+
+    def fn(name: str, target: str, weight: int, t: float) -> float | None:
+        return 0.5 if failing["on"] else 0.001
+
+    w = World(make_spec(**{"analysis.failureLimit": 5}), metrics=fn)
+    w.run(5)
+    assert w.weight == 5 and w.status.analysis.metrics[0].verdict == "fail"
+    w.spec = make_spec(**{"analysis.failureLimit": 5, "strategy.canary.stages": [{"weight": 6, "duration": "10s"}]})
+    w.run(2)
+    assert w.weight == 5 and "holding 5% until every metric passes" in (w.status.message or "")
+    failing["on"] = False
+    w.run(4)
+    assert w.weight == 6
+
+
+def test_a_request_count_too_small_to_square_is_no_evidence() -> None:
+    from saferollout.core.stats import wilson_lower
+
+    assert wilson_lower(0.5, 1e-300) == 0.0 and wilson_lower(0.5, float("nan")) == 0.0

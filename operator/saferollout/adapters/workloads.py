@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from dataclasses import dataclass
 from typing import Any
 
 from kubernetes.client.rest import ApiException
@@ -14,6 +15,16 @@ from saferollout.core.models import CANARY_SUFFIX, SafeRolloutSpec
 CANARY_OF = "saferollout.dev/canary-of"
 ROLLOUT = "saferollout.dev/rollout"
 SMP = "application/strategic-merge-patch+json"
+
+
+@dataclass(frozen=True)
+class CanaryPlan:
+    """How the canary Deployment is made, as its router wants it (Router.prepare)."""
+
+    replicas: int | None = None  # None: as many as the target has
+    # its pods keep the labels the stable Service selects, so that Service sends them their share (the replica-ratio
+    # router's only way in); otherwise those labels are dropped, so stable serves none of the canary's pods
+    behind_stable: bool = False
 
 
 def canary_name(spec: SafeRolloutSpec) -> str:
@@ -72,13 +83,13 @@ def _selector_keys(ref: RolloutRef, spec: SafeRolloutSpec, target: dict[str, Any
     return keys
 
 
-def ensure_canary(ref: RolloutRef, spec: SafeRolloutSpec, images: dict[str, str], replicas: int | None = None) -> bool:
-    """Create or update the canary Deployment and Service; True once the canary is available."""
+def ensure_canary(ref: RolloutRef, spec: SafeRolloutSpec, images: dict[str, str], plan: CanaryPlan | None = None) -> bool:
+    """Create or update the canary Deployment and Service, made as `plan` says; True once the canary is available."""
+    plan = plan or CanaryPlan()
     target = _dep(ref.namespace, spec.target_ref.name)
     name = canary_name(spec)
-    traffic = spec.strategy.canary.traffic if spec.strategy.canary else None
-    # the replica-ratio router has no other way in: its canary pods must sit behind the stable Service
-    drop = set() if traffic is not None and traffic.replicas is not None else _selector_keys(ref, spec, target)
+    replicas = plan.replicas
+    drop = set() if plan.behind_stable else _selector_keys(ref, spec, target)
     tmpl = copy.deepcopy(target["spec"]["template"])
     labels = {k: v for k, v in (tmpl["metadata"].get("labels") or {}).items() if k not in drop}
     labels.update({CANARY_OF: spec.target_ref.name, ROLLOUT: ref.name})

@@ -22,7 +22,8 @@ def current(run: Run) -> Stage:
 def hold(run: Run, stage: Stage) -> bool:
     """One turn of the stage; True when it is done (time up, analysed, every verdict passing)."""
     label = f"stage {run.s.stage}/{len(run.stages)}"
-    if run.s.weight != stage.weight:
+    held = _raise_held(run, stage)
+    if run.s.weight != stage.weight and not held:
         if a.SetWeight not in run.polled:
             run.act(a.SetWeight(stage.weight))
         run.s.message = f"{label}: moving canary weight to {stage.weight}%"
@@ -34,15 +35,24 @@ def hold(run: Run, stage: Stage) -> bool:
         return False
     if analysis.breaches(run):
         return False
-    if analysis.stage_done(run, stage):
+    if not held and analysis.stage_done(run, stage):
         return True
     if run.analysis_due():
         run.act(analysis.query(run, analysis.target(run)))
         return False  # the message moves on with the results, in their write: a query needs no write of its own
+    if held:
+        run.s.message = f"{label}: holding {run.s.weight}% until every metric passes, then {stage.weight}%"
+        return False
     left = max(0.0, stage.seconds - run.stage_elapsed())
     run.s.message = f"{label} at {stage.weight}%: " + (
         f"{format_duration(left)} of analysis left" if left > 0 else "stage time is up; waiting for every metric to pass")
     return False
+
+
+def _raise_held(run: Run, stage: Stage) -> bool:
+    """More traffic to a canary needs passing evidence. An advance comes with it (the last stage was done); an
+    edit of `stages` that raises the current stage's weight may not: it waits until every metric passes."""
+    return stage.weight > run.s.weight > 0 and not analysis.all_pass(run, analysis.metrics_for(run, analysis.target(run)))
 
 
 def apply(run: Run, r: a.Result) -> None:

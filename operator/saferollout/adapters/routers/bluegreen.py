@@ -8,13 +8,19 @@ import json
 
 from saferollout.adapters import kube
 from saferollout.adapters.kube import RolloutRef
-from saferollout.adapters.workloads import CANARY_OF
+from saferollout.adapters.workloads import CANARY_OF, CanaryPlan
 from saferollout.core.models import SafeRolloutSpec
 
 ORIGINAL = "saferollout.dev/original-selector"
 
 
 class BlueGreenRouter:
+    def prepare(self, ref: RolloutRef, spec: SafeRolloutSpec, first_weight: int) -> CanaryPlan:
+        return CanaryPlan()  # the new version gets all its pods, behind the preview Service only
+
+    def clean_up(self, ref: RolloutRef, spec: SafeRolloutSpec) -> None:
+        """Nothing to remove: the active Service is the user's, and switching back restored its selector."""
+
     def set_weight(self, ref: RolloutRef, spec: SafeRolloutSpec, weight: int) -> None:
         bg = spec.strategy.blue_green
         assert bg is not None

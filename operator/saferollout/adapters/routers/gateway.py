@@ -6,6 +6,7 @@ from typing import Any
 
 from saferollout.adapters import kube
 from saferollout.adapters.kube import RolloutRef
+from saferollout.adapters.workloads import CanaryPlan
 from saferollout.core.models import SafeRolloutSpec
 
 GROUP, VERSION, PLURAL = "gateway.networking.k8s.io", "v1", "httproutes"
@@ -33,6 +34,12 @@ def weighted_rules(rules: list[dict[str, Any]], stable: str, canary: str, weight
 
 
 class GatewayAPIRouter:
+    def prepare(self, ref: RolloutRef, spec: SafeRolloutSpec, first_weight: int) -> CanaryPlan:
+        return CanaryPlan()  # the canary Service is a backendRef of its own: nothing to make
+
+    def clean_up(self, ref: RolloutRef, spec: SafeRolloutSpec) -> None:
+        """Nothing to remove: the HTTPRoute is the user's, and at weight 0 its canary backendRef carries nothing."""
+
     def set_weight(self, ref: RolloutRef, spec: SafeRolloutSpec, weight: int) -> None:
         assert spec.strategy.canary and spec.strategy.canary.traffic.gateway_api
         cfg = spec.strategy.canary.traffic.gateway_api

@@ -16,6 +16,7 @@ from kubernetes.client.rest import ApiException
 
 from saferollout.adapters import kube
 from saferollout.adapters.kube import RolloutRef
+from saferollout.adapters.workloads import CanaryPlan
 from saferollout.core.models import SafeRolloutSpec
 
 GROUP, PLURAL = "networking.istio.io", "virtualservices"
@@ -95,6 +96,12 @@ def served_version() -> str:
 
 
 class IstioRouter:
+    def prepare(self, ref: RolloutRef, spec: SafeRolloutSpec, first_weight: int) -> CanaryPlan:
+        return CanaryPlan()  # the canary Service is a destination of its own: nothing to make
+
+    def clean_up(self, ref: RolloutRef, spec: SafeRolloutSpec) -> None:
+        """Nothing to remove: the VirtualService is the user's, and at weight 0 its canary destination carries nothing."""
+
     def set_weight(self, ref: RolloutRef, spec: SafeRolloutSpec, weight: int) -> None:
         """One patch of `spec.http`, guarded by the resourceVersion read, so a concurrent edit is retried, never lost."""
         global _served

@@ -4,7 +4,7 @@ ingress-nginx sends `canary-weight` percent of the requests for a host and path 
 marked `canary: "true"` that repeats that host and path. So the canary Ingress is the stable Ingress copied, with
 every backend that names the stable Service pointed at the canary Service and the paths routed elsewhere dropped.
 It is created on the first call; afterwards each call is one merge patch (weight, and the copy refreshed from the
-stable Ingress). At weight 0 the canary Ingress stays with weight "0": removing it is `cleanup`'s job, when the
+stable Ingress). At weight 0 the canary Ingress stays with weight "0": removing it is `clean_up`'s job, when the
 canary itself goes, so a step back to 0 and up again costs no create.
 """
 
@@ -18,6 +18,7 @@ from kubernetes.client.rest import ApiException
 
 from saferollout.adapters import kube
 from saferollout.adapters.kube import RolloutRef
+from saferollout.adapters.workloads import CanaryPlan
 from saferollout.core.models import SafeRolloutSpec
 
 CANARY = "nginx.ingress.kubernetes.io/canary"
@@ -89,6 +90,9 @@ def _ours(ingress: dict[str, Any], ref: RolloutRef) -> bool:
 
 
 class NginxRouter:
+    def prepare(self, ref: RolloutRef, spec: SafeRolloutSpec, first_weight: int) -> CanaryPlan:
+        return CanaryPlan()  # the canary Ingress is made by the first set_weight
+
     def set_weight(self, ref: RolloutRef, spec: SafeRolloutSpec, weight: int) -> None:
         """Create the canary Ingress, or patch it in one write guarded by its resourceVersion."""
         assert spec.strategy.canary and spec.strategy.canary.traffic.nginx
@@ -124,17 +128,16 @@ class NginxRouter:
 
         kube.retry_conflicts(write)
 
-
-def cleanup(ref: RolloutRef, spec: SafeRolloutSpec) -> None:
-    """Delete the canary Ingress (when the canary goes); one that SafeRollout did not make is left alone."""
-    assert spec.strategy.canary and spec.strategy.canary.traffic.nginx
-    name = canary_ingress_name(spec.strategy.canary.traffic.nginx.ingress)
-    current = _read(ref.namespace, name)
-    if current is None or not _ours(current, ref):
-        return
-    only_this = client.V1DeleteOptions(preconditions=client.V1Preconditions(uid=current["metadata"]["uid"]))
-    try:
-        _networking().delete_namespaced_ingress(name, ref.namespace, body=only_this)
-    except ApiException as e:
-        if e.status not in (404, 409):  # gone already, or replaced by a newer one that is not ours to delete
-            raise
+    def clean_up(self, ref: RolloutRef, spec: SafeRolloutSpec) -> None:
+        """Delete the canary Ingress (when the canary goes); one that SafeRollout did not make is left alone."""
+        assert spec.strategy.canary and spec.strategy.canary.traffic.nginx
+        name = canary_ingress_name(spec.strategy.canary.traffic.nginx.ingress)
+        current = _read(ref.namespace, name)
+        if current is None or not _ours(current, ref):
+            return
+        only_this = client.V1DeleteOptions(preconditions=client.V1Preconditions(uid=current["metadata"]["uid"]))
+        try:
+            _networking().delete_namespaced_ingress(name, ref.namespace, body=only_this)
+        except ApiException as e:
+            if e.status not in (404, 409):  # gone already, or replaced by a newer one that is not ours to delete
+                raise

@@ -18,7 +18,7 @@ canary expects:
   | 10    | 9+1 10% | 7+3 30% | 5+5 50% | 0+10    |
 
 - At 100 the target runs no pod (all traffic on the canary, as in Argo); at 0 the target is back at total and the
-  canary at 0 (the canary Deployment is kept; deleting it is the canary cleanup's job).
+  canary at 0 (the canary Deployment is kept; it goes with DeleteCanary, not with this router's `clean_up`).
 - Capacity: the side that grows is scaled first and, bounded by `settle_timeout`, the other side shrinks only
   once all the grown side's pods are available; so when scaling up the canary goes first, when scaling back the
   target goes first, and the available pods do not drop below the total while the cluster can run them. If they
@@ -37,6 +37,7 @@ from typing import Any
 
 from saferollout.adapters import kube
 from saferollout.adapters.kube import RolloutRef
+from saferollout.adapters.workloads import CanaryPlan
 from saferollout.core.models import SafeRolloutSpec
 
 TOTAL = "saferollout.dev/total-replicas"
@@ -83,7 +84,7 @@ def total_of(target: dict[str, Any], canary: dict[str, Any] | None) -> int:
 
 
 def initial_canary_replicas(ref: RolloutRef, spec: SafeRolloutSpec, weight: int) -> int:
-    """Replicas to create the canary with (EnsureCanary), so it does not start as a full copy of the target."""
+    """Replicas to create the canary with (prepare), so it does not start as a full copy of the target."""
     target = _deployment(ref.namespace, spec.target_ref.name)
     if target is None:
         raise LookupError(f"Deployment {spec.target_ref.name!r} not found in namespace {ref.namespace!r}")
@@ -94,6 +95,14 @@ def initial_canary_replicas(ref: RolloutRef, spec: SafeRolloutSpec, weight: int)
 class ReplicaRatioRouter:
     def __init__(self, settle_timeout: float = 30.0, poll: float = 0.25) -> None:
         self.settle_timeout, self.poll = settle_timeout, poll
+
+    def prepare(self, ref: RolloutRef, spec: SafeRolloutSpec, first_weight: int) -> CanaryPlan:
+        """The canary starts at the first weight's share, and its pods keep the stable Service's labels: sharing
+        that Service is how this router sends them traffic."""
+        return CanaryPlan(replicas=initial_canary_replicas(ref, spec, first_weight), behind_stable=True)
+
+    def clean_up(self, ref: RolloutRef, spec: SafeRolloutSpec) -> None:
+        """Nothing to remove: it creates nothing but the canary Deployment's annotation, which goes with it."""
 
     def set_weight(self, ref: RolloutRef, spec: SafeRolloutSpec, weight: int) -> None:
         """Scale both Deployments to the split for `weight`: the growing one first (two writes, by necessity)."""

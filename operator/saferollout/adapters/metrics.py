@@ -1,0 +1,109 @@
+"""Metric providers: one per kind of metric (Metric.kind), each measures one metric for one analysis.
+
+A provider only reads; what the numbers mean is the core's: a baseline's canary/stable pair is compared by the
+core (core.analysis.compare), a judged metric's samples are tested there (core.judge), every verdict is made there.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import requests
+
+from saferollout.adapters.prometheus import PrometheusProvider
+from saferollout.core.clock import parse_time
+from saferollout.core.durations import parse_duration
+from saferollout.core.models import Metric
+
+
+@dataclass(frozen=True)
+class Measurement:
+    value: float | None = None
+    error: str | None = None  # why there is no value, or why the value is what it is (never a secret: it is redacted)
+    requests: float | None = None  # behind a rate: how many requests it was computed from
+    series: tuple[list[float], list[float]] | None = field(default=None, hash=False)  # judge: (canary, stable) samples
+    pair: tuple[float | None, float | None] | None = None  # baseline: (canary, stable) now
+
+
+class MetricProvider(Protocol):
+    def measure(self, metric: Metric, context: dict[str, str], since: str | None) -> Measurement:
+        """`context` fills the query's placeholders for the version analysed; `since`: no data older than this."""
+
+
+def stable_context(context: dict[str, str]) -> dict[str, str]:
+    """The same placeholders for the stable version."""
+    return {**context, "service": context["stableService"], "canaryService": context["stableService"]}
+
+
+@dataclass(frozen=True)
+class PrometheusValue:
+    """A PromQL query or template: its one value now."""
+
+    prom: PrometheusProvider
+
+    def measure(self, metric: Metric, context: dict[str, str], since: str | None) -> Measurement:
+        reading = self.prom.read(metric, context)
+        return Measurement(reading.value, reading.error, reading.requests)
+
+
+def render_url(template: str, context: dict[str, str]) -> str:
+    for key, value in context.items():
+        template = template.replace("{{ " + key + " }}", value).replace("{{" + key + "}}", value)
+    return template
+
+
+@dataclass(frozen=True)
+class HttpProbe:
+    """1.0 for a 2xx answer within the timeout, else 0.0: an unreachable canary is unhealthy, not 'no data'."""
+
+    get: Callable[..., requests.Response] = requests.get
+
+    def measure(self, metric: Metric, context: dict[str, str], since: str | None) -> Measurement:
+        assert metric.http_get is not None
+        url = render_url(metric.http_get.url, context)
+        try:
+            r = self.get(url, timeout=parse_duration(metric.http_get.timeout))
+        except requests.RequestException as e:
+            return Measurement(0.0, f"{url}: {type(e).__name__}")
+        return Measurement(1.0) if 200 <= r.status_code < 300 else Measurement(0.0, f"{url}: HTTP {r.status_code}")
+
+
+@dataclass(frozen=True)
+class BaselinePair:
+    """Baseline: the canary's and the stable version's value now; the core compares them."""
+
+    prom: PrometheusProvider
+
+    def measure(self, metric: Metric, context: dict[str, str], since: str | None) -> Measurement:
+        canary, stable = self.prom.read(metric, context), self.prom.read(metric, stable_context(context))
+        return Measurement(error=canary.error or stable.error, pair=(canary.value, stable.value))
+
+
+@dataclass(frozen=True)
+class JudgeSamples:
+    """Judge: both sides' samples over the window, newer than `since`; the core tests them."""
+
+    prom: PrometheusProvider
+
+    def measure(self, metric: Metric, context: dict[str, str], since: str | None) -> Measurement:
+        assert metric.judge is not None
+        window, step = parse_duration(metric.judge.window), parse_duration(metric.judge.step)
+        start = parse_time(since) if since else None
+        canary, err1 = self.prom.samples(metric, context, window, step, start)
+        stable, err2 = self.prom.samples(metric, stable_context(context), window, step, start)
+        return Measurement(error=err1 or err2, series=(canary, stable))
+
+
+# The providers by Metric.kind (a unit test checks that every kind has one).
+PROVIDERS: dict[str, Callable[[PrometheusProvider], MetricProvider]] = {
+    "value": PrometheusValue,
+    "http": lambda _prom: HttpProbe(),
+    "baseline": BaselinePair,
+    "judge": JudgeSamples,
+}
+
+
+def provider_for(metric: Metric, prom: PrometheusProvider) -> MetricProvider:
+    return PROVIDERS[metric.kind](prom)

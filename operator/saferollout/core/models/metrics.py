@@ -1,0 +1,218 @@
+"""Analysis: the metrics, their sources and thresholds, and how a breach is answered."""
+
+from __future__ import annotations
+
+import math
+from enum import StrEnum
+from typing import Annotated, Literal
+
+from pydantic import ConfigDict, Field, field_validator, model_validator
+
+from saferollout.core.durations import parse_duration
+from saferollout.core.models.base import (
+    NAME_PATTERN,
+    URL_PATTERN,
+    Bounded,
+    Model,
+    cel,
+)
+from saferollout.core.models.status import (
+    Verdict,
+)
+from saferollout.core.stats import wilson_lower
+
+
+class Severity(StrEnum):
+    critical = "critical"
+    high = "high"
+    medium = "medium"
+    low = "low"
+
+    @property
+    def rank(self) -> int:
+        return {"critical": 4, "high": 3, "medium": 2, "low": 1}[self.value]
+
+
+class BreachAction(StrEnum):
+    rollback = "rollback"
+    step_back = "stepBack"
+    pause = "pause"
+    notify = "notify"
+
+
+class InconclusiveAction(StrEnum):
+    pause = "pause"
+    rollback = "rollback"
+
+
+class PrometheusSource(Model):
+    address: str | None = Field(default=None, pattern=URL_PATTERN, max_length=2048,
+                                description="http(s) URL; defaults to the operator's Prometheus address.")
+
+
+class HttpCheck(Model):
+    """A health probe of the new version: 2xx within the timeout is healthy (value 1), anything else 0."""
+
+    url: str = Field(default="http://{{ service }}.{{ namespace }}.svc:80/healthz", pattern=URL_PATTERN,
+                     max_length=2048,
+                     description="With placeholders; by default the health endpoint behind the analysed Service.")
+    timeout: Annotated[str, Bounded("100ms", "30s")] = "2s"
+
+
+class Baseline(Model):
+    """The same query for canary and stable; fail when the canary is worse by more than the tolerance."""
+
+    model_config = ConfigDict(json_schema_extra={"x-kubernetes-validations": [
+        cel("has(self.maxDifference) != has(self.maxRatio)", "a baseline needs exactly one of maxDifference or maxRatio")
+    ]})
+    max_difference: float | None = Field(default=None, description="canary - stable may be at most this")
+    max_ratio: float | None = Field(default=None, gt=0, description="canary / stable may be at most this")
+
+    @model_validator(mode="after")
+    def _one(self) -> Baseline:
+        if (self.max_difference is None) == (self.max_ratio is None):
+            raise ValueError("a baseline needs exactly one of maxDifference or maxRatio")
+        return self
+
+
+class Judge(Model):
+    """Mann-Whitney U over the window's samples of canary and stable: fail when the canary is worse beyond chance."""
+
+    model_config = ConfigDict(json_schema_extra={"x-kubernetes-validations": [
+        cel("duration(self.window).getSeconds() <= duration(self.step).getSeconds() * 10000",
+            "window / step is the number of samples per side: at most 10000", ".window")
+    ]})
+
+    min_samples: int = Field(default=20, ge=3, le=10000)
+    confidence: float = Field(default=0.95, gt=0.5, lt=1)
+    direction: Literal["increase", "decrease"] = Field(default="increase", description="which way is worse")
+    window: Annotated[str, Bounded("1s", "6h")] = Field(default="2m", description="how far back the samples go")
+    step: Annotated[str, Bounded("1s", "1h")] = Field(
+        default="5s", description="one sample every step; at least the query's longest range, so samples share no data")
+
+    @model_validator(mode="after")
+    def _samples_bounded(self) -> Judge:
+        if parse_duration(self.window) > parse_duration(self.step) * 10000:
+            raise ValueError("judge: window / step is the number of samples per side: at most 10000")
+        return self
+
+
+class Metric(Model):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                cel("[has(self.query), has(self.template), has(self.httpGet)].filter(x, x).size() == 1",
+                    "a metric needs exactly one of query, template or httpGet"),
+                cel("has(self.max) || has(self.min) || has(self.baseline) || has(self.judge) || has(self.httpGet)",
+                    "a metric needs a threshold: max, min, baseline or judge"),
+                cel("!(has(self.baseline) && has(self.judge))", "baseline and judge are two ways to compare: pick one"),
+                cel("!has(self.warnAfter) || !has(self.failureLimit) || self.warnAfter < self.failureLimit",
+                    "warnAfter must be below failureLimit", ".warnAfter"),
+            ]
+        }
+    )
+    name: str = Field(pattern=NAME_PATTERN, max_length=63)
+    query: str | None = Field(default=None, min_length=1, max_length=16384, description="PromQL with {{ placeholders }}.")
+    template: str | None = Field(default=None, pattern=NAME_PATTERN,
+                                 description="A built-in template (error-rate, p95-latency) or a MetricTemplate.")
+    http_get: HttpCheck | None = None
+    max: float | None = None
+    min: float | None = None
+    baseline: Baseline | None = None
+    judge: Judge | None = None
+    severity: Severity = Severity.high
+    on_breach: BreachAction = BreachAction.rollback
+    failure_limit: int | None = Field(default=None, ge=1, le=100, description="Overrides analysis.failureLimit.")
+    warn_after: int | None = Field(default=None, ge=1, le=100,
+                                   description="A warning Event and notification after this many consecutive failures.")
+
+    @model_validator(mode="after")
+    def _source_and_threshold(self) -> Metric:
+        if sum(x is not None for x in (self.query, self.template, self.http_get)) != 1:
+            raise ValueError(f"metric {self.name!r}: a metric needs exactly one of query, template or httpGet")
+        if self.max is None and self.min is None and self.baseline is None and self.judge is None \
+                and self.http_get is None:
+            raise ValueError(f"metric {self.name!r}: a metric needs a threshold: max, min, baseline or judge")
+        if self.baseline is not None and self.judge is not None:
+            raise ValueError(f"metric {self.name!r}: baseline and judge are two ways to compare: pick one")
+        if self.warn_after is not None and self.failure_limit is not None and self.warn_after >= self.failure_limit:
+            raise ValueError(f"metric {self.name!r}: warnAfter must be below failureLimit")
+        return self
+
+    @property
+    def kind(self) -> Literal["value", "http", "baseline", "judge"]:
+        if self.http_get is not None:
+            return "http"
+        if self.baseline is not None:
+            return "baseline"
+        return "judge" if self.judge is not None else "value"
+
+    def verdict(self, value: float | None, requests: float | None = None) -> Verdict:
+        """No data, NaN and errors are inconclusive, never a pass.
+
+        The built-in error-rate, given the number of requests in its window, fails only when the rate is above
+        `max` with 95% confidence (Wilson lower bound): a single 500 among a few dozen requests is not a breach.
+        """
+        if value is None or math.isnan(value):
+            return Verdict.inconclusive
+        if self.template == "error-rate" and requests is not None and self.max is not None and value > self.max:
+            return Verdict.fail if wilson_lower(value, requests) > self.max else Verdict.passed
+        if self.http_get is not None and self.min is None and self.max is None:
+            return Verdict.passed if value >= 1 else Verdict.fail
+        if self.baseline is not None:
+            limit = self.baseline.max_difference if self.baseline.max_difference is not None else self.baseline.max_ratio
+            return Verdict.fail if limit is not None and value > limit else Verdict.passed
+        if self.max is not None and value > self.max:
+            return Verdict.fail
+        if self.min is not None and value < self.min:
+            return Verdict.fail
+        return Verdict.passed
+
+    @property
+    def threshold(self) -> str:
+        if self.baseline is not None:
+            if self.baseline.max_difference is not None:
+                return f"canary - stable <= {self.baseline.max_difference:g}"
+            return f"canary / stable <= {self.baseline.max_ratio:g}"
+        if self.judge is not None:
+            return f"Mann-Whitney p >= {1 - self.judge.confidence:g} ({self.judge.direction} is worse)"
+        if self.http_get is not None and self.min is None and self.max is None:
+            return "healthy (2xx)"
+        parts = []
+        if self.min is not None:
+            parts.append(f">= {self.min:g}")
+        if self.max is not None:
+            parts.append(f"<= {self.max:g}")
+        return " and ".join(parts)
+
+
+def default_metrics() -> list[Metric]:
+    return [
+        Metric(name="error-rate", template="error-rate", max=0.01, severity=Severity.critical,
+               on_breach=BreachAction.rollback),
+        Metric(name="p95-latency", template="p95-latency", max=2.0, severity=Severity.high,
+               on_breach=BreachAction.step_back),
+    ]
+
+
+class Analysis(Model):
+    prometheus: PrometheusSource | None = None
+    interval: Annotated[str, Bounded("1s", "1h")] = "30s"
+    failure_limit: int = Field(default=3, ge=1, le=100,
+                               description="Consecutive failed checks of one metric before its onBreach action.")
+    inconclusive_limit: int = Field(default=3, ge=1, le=100)
+    on_inconclusive: InconclusiveAction = InconclusiveAction.pause
+    metrics: list[Metric] = Field(default_factory=default_metrics, min_length=1, max_length=32)
+
+    @field_validator("metrics")
+    @classmethod
+    def _unique(cls, metrics: list[Metric]) -> list[Metric]:
+        names = [m.name for m in metrics]
+        dup = {n for n in names if names.count(n) > 1}
+        if dup:
+            raise ValueError(f"metric names must be unique, repeated: {', '.join(sorted(dup))}")
+        return metrics
+
+    @property
+    def interval_seconds(self) -> float:
+        return parse_duration(self.interval)

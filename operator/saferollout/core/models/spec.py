@@ -1,0 +1,130 @@
+"""The spec as a whole, with its gates, database, rollback and notifications; the whole object for the CRD."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import ConfigDict, Field, model_validator
+
+from saferollout.core.models.base import (
+    NAME_PATTERN,
+    Bounded,
+    Model,
+    ObjectName,
+    Url,
+    cel,
+)
+from saferollout.core.models.metrics import (
+    Analysis,
+    Severity,
+)
+from saferollout.core.models.status import (
+    SafeRolloutStatus,
+)
+from saferollout.core.models.strategy import (
+    PodTemplate,
+    Strategy,
+    TargetRef,
+)
+
+
+class Preflight(Model):
+    database_reachable: bool = False
+    stable_healthy: bool = False
+    timeout: Annotated[str, Bounded("1s", "5m")] = "10s"
+
+
+class SecretKeyRef(Model):
+    name: ObjectName
+    key: str = Field(min_length=1, max_length=253, pattern=r"^[-._a-zA-Z0-9]+$")
+
+
+class PostgresDatabase(Model):
+    secret_ref: SecretKeyRef
+
+
+class VolumeSnapshotDatabase(Model):
+    pvc: str = Field(pattern=NAME_PATTERN, description="The PersistentVolumeClaim to snapshot.")
+    volume_snapshot_class: str | None = None
+    volume: str | None = Field(default=None, description="Pod volume that mounts the PVC; restore repoints it.")
+
+
+class Database(Model):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                cel("has(self.postgres) != has(self.volumeSnapshot)",
+                    "exactly one database provider must be set: postgres or volumeSnapshot"),
+                cel("!self.verifySnapshot || self.snapshotBeforeRollout",
+                    "verifySnapshot needs snapshotBeforeRollout", ".verifySnapshot"),
+                cel("!self.restoreOnRollback || self.snapshotBeforeRollout",
+                    "restoreOnRollback needs snapshotBeforeRollout", ".restoreOnRollback"),
+            ]
+        }
+    )
+    postgres: PostgresDatabase | None = None
+    volume_snapshot: VolumeSnapshotDatabase | None = None
+    snapshot_before_rollout: bool = False
+    verify_snapshot: bool = False
+    restore_on_rollback: bool = False
+    retain: int = Field(default=5, ge=1, le=100, description="Snapshots kept per rollout; older ones are pruned.")
+    max_restore_attempts: int = Field(default=3, ge=1, le=10)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Database:
+        if (self.postgres is None) == (self.volume_snapshot is None):
+            raise ValueError("exactly one database provider must be set: postgres or volumeSnapshot")
+        if (self.verify_snapshot or self.restore_on_rollback) and not self.snapshot_before_rollout:
+            raise ValueError("verifySnapshot and restoreOnRollback need snapshotBeforeRollout")
+        return self
+
+
+class RollbackVerify(Model):
+    duration: Annotated[str, Bounded("1s", "24h")] = Field(
+        default="2m", description="Time the stable version has to prove healthy after a rollback.")
+    successes: int = Field(default=3, ge=1, le=100, description="Consecutive passing checks that prove it.")
+    max_error_rate: float | None = Field(
+        default=None, ge=0, le=1, description="Check the error-rate template with this maximum; "
+        "by default the rollout's own metrics are checked against the stable version.")
+
+
+class Rollback(Model):
+    verify: RollbackVerify = Field(default_factory=RollbackVerify)
+
+
+class Webhook(Model):
+    url: Url
+    min_severity: Severity = Severity.high
+    format: Literal["generic", "slack"] = "generic"
+    timeout: Annotated[str, Bounded("100ms", "30s")] = "5s"
+
+
+class Notification(Model):
+    webhook: Webhook
+
+
+class SafeRolloutSpec(Model):
+    target_ref: TargetRef
+    template: PodTemplate
+    strategy: Strategy
+    analysis: Analysis = Field(default_factory=Analysis)
+    preflight: Preflight = Field(default_factory=Preflight)
+    database: Database | None = None
+    rollback: Rollback = Field(default_factory=Rollback)
+    notifications: list[Notification] = Field(default_factory=list, max_length=16)
+    paused: bool = False
+
+    @model_validator(mode="after")
+    def _gates_need_sources(self) -> SafeRolloutSpec:
+        if self.preflight.database_reachable and self.database is None:
+            raise ValueError("preflight.databaseReachable needs spec.database")
+        return self
+
+
+class SafeRollout(Model):
+    """The whole object, used only to generate the CRD."""
+
+    api_version: Literal["saferollout.dev/v1alpha1"] = "saferollout.dev/v1alpha1"
+    kind: Literal["SafeRollout"] = "SafeRollout"
+    spec: SafeRolloutSpec
+    status: SafeRolloutStatus | None = None

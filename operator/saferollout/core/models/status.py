@@ -1,0 +1,193 @@
+"""The status: everything the operator needs to resume after a restart lives here."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Literal
+
+from pydantic import ConfigDict, Field
+from pydantic.alias_generators import to_camel
+
+from saferollout.core.models.base import (
+    Model,
+)
+
+
+class Phase(StrEnum):
+    pending = "Pending"
+    preflight = "Preflight"
+    progressing = "Progressing"
+    paused = "Paused"
+    promoting = "Promoting"
+    succeeded = "Succeeded"
+    rolling_back = "RollingBack"
+    rolled_back = "RolledBack"
+    failed = "Failed"
+    blocked = "Blocked"
+
+    @property
+    def terminal(self) -> bool:
+        return self in (Phase.succeeded, Phase.rolled_back, Phase.failed, Phase.blocked)
+
+
+class Step(StrEnum):
+    """Where inside its phase a rollout is, so that a restarted operator resumes there (the wire values are the
+    strings the status has always carried)."""
+
+    init = "Init"
+    gate_database = "GateDatabase"
+    gate_stable = "GateStable"
+    snapshot = "Snapshot"
+    canary = "Canary"
+    promote_target = "PromoteTarget"
+    wait_target = "WaitTarget"
+    route_to_target = "RouteToTarget"
+    remove_canary = "RemoveCanary"
+    watch = "Watch"
+    revert_traffic = "RevertTraffic"
+    revert_workload = "RevertWorkload"
+    revert_images = "RevertImages"
+    restore_database = "RestoreDatabase"
+    verify = "Verify"
+    report = "Report"
+
+
+# the steps each phase may be in; Progressing, Paused and the terminal phases have none
+PHASE_STEPS: dict[Phase, tuple[Step, ...]] = {
+    Phase.pending: (Step.init,),
+    Phase.preflight: (Step.gate_database, Step.gate_stable, Step.snapshot, Step.canary),
+    Phase.promoting: (Step.promote_target, Step.wait_target, Step.route_to_target, Step.remove_canary, Step.watch),
+    Phase.rolling_back: (Step.revert_traffic, Step.revert_workload, Step.revert_images, Step.restore_database,
+                         Step.verify, Step.report),
+}
+
+
+PauseReason = Literal["user", "breach", "inconclusive", "approval"]
+
+
+class Verdict(StrEnum):
+    passed = "pass"
+    fail = "fail"
+    inconclusive = "inconclusive"
+
+
+class Condition(Model):
+    type: str
+    status: Literal["True", "False", "Unknown"]
+    reason: str
+    message: str = ""
+    last_transition_time: str
+    observed_generation: int | None = None
+
+
+class MetricStatus(Model):
+    name: str
+    value: float | None = None
+    threshold: str = ""
+    verdict: Verdict = Verdict.inconclusive
+    consecutive_failures: int = 0
+    consecutive_inconclusive: int = 0
+    samples: int = 0
+    failing_since: str | None = None
+    message: str | None = None
+
+
+class AnalysisStatus(Model):
+    last_run: str | None = None
+    next_run: str | None = None  # the grid's next slot (a late run does not move it)
+    runs: int = 0
+    metrics: list[MetricStatus] = Field(default_factory=list)
+
+
+class SnapshotStatus(Model):
+    id: str
+    provider: Literal["postgres", "volumeSnapshot"]
+    state: Literal["Taking", "Taken", "Verifying", "Verified", "Failed"] = "Taking"
+    taken_at: str | None = None
+    verified: bool = False
+    size_bytes: int | None = None
+    sha256: str | None = None
+    location: str | None = None
+    tables: int | None = None
+    message: str | None = None
+
+
+class RestoreStatus(Model):
+    state: Literal["Restoring", "Restored", "Failed"] = "Restoring"
+    attempts: int = 0
+    started_at: str | None = None
+    next_attempt_at: str | None = None
+    pre_restore_dump: str | None = None
+    finished_at: str | None = None
+    message: str | None = None
+
+
+class IncidentStatus(Model):
+    reason: str | None = None
+    metric: str | None = None
+    value: float | None = None
+    threshold: str | None = None
+    weight_at_breach: int | None = None
+    stage_at_breach: int | None = None
+    first_failed_at: str | None = None
+    detected_at: str | None = None
+    decided_at: str | None = None
+    traffic_reverted_at: str | None = None
+    images_reverted_at: str | None = None
+    restored_at: str | None = None
+    verified_at: str | None = None
+    report_ref: str | None = None
+    metrics: list[MetricStatus] = Field(default_factory=list)
+
+
+class HistoryEntry(Model):
+    action: str
+    at: str
+    stage: int | None = None
+    weight: int | None = None
+    metric: str | None = None
+    message: str | None = None
+
+
+class SafeRolloutStatus(Model):
+    """Everything the operator needs to resume after a restart lives here."""
+
+    phase: Phase | None = None
+    message: str | None = None
+    step: Step | None = Field(default=None, description="Sub-step inside the phase, for resumption.")
+    template_hash: str | None = None
+    attempt: int = 0
+    observed_generation: int | None = None
+    stage: int | None = Field(default=None, description="1-based index of the current stage.")
+    weight: int = Field(default=0, description="Canary weight last applied by the router.")
+    max_weight: int = 0
+    stage_started_at: str | None = None
+    stage_elapsed_seconds: float = 0
+    stage_checks: int = Field(default=0, description="Analysis runs since the current stage's weight was applied.")
+    preflight_attempts: int = 0
+    stage_resumed_at: str | None = None
+    stepped_back: bool = False
+    settle_until: str | None = Field(default=None, description="No analysis before this time (after a step back).")
+    pause_reason: PauseReason | None = None
+    stable_images: dict[str, str] | None = None
+    canary_images: dict[str, str] | None = None
+    stable_revision: str | None = None
+    canary_revision: str | None = None
+    canary_ready: bool = False
+    promoted_at: str | None = None
+    started_at: str | None = None
+    finished_at: str | None = None
+    verify_started_at: str | None = None
+    verify_successes: int = 0
+    verify_failures: int = Field(default=0, description="Verification checks whose data showed the stable version "
+                                 "unhealthy; none, and the verification was only inconclusive.")
+    last_command: str | None = None
+    failure: str | None = None
+    incident_severity: str | None = None
+    snapshot: SnapshotStatus | None = None
+    restore: RestoreStatus | None = None
+    analysis: AnalysisStatus = Field(default_factory=AnalysisStatus)
+    incident: IncidentStatus | None = None
+    history: list[HistoryEntry] = Field(default_factory=list)
+    conditions: list[Condition] = Field(default_factory=list)
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="ignore")
