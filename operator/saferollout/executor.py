@@ -16,8 +16,8 @@ from saferollout.adapters.kube import RolloutRef
 from saferollout.adapters.metrics import Measurement, provider_for
 from saferollout.adapters.prometheus import PrometheusProvider
 from saferollout.adapters.routers import router_for
-from saferollout.adapters.snapshots import SnapshotProvider
-from saferollout.adapters.snapshots.postgres import PostgresSnapshots
+from saferollout.adapters.snapshots import provider_for as snapshot_provider
+from saferollout.adapters.snapshotting import SnapshotProvider
 from saferollout.config import OperatorConfig
 from saferollout.core import actions as a
 from saferollout.core.clock import iso
@@ -59,20 +59,7 @@ class Executor:
 
     def snapshots(self) -> SnapshotProvider:
         if self._snapshots is None:
-            db = self.spec.database
-            if db is None:
-                raise ValueError("spec.database is not set")
-            if db.volume_snapshot is not None:
-                from saferollout.adapters.snapshots.volume import VolumeSnapshotProvider
-
-                self._snapshots = VolumeSnapshotProvider(self.ref.namespace, self.ref.name, db.volume_snapshot,
-                                                         target=self.spec.target_ref.name)
-                return self._snapshots
-            if db.postgres is None:
-                raise ValueError("spec.database.postgres is not set")
-            dsn = secret_value(self.ref.namespace, db.postgres.secret_ref.name, db.postgres.secret_ref.key)
-            store = self.cfg.snapshot_dir / self.ref.namespace / self.ref.name
-            self._snapshots = PostgresSnapshots(dsn, store)
+            self._snapshots = snapshot_provider(self.ref, self.spec, self.cfg.snapshot_dir, secret_value)
         return self._snapshots
 
     def __call__(self, act: a.Action) -> a.Result | None:

@@ -406,3 +406,13 @@ def test_one_metrics_failure_is_that_metrics_inconclusive_result(monkeypatch: py
     # rollback.verify: the error rate alone, under its own name
     out = run(a.QueryMetrics("stable", "verify", (), max_error_rate=0.05))
     assert isinstance(out, a.MetricValues) and out.values == {ex.VERIFY_ERROR_RATE: 0.5}
+
+
+def test_every_database_provider_field_has_a_snapshot_provider() -> None:
+    from saferollout.adapters.snapshots import PROVIDERS
+    from saferollout.core.models import Database
+
+    names = {f.alias or n for n, f in Database.model_fields.items() if n in ("postgres", "volume_snapshot")}
+    assert names == set(PROVIDERS) == {"postgres", "volumeSnapshot"}
+    db = Database.model_validate({"volumeSnapshot": {"pvc": "data"}})
+    assert db.provider()[0] == "volumeSnapshot" and db.provider()[1] is db.volume_snapshot

@@ -26,7 +26,7 @@ import psycopg
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from saferollout.adapters.snapshots import RestoreOutcome, SnapshotInfo
+from saferollout.adapters.snapshotting import RestoreOutcome, SnapshotInfo
 from saferollout.redact import redact, register
 
 USER_SCHEMAS = """

@@ -23,7 +23,7 @@ from kubernetes.client.rest import ApiException
 from kubernetes.utils.quantity import parse_quantity
 
 from saferollout.adapters import kube
-from saferollout.adapters.snapshots import RestoreOutcome, SnapshotInfo
+from saferollout.adapters.snapshotting import RestoreOutcome, SnapshotInfo
 from saferollout.core import models
 from saferollout.core.models import VolumeSnapshotDatabase
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from saferollout.core.models.base import (
     NAME_PATTERN,
@@ -49,6 +49,9 @@ class VolumeSnapshotDatabase(Model):
     volume: str | None = Field(default=None, description="Pod volume that mounts the PVC; restore repoints it.")
 
 
+PROVIDER_FIELDS = ("postgres", "volume_snapshot")  # the snapshot providers (adapters.snapshots.PROVIDERS)
+
+
 class Database(Model):
     model_config = ConfigDict(
         json_schema_extra={
@@ -70,10 +73,17 @@ class Database(Model):
     retain: int = Field(default=5, ge=1, le=100, description="Snapshots kept per rollout; older ones are pruned.")
     max_restore_attempts: int = Field(default=3, ge=1, le=10)
 
+    def provider(self) -> tuple[str, BaseModel]:
+        """(its name in the manifest, its settings) of the snapshot provider that is set: the registry's key."""
+        fields = type(self).model_fields
+        chosen = [(fields[n].alias or n, v) for n in PROVIDER_FIELDS if (v := getattr(self, n)) is not None]
+        if len(chosen) != 1:
+            raise ValueError("exactly one database provider must be set: postgres or volumeSnapshot")
+        return chosen[0]
+
     @model_validator(mode="after")
     def _consistent(self) -> Database:
-        if (self.postgres is None) == (self.volume_snapshot is None):
-            raise ValueError("exactly one database provider must be set: postgres or volumeSnapshot")
+        self.provider()
         if (self.verify_snapshot or self.restore_on_rollback) and not self.snapshot_before_rollout:
             raise ValueError("verifySnapshot and restoreOnRollback need snapshotBeforeRollout")
         return self
