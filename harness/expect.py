@@ -64,6 +64,7 @@ class Observed:
     selectors: dict[str, dict[str, str] | None] = field(default_factory=dict)  # Service: selector at the end
     notifications: list[Received] = field(default_factory=list)  # what the webhook receiver got, in order
     webhooks: list[dict[str, Any]] = field(default_factory=list)  # the rollout's webhooks, URLs filled in
+    paths_present: dict[str, str | None] = field(default_factory=dict)  # pathAbsent: what is there at the end
 
     @property
     def status(self) -> dict[str, Any]:
@@ -186,6 +187,11 @@ def check_all(expect: dict[str, Any], obs: Observed, ns: str, name: str) -> list
             out.append(events_in_order(want, [e for e in obs.events if _about(e, name)]))
         elif key == "notifications":
             out += _notifications(want, obs)
+        elif key == "pathAbsent":
+            for path in want:
+                found = obs.paths_present.get(path, "not looked at")
+                out.append(Check(f"{key} {path}", found is None,
+                                 "nothing there at the end" if found is None else f"{found}"))
         elif key == "incidentReportContains":
             text = "\n".join(str(v) for v in ((obs.report or {}).get("data") or {}).values())
             missing = [w for w in want if w not in text]
@@ -303,7 +309,7 @@ def _secret_absent(places: list[str], obs: Observed) -> Check:
     key = "secretAbsentFrom"
     if not obs.password:
         return Check(key, False, "no database password was set up")
-    needles = {obs.password, urllib.parse.quote(obs.password, safe="")}
+    needles = secret_needles(obs.password)
     texts = {
         "operatorLogs": obs.operator_log,
         "events": json.dumps(obs.events, default=str),
@@ -311,8 +317,35 @@ def _secret_absent(places: list[str], obs: Observed) -> Check:
         "incidentReport": json.dumps({k: (obs.report or {}).get(k) for k in ("data", "binaryData")}, default=str),
         "notifications": "\n".join(r.raw for r in obs.notifications),
     }
-    leaked = [p for p in places if any(n in texts[p] for n in needles)]
+    whole = {obs.password, urllib.parse.quote(obs.password, safe="")}
+    leaked = []
+    for p in places:
+        hits = [n for n in needles if n in texts[p]]
+        if hits:  # the report says what leaked, never the secret itself
+            leaked.append(p + ("" if whole & set(hits) else f" (a {max(map(len, hits))}-character piece of it)"))
     checked = ", ".join(f"{p} ({len(texts[p])} chars)" for p in places)
+    pieces = bool(needles - whole)
     if leaked:
         return Check(key, False, f"the database password appears in: {', '.join(leaked)}")
-    return Check(key, True, f"not found in {checked}")
+    return Check(key, True, f"not found in {checked}" + (" (nor its pieces between URL delimiters)" if pieces else ""))
+
+
+PIECE_DELIMITERS = "@:/"
+MIN_PIECE = 6
+
+
+def secret_needles(password: str) -> set[str]:
+    """The password as is and URL-encoded, and each piece of it between '@', ':' and '/' of at least 6 characters.
+
+    A DSN parser that splits the password at one of these (libpq ends the user info at the first '@') quotes the
+    rest as a host name or a port in its error, so a piece in a message is a leak too.
+    """
+    out = {password, urllib.parse.quote(password, safe="")}
+    pieces = [password]
+    for d in PIECE_DELIMITERS:
+        pieces = [part for piece in pieces for part in piece.split(d)]
+    if len(pieces) > 1:
+        for piece in pieces:
+            if len(piece) >= MIN_PIECE:
+                out |= {piece, urllib.parse.quote(piece, safe="")}
+    return out

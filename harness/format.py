@@ -9,6 +9,7 @@ the CRD. Extensions to the README's format are marked "extension" here and docum
 from __future__ import annotations
 
 import copy
+import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -30,6 +31,11 @@ NOTIFICATION_FORMATS = ("generic", "slack")
 # Substitution tokens in the rollout manifest, filled by the harness before the apply (extension, docs/harness.md).
 TOKENS = ("canaryUrl", "stableUrl", "webhookUrl")
 _TOKEN_RE = re.compile(r"@([A-Za-z][A-Za-z0-9]*)@")
+# Placeholders in `database.secretValue`, filled with the scenario database's facts (extension, docs/harness.md).
+SECRET_PLACEHOLDERS = ("password", "dsn", "user", "host", "port", "dbname")
+_PLACEHOLDER_RE = re.compile(r"\{([A-Za-z][A-Za-z0-9]*)\}")
+# `expect.pathAbsent` paths live under here: the harness deletes them before the run (extension).
+PATH_ABSENT_ROOT = "/tmp"
 SIGNALS = ("TERM", "KILL", "INT", "HUP", "QUIT", "STOP", "CONT", "USR1", "USR2")
 DEFAULT_WITHIN_SECONDS = 300.0
 
@@ -347,7 +353,8 @@ EXPECT_KEYS = ("phase", "withinSeconds", "maxWeight", "finalWeight", "weightsSee
                "conditionSeen", "incidentReport", "preRestoreDump", "snapshotTakenOnce", "database",
                "restoreAttempts", "secretAbsentFrom", "refusedAtApply", "messageNamesField",
                # extensions
-               "serviceSelector", "targetUnchanged", "eventsInOrder", "notifications", "incidentReportContains")
+               "serviceSelector", "targetUnchanged", "eventsInOrder", "notifications", "incidentReportContains",
+               "pathAbsent")
 
 
 @dataclass(frozen=True)
@@ -383,6 +390,22 @@ def _notifications(obj: object, where: str) -> NotificationExpect:
         report_ref_present=_bool(m["reportRefPresent"], f"{where}.reportRefPresent") if "reportRefPresent" in m
         else None,
     )
+
+
+def _path_absent(obj: object, where: str) -> tuple[str, ...]:
+    """Absolute, normalised paths of files under /tmp (the harness deletes each before the run)."""
+    items = obj if isinstance(obj, list) else [obj]
+    out: list[str] = []
+    for i, item in enumerate(items):
+        w = f"{where}[{i}]" if isinstance(obj, list) else where
+        path = _str(item, w)
+        if not path.startswith(PATH_ABSENT_ROOT + "/") or os.path.normpath(path) != path:
+            raise ScenarioError(f"{w}: {path!r} must be a normalised absolute path under {PATH_ABSENT_ROOT}/ "
+                                "(the harness deletes it before the run)")
+        out.append(path)
+    if not out:
+        raise ScenarioError(f"{where}: give at least one path")
+    return tuple(out)
 
 
 def _expect(obj: object, where: str) -> dict[str, Any]:
@@ -425,6 +448,8 @@ def _expect(obj: object, where: str) -> dict[str, Any]:
             out[key] = _selectors(value, w)
         elif key == "notifications":
             out[key] = _notifications(value, w)
+        elif key == "pathAbsent":
+            out[key] = _path_absent(value, w)
     return out
 
 
@@ -436,6 +461,25 @@ class DatabaseSpec:
     seed: str | None = None
     migration: str | None = None
     password: str | None = None
+    secret_value: str | None = None  # extension: the Secret's value, with {password}, {dsn}, ... filled in
+
+    def render_secret(self, values: Mapping[str, str]) -> str | None:
+        """`secret_value` with its placeholders filled; None when the scenario keeps the harness's DSN."""
+        return None if self.secret_value is None else fill_placeholders(self.secret_value, values)
+
+
+def placeholders_in(text: str) -> list[str]:
+    """The `{name}` placeholders of a secretValue, in order."""
+    return _PLACEHOLDER_RE.findall(text)
+
+
+def fill_placeholders(text: str, values: Mapping[str, str]) -> str:
+    """Each `{name}` replaced by its value, as is (no URL encoding: a bare '@' stays bare)."""
+    def one(m: re.Match[str]) -> str:
+        if m.group(1) not in values:
+            raise ScenarioError(f"no value for the placeholder {{{m.group(1)}}}")
+        return values[m.group(1)]
+    return _PLACEHOLDER_RE.sub(one, text)
 
 
 @dataclass(frozen=True)
@@ -703,9 +747,16 @@ def parse(data: object, path: Path) -> Scenario:
         raise ScenarioError(f"{where}.load.previewRps: only a blueGreen rollout has a preview Service")
     database = None
     if "database" in m:
-        d = _keys(m["database"], f"{where}.database", ("seed", "migration", "password"))
-        database = DatabaseSpec(*(_str(d[k], f"{where}.database.{k}") if k in d else None
-                                  for k in ("seed", "migration", "password")))
+        keys = ("seed", "migration", "password", "secretValue")
+        d = _keys(m["database"], f"{where}.database", keys)
+        seed, migration, password, secret_value = (_str(d[k], f"{where}.database.{k}") if k in d else None
+                                                   for k in keys)
+        if secret_value is not None:  # extension
+            unknown = [p for p in placeholders_in(secret_value) if p not in SECRET_PLACEHOLDERS]
+            if unknown:
+                raise ScenarioError(f"{where}.database.secretValue: unknown placeholder {{{unknown[0]}}} (known: "
+                                    f"{', '.join('{' + p + '}' for p in SECRET_PLACEHOLDERS)})")
+        database = DatabaseSpec(seed, migration, password, secret_value)
     faults = _faults(m.get("faults", []), f"{where}.faults")
     target_images: dict[str, str] = {}
     replicas = 1
@@ -735,6 +786,9 @@ def _cross_check(s: Scenario, where: str) -> None:
     if unknown:
         raise ScenarioError(f"{where}.expect.targetImages: no container named {', '.join(sorted(unknown))} "
                             "in the rollout's template")
+    if s.database is not None and s.database.secret_value is not None and s.secret_ref is None:
+        raise ScenarioError(f"{where}.database.secretValue: the rollout names no spec.database.postgres.secretRef, "
+                            "so there is no Secret to fill")
     received = [h for h in s.webhooks if "@webhookUrl@" in str(h.get("url", ""))]
     if ("notifications" in s.expect or "notifications" in s.expect.get("secretAbsentFrom", [])) and not received:
         raise ScenarioError(f"{where}.expect: notifications are checked at the harness's receiver, but no "

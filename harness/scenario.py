@@ -19,6 +19,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -490,6 +491,11 @@ class _RolloutRun(_BaseRun):
             if "database" in s.expect:
                 self.obs.checksum_before = self.pg.checksum()
                 tl.add("database", f"checksum before the rollout {self.obs.checksum_before[:12]}")
+            secret_value = s.database.render_secret(self.pg.facts(self.password)) if s.database else None
+            if secret_value is not None:  # extension: database.secretValue replaces the DSN in the Secret
+                dsn = secret_value
+                tl.add("database", "the Secret holds the scenario's secretValue, not the harness's DSN")
+        self._clear_paths()
         both = (self.refs.stable_service, self.refs.canary_service) if self.refs.kind == "blueGreen" else ()
         self.stable = DemoProcess("stable", self.refs.stable_service, self.ns, "stable", s.stable.base,
                                   self.run_dir / "stable.log", s.stable.error_mode, both)
@@ -534,6 +540,11 @@ class _RolloutRun(_BaseRun):
             self.preview.start()
         self._warm_up(prom)
         self.start_operator(self.ns)
+
+    def _clear_paths(self) -> None:
+        """`expect.pathAbsent`: a file left by an earlier run must neither fail nor pass this one."""
+        for path in clear_paths(self.s.expect.get("pathAbsent", ())):
+            self.tl.add("harness", f"removed {path}, left from an earlier run (pathAbsent)")
 
     def _warm_up(self, prom: Prometheus) -> None:
         """Wait until Prometheus has the stable version's request rate, so a stableHealthy gate has data."""
@@ -837,6 +848,8 @@ class _RolloutRun(_BaseRun):
                 obs.checksum_error = str(e)
         if self.operator is not None and self.operator.log.exists():
             obs.operator_log = self.operator.log.read_text(errors="replace")
+        for path in self.s.expect.get("pathAbsent", ()):
+            obs.paths_present[path] = describe_path(Path(path), self.t0)
         for svc, _ in self.s.expect.get("serviceSelector", []):
             found = self.kube.get_service(self.ns, svc)
             obs.selectors[svc] = ((found.get("spec") or {}).get("selector") or {}) if found else None
@@ -895,6 +908,31 @@ class _RolloutRun(_BaseRun):
                 self.error(f"clean-up of {what}: {e}")
             if time.monotonic() - began > 2:
                 self.tl.add("harness", f"clean-up of {what} took {time.monotonic() - began:.1f}s")
+
+
+def clear_paths(paths: Iterable[str]) -> list[str]:
+    """Delete the files (or symlinks) at these paths before a run; the ones that were there. A directory is an
+    error: the harness never removes one."""
+    removed = []
+    for path in paths:
+        p = Path(path)
+        if p.is_dir() and not p.is_symlink():
+            raise RuntimeError(f"pathAbsent: {path} is a directory; the harness removes files only")
+        if p.is_symlink() or p.exists():
+            p.unlink()
+            removed.append(path)
+    return removed
+
+
+def describe_path(p: Path, t0: float) -> str | None:
+    """None when nothing is at the path; else what is there and when it was last written (seconds since t0)."""
+    try:
+        st = p.lstat()
+    except FileNotFoundError:
+        return None
+    kind = "a symlink" if p.is_symlink() else "a directory" if p.is_dir() else f"a file of {st.st_size} bytes"
+    at = st.st_mtime - (time.time() - time.monotonic()) - t0
+    return f"{kind}, written {at:.1f}s after the apply"
 
 
 def corrupt_latest_snapshot(store: Path, ns: str, name: str) -> Path:

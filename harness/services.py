@@ -237,6 +237,11 @@ class Postgres:
         return (f"postgresql://{self.APP_USER}:{urllib.parse.quote(password, safe='')}"
                 f"@127.0.0.1:{self.port}/{self.APP_DB}")
 
+    def facts(self, password: str) -> dict[str, str]:
+        """What a `database.secretValue` may name: {password} as is, {dsn} URL-encoded, {user}, {host}, ..."""
+        return {"password": password, "dsn": self.dsn(password), "user": self.APP_USER, "host": "127.0.0.1",
+                "port": str(self.port), "dbname": self.APP_DB}
+
     def reset_app(self, password: str) -> str:
         """A fresh role `app` (with this password, CREATEDB for scratch restores) owning a fresh database `app`.
 

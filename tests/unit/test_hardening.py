@@ -278,3 +278,16 @@ def test_a_request_count_too_small_to_square_is_no_evidence() -> None:
     from saferollout.core.stats import wilson_lower
 
     assert wilson_lower(0.5, 1e-300) == 0.0 and wilson_lower(0.5, float("nan")) == 0.0
+
+
+def test_a_url_dsn_with_a_bare_at_is_refused_and_its_pieces_masked() -> None:
+    """libpq ends the password at the first '@' and quotes the rest as a host name in its error."""
+    from pathlib import Path
+
+    from saferollout.adapters.snapshots.postgres import NotADsn, PostgresSnapshots
+
+    with naming("ns", "bare-at"):
+        with pytest.raises(NotADsn, match="bare '@'"):
+            PostgresSnapshots("postgresql://app:first-half@second-half@127.0.0.1:5432/app", Path("/nonexistent"))
+        assert redact("failed to resolve host 'second-half@127.0.0.1'") == "failed to resolve host '***@127.0.0.1'"
+        assert "first-half" not in redact("first-half")

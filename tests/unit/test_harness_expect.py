@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import json
+import time
+from pathlib import Path
 from typing import Any
 
-from harness.expect import Observed, check_all, events_in_order
+import pytest
+
+from harness.expect import Observed, check_all, events_in_order, secret_needles
 from harness.format import Bounds, NotificationExpect
+from harness.scenario import clear_paths, describe_path
 from harness.webhook import Received
 
 
@@ -103,3 +108,53 @@ def test_selector_target_report_and_secret_checks() -> None:
     assert not result["targetUnchanged"] and not result["secretAbsentFrom"]
     missing = check_all({"incidentReportContains": ["latency"]}, obs, "ns", "web")[0]
     assert not missing.passed and "lacks ['latency']" in missing.detail
+
+
+def test_path_absent_passes_only_when_nothing_is_there() -> None:
+    want = {"pathAbsent": ("/tmp/owned-a", "/tmp/owned-b", "/tmp/owned-c")}
+    obs = Observed(paths_present={"/tmp/owned-a": None, "/tmp/owned-b": "a file of 0 bytes, written 31.2s after the apply"})
+    checks = {c.name: c for c in check_all(want, obs, "ns", "web")}
+    assert checks["pathAbsent /tmp/owned-a"].passed and "nothing there" in checks["pathAbsent /tmp/owned-a"].detail
+    assert not checks["pathAbsent /tmp/owned-b"].passed
+    assert "a file of 0 bytes, written 31.2s" in checks["pathAbsent /tmp/owned-b"].detail
+    assert not checks["pathAbsent /tmp/owned-c"].passed  # never looked at is no proof of absence
+
+
+def test_clear_paths_removes_stale_files_and_refuses_directories(tmp_path: Path) -> None:
+    stale, link, missing = tmp_path / "stale", tmp_path / "link", tmp_path / "missing"
+    stale.write_text("from an earlier run")
+    link.symlink_to(tmp_path / "nowhere")  # a dangling symlink is something at the path too
+    assert clear_paths([str(stale), str(link), str(missing)]) == [str(stale), str(link)]
+    assert not stale.exists() and not link.is_symlink()
+    assert describe_path(stale, time.monotonic()) is None
+    stale.write_text("new")
+    found = describe_path(stale, time.monotonic() - 10)
+    assert found is not None and found.startswith("a file of 3 bytes, written ") and "after the apply" in found
+    assert describe_path(link.parent, 0.0) is not None and "a directory" in str(describe_path(link.parent, 0.0))
+    with pytest.raises(RuntimeError, match="is a directory"):
+        clear_paths([str(tmp_path)])
+    assert tmp_path.is_dir()
+
+
+def test_secret_needles_include_the_pieces_a_dsn_parser_splits_off() -> None:
+    assert secret_needles("pw-0123abcd") == {"pw-0123abcd"}
+    assert secret_needles("N0tify$ecret/pw") == {"N0tify$ecret/pw", "N0tify%24ecret%2Fpw", "N0tify$ecret",
+                                                 "N0tify%24ecret"}  # "pw" is too short to tell anything
+    assert secret_needles("K3y-Part-One@K3y-Part-Two") >= {"K3y-Part-One", "K3y-Part-Two", "K3y-Part-One%40K3y-Part-Two"}
+    assert secret_needles("ab@cd:ef") == {"ab@cd:ef", "ab%40cd%3Aef"}
+
+
+def test_secret_absent_fails_on_a_piece_without_quoting_it() -> None:
+    password = "K3y-Part-One@K3y-Part-Two"
+    leak = 'could not translate host name "K3y-Part-Two@127.0.0.1" to address'
+    obs = Observed(password=password, operator_log=leak, events=[{"message": "all masked: ***"}])
+    want = {"secretAbsentFrom": ["events", "operatorLogs", "status"]}
+    check = check_all(want, obs, "ns", "web")[0]
+    assert not check.passed and "operatorLogs (a 12-character piece of it)" in check.detail
+    assert "events" not in check.detail and "K3y" not in check.detail
+    obs.operator_log = "password=***"
+    check = check_all(want, obs, "ns", "web")[0]
+    assert check.passed and "nor its pieces" in check.detail
+    obs.events = [{"message": f"missing '=' after {password!r}"}]
+    check = check_all(want, obs, "ns", "web")[0]
+    assert not check.passed and check.detail == "the database password appears in: events"

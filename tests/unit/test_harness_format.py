@@ -13,12 +13,14 @@ from harness.format import (
     NotificationExpect,
     ScenarioError,
     TrafficRefs,
+    fill_placeholders,
     image_repo,
     leaf_paths,
     load,
     merge_patch,
     named_field,
     parse,
+    placeholders_in,
     substitute,
     tokens_in,
 )
@@ -277,3 +279,49 @@ def test_new_expect_keys_are_read_strictly() -> None:
     assert "'urgent' is not one of" in error_of(scenario(rollout=hooked,
                                                          expect={"notifications": {"severities": ["urgent"]}}))
     assert "starts with @webhookUrl@" in error_of(scenario(expect={"notifications": {"received": 1}}))
+
+
+def test_path_absent_takes_files_under_tmp_only() -> None:
+    one = parse(scenario(expect={"pathAbsent": "/tmp/saferollout-owned-x"}), Path("t.yaml"))
+    assert one.expect["pathAbsent"] == ("/tmp/saferollout-owned-x",)
+    two = parse(scenario(expect={"pathAbsent": ["/tmp/a", "/tmp/b/c"]}), Path("t.yaml"))
+    assert two.expect["pathAbsent"] == ("/tmp/a", "/tmp/b/c")
+    for bad in ("relative/x", "/etc/passwd", "/tmp/", "/tmp", "/tmp/../etc/passwd", "/tmp//x", "/tmp/a/./b"):
+        msg = error_of(scenario(expect={"pathAbsent": bad}))
+        assert msg.startswith("t.yaml.expect.pathAbsent:") and "under /tmp/" in msg, bad
+    assert error_of(scenario(expect={"pathAbsent": ["/tmp/a", "/var/b"]})).startswith("t.yaml.expect.pathAbsent[1]:")
+    assert "at least one path" in error_of(scenario(expect={"pathAbsent": []}))
+    assert "expected a string" in error_of(scenario(expect={"pathAbsent": 3}))
+
+
+WITH_SECRET = merge_patch(ROLLOUT, {"spec": {"database": {"postgres": {"secretRef": {"name": "db", "key": "dsn"}}}}})
+
+
+def test_secret_value_fills_its_placeholders_as_is() -> None:
+    s = parse(scenario(rollout=WITH_SECRET, database={"password": "pa@ss",
+                                                      "secretValue": "postgresql://{user}:{password}@{host}:{port}/{dbname}"}),
+              Path("t.yaml"))
+    assert s.database is not None and s.database.password == "pa@ss"
+    facts = {"password": "pa@ss", "dsn": "postgresql://app:pa%40ss@127.0.0.1:5/app", "user": "app",
+             "host": "127.0.0.1", "port": "5", "dbname": "app"}
+    assert s.database.render_secret(facts) == "postgresql://app:pa@ss@127.0.0.1:5/app"  # the '@' stays bare
+    words = parse(scenario(rollout=WITH_SECRET, database={"secretValue": "{password} not-a-dsn {dsn}"}), Path("t.yaml"))
+    assert words.database is not None
+    assert words.database.render_secret(facts) == "pa@ss not-a-dsn postgresql://app:pa%40ss@127.0.0.1:5/app"
+    assert words.expect == {"phase": "Succeeded"}
+    plain = parse(scenario(rollout=WITH_SECRET, database={"seed": "SELECT 1"}), Path("t.yaml"))
+    assert plain.database is not None and plain.database.render_secret(facts) is None  # the harness's own DSN
+    assert placeholders_in("{a}{password} {{x}} {1}") == ["a", "password", "x"]
+    assert fill_placeholders("no braces {} here", facts) == "no braces {} here"
+    with pytest.raises(ScenarioError, match=r"no value for the placeholder \{port\}"):
+        fill_placeholders("{port}", {"password": "x"})
+
+
+def test_secret_value_is_checked_at_load() -> None:
+    msg = error_of(scenario(rollout=WITH_SECRET, database={"secretValue": "{passwd}"}))
+    assert msg.startswith("t.yaml.database.secretValue:") and "unknown placeholder {passwd}" in msg
+    assert "{password}" in msg  # the known ones are listed
+    assert "'secretvalue'" in error_of(scenario(rollout=WITH_SECRET, database={"secretvalue": "x"}))
+    assert "expected a string" in error_of(scenario(rollout=WITH_SECRET, database={"secretValue": 5}))
+    no_ref = error_of(scenario(database={"secretValue": "{password}"}))
+    assert no_ref.startswith("t.yaml.database.secretValue:") and "secretRef" in no_ref

@@ -185,7 +185,8 @@ def _respond(run: Run, metric: Metric, ms: MetricStatus) -> bool:
     action = metric.on_breach
     if action != BreachAction.notify:
         run.s.incident = _incident(run, "AnalysisFailed", ms, metric)
-    text = f"{metric.name} = {fmt(ms.value)}, threshold {ms.threshold}, failed {ms.consecutive_failures}x"
+    shown = fmt(ms.value) if ms.value is not None else ms.message or "no data"
+    text = f"{metric.name} = {shown}, threshold {ms.threshold}, failed {ms.consecutive_failures}x"
     run.event("AnalysisFailed", text, warning=True)
     if run.s.phase == Phase.promoting and action == BreachAction.step_back:
         action = BreachAction.rollback

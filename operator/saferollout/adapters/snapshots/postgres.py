@@ -83,6 +83,16 @@ class NotADsn(ValueError):
     """The Secret's value does not parse as a connection string (the parser's own message would quote it)."""
 
 
+def _url_userinfo(dsn: str) -> str | None:
+    """What stands between `scheme://` and the host of a URL DSN: up to the last '@' before the path."""
+    text = dsn.strip()
+    scheme, sep, rest = text.partition("://")
+    if not sep or scheme.lower() not in ("postgres", "postgresql"):
+        return None
+    authority = rest.split("/", 1)[0].split("?", 1)[0]
+    return authority.rpartition("@")[0] if "@" in authority else None
+
+
 def _private(path: Path) -> None:
     path.chmod(0o600)
 
@@ -90,6 +100,14 @@ def _private(path: Path) -> None:
 class PostgresSnapshots:
     def __init__(self, dsn: str, store: Path):
         register(dsn)
+        userinfo = _url_userinfo(dsn)
+        if userinfo is not None:
+            register(userinfo)
+            for piece in userinfo.replace("@", ":").split(":"):
+                register(piece)
+            if "@" in userinfo:  # libpq would end the password at the first '@' and quote the rest as a host
+                raise NotADsn("the Secret's value is a URL whose user or password holds a bare '@': "
+                              "percent-encode it as %40")
         try:
             params = conninfo_to_dict(dsn)
         except Exception:
