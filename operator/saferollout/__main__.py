@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import json
 import logging
+import os
 import random
 import sys
 
@@ -53,6 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--priority", type=int, default=None,
                      help="kopf peering priority; default: random, so that exactly one of several replicas works")
     args = parser.parse_args(argv)
+    os.umask(0o077)  # snapshots, dumps and scratch files: readable by the operator alone, from their first byte
 
     import kopf
 
