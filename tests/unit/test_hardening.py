@@ -291,3 +291,25 @@ def test_a_url_dsn_with_a_bare_at_is_refused_and_its_pieces_masked() -> None:
             PostgresSnapshots("postgresql://app:first-half@second-half@127.0.0.1:5432/app", Path("/nonexistent"))
         assert redact("failed to resolve host 'second-half@127.0.0.1'") == "failed to resolve host '***@127.0.0.1'"
         assert "first-half" not in redact("first-half")
+
+
+def test_a_pause_while_watching_the_promoted_target_resumes_the_watch() -> None:
+    """Found by the property tests: a breach with onBreach pause (or no data) during the watch after promotion
+    paused the rollout, and resume sent it back to Progressing, whose stage weight pointed at the removed canary."""
+    metric = {"name": "error-rate", "template": "error-rate", "max": 0.01, "failureLimit": 1, "onBreach": "pause"}
+    blip = {"on": False}
+
+    def fn(name: str, target: str, weight: int, t: float) -> float | None:
+        return 0.5 if blip["on"] else 0.001
+
+    w = World(make_spec(**{"analysis.metrics": [metric], "analysis.interval": "1s"}), metrics=fn)
+    w.run(120, until=lambda x: x.status.step == "Watch")
+    blip["on"] = True
+    w.run(3)
+    assert w.phase() == "Paused" and w.status.step == "Watch" and w.weight == 0
+    seen = list(w.weights_seen)
+    blip["on"] = False
+    w.command = "resume/1"
+    w.run(60, until=World.done)
+    assert w.phase() == "Succeeded" and w.canary is None
+    assert w.weights_seen == seen and w.weight == 0  # no weight written to the removed canary after the resume

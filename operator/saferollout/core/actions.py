@@ -65,12 +65,6 @@ class EnsureCanary:
     images: dict[str, str] = field(hash=False)
     first_weight: int = 0  # the weight the canary is made for (the router's prepare may size it by that)
 
-    @property
-    def replicas_weight(self) -> int:
-        """The old name of first_weight, until tests/unit/test_properties.py reads first_weight."""
-        return self.first_weight
-
-
 @dataclass(frozen=True)
 class DeleteCanary:
     pass

@@ -15,6 +15,7 @@ from saferollout.core.clock import iso
 from saferollout.core.durations import parse_duration
 from saferollout.core.judge import judge
 from saferollout.core.models import (
+    PHASE_STEPS,
     Baseline,
     BreachAction,
     IncidentStatus,
@@ -46,6 +47,8 @@ def compare(baseline: Baseline, canary: float | None, stable: float | None) -> t
 
 
 def target(run: Run) -> a.AnalysisTarget:
+    if run.s.step in PHASE_STEPS[Phase.promoting]:  # promoted (or paused while watching it): the target itself
+        return "stable"
     if run.blue_green:
         return "preview" if run.s.stage == 0 else "stable"  # after the switch the active Service serves green
     return "canary"

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from saferollout.core import actions as a
 from saferollout.core.clock import iso
-from saferollout.core.models import IncidentStatus, PauseReason, Phase, SafeRolloutStatus, Severity, Step
+from saferollout.core.models import PHASE_STEPS, IncidentStatus, PauseReason, Phase, SafeRolloutStatus, Severity, Step
 from saferollout.core.run import Run, images
 
 
@@ -64,7 +64,10 @@ def pause(run: Run, why: PauseReason, reason: str, text: str) -> None:
 
 
 def resume(run: Run, text: str) -> None:
-    run.s.phase, run.s.pause_reason = Phase.progressing, None
+    """Back to where the pause found it: a pause while the promoted target was watched resumes the watch, never
+    a stage (whose canary is gone: its weight would send traffic to nothing)."""
+    watching = run.s.step in PHASE_STEPS[Phase.promoting]
+    run.s.phase, run.s.pause_reason = Phase.promoting if watching else Phase.progressing, None
     run.s.stage_resumed_at = iso(run.now)
     run.s.analysis.metrics = [m.model_copy(update={"consecutive_failures": 0, "consecutive_inconclusive": 0})
                               for m in run.s.analysis.metrics]
