@@ -40,7 +40,10 @@ def harness_session(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sessio
     from tests.e2e.cluster import ensure_cluster, tools_dir
 
     kubeconfig = ensure_cluster()
-    install(RELEASE, RELEASE_NAMESPACE)
+    # the harness runs the operator with --namespace <the scenario's>, as the chart's pod runs with
+    # watchNamespaces set: that install also grants kopf's namespace watch (without it kopf retries ~54 s at
+    # every start). Cluster scope, so the value names no namespace that must exist.
+    install(RELEASE, RELEASE_NAMESPACE, ("--set", "watchNamespaces={demo}"))
     token_kubeconfig = sa_kubeconfig(tmp_path_factory.mktemp("sa"), RELEASE, RELEASE_NAMESPACE)
     os.environ["SAFEROLLOUT_HARNESS_OPERATOR_KUBECONFIG"] = str(token_kubeconfig)
     try:
