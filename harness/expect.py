@@ -1,6 +1,7 @@
 """The expectations of a scenario, checked against what the run observed.
 
-Each `expect` key becomes one Check with a PASS/FAIL and a detail that says what was seen, so a failing scenario
+Each `expect` key (a field of harness.format.Expect) has one checker here, registered with `@checks(field)`; it
+turns the key's value into Checks with a PASS/FAIL and a detail that says what was seen, so a failing scenario
 explains itself without rerunning it.
 """
 
@@ -8,11 +9,12 @@ from __future__ import annotations
 
 import json
 import urllib.parse
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from harness.format import Bounds, NotificationExpect
+from harness.format import Bounds, Expect, NotificationExpect, named_field
 from harness.timeline import WeightChange, longest_hold, merged_intervals, weights_seen
 from harness.webhook import RANK, Received
 
@@ -65,6 +67,7 @@ class Observed:
     notifications: list[Received] = field(default_factory=list)  # what the webhook receiver got, in order
     webhooks: list[dict[str, Any]] = field(default_factory=list)  # the rollout's webhooks, URLs filled in
     paths_present: dict[str, str | None] = field(default_factory=dict)  # pathAbsent: what is there at the end
+    cases: list[CaseOutcome] = field(default_factory=list)  # a bad-manifest file: what each apply did
 
     @property
     def status(self) -> dict[str, Any]:
@@ -92,112 +95,261 @@ def resolve_dump(store: Path | None, ns: str, name: str, ref: str) -> Path | Non
     return next((c for c in candidates if c.is_file()), None)
 
 
-def check_all(expect: dict[str, Any], obs: Observed, ns: str, name: str) -> list[Check]:
-    """One Check per expect key, in the order of the file."""
+@dataclass(frozen=True)
+class CaseOutcome:
+    """What `kubectl apply` did with one case of a bad-manifest file."""
+
+    index: int
+    why: str
+    patch: dict[str, Any]
+    returncode: int
+    message: str  # kubectl's stderr and stdout
+    created: bool  # a SafeRollout existed afterwards
+
+    @property
+    def refused(self) -> bool:
+        return self.returncode != 0 and not self.created
+
+    @property
+    def label(self) -> str:
+        return f"case {self.index} ({self.why})"
+
+
+@dataclass(frozen=True)
+class Seen:
+    """What a checker looks at: the run's observations and the SafeRollout (`ns`/`name`) they are about."""
+
+    obs: Observed
+    ns: str
+    name: str
+
+
+Checker = Callable[[Any, Seen], list[Check]]
+CHECKERS: dict[str, Checker] = {}  # Expect field -> its checker; tests/unit/test_harness_expect.py: one each
+
+
+def checks(field_name: str) -> Callable[[Checker], Checker]:
+    """Register the checker of one Expect field (by its Python name). It gets the field's value as parsed."""
+    if field_name not in Expect.model_fields:
+        raise ValueError(f"{field_name!r} is not a field of harness.format.Expect")
+
+    def register(fn: Checker) -> Checker:
+        if field_name in CHECKERS:
+            raise ValueError(f"{field_name!r} has a checker already: {CHECKERS[field_name].__name__}")
+        CHECKERS[field_name] = fn
+        return fn
+
+    return register
+
+
+def check_all(expect: Mapping[str, Any], obs: Observed, ns: str, name: str) -> list[Check]:
+    """The Checks of each expect key (as a file writes it, value as parsed), in the order of the file."""
+    fields = Expect.keys()
+    seen = Seen(obs, ns, name)
     out: list[Check] = []
-    status = obs.status
-    weights = [w for _, w in obs.router_changes]
     for key, want in expect.items():
-        if key == "phase":
-            out.append(Check(key, obs.phase == want, f"final phase {obs.phase!r}, want {want!r}"))
-        elif key == "withinSeconds":
-            ok = obs.finished_in is not None and obs.finished_in <= want
-            seen = "never" if obs.finished_in is None else f"in {obs.finished_in:.1f}s"
-            out.append(Check(key, ok, f"finished {seen}, limit {want:g}s"))
-        elif key == "maxWeight":
-            assert isinstance(want, Bounds)
-            top = max(weights, default=0)
-            out.append(Check(key, want.holds(top), f"highest canary weight {top}, want {want.describe()}"))
-        elif key == "finalWeight":
-            assert isinstance(want, Bounds)
-            last = weights[-1] if weights else 0
-            out.append(Check(key, want.holds(last), f"final canary weight {last}, want {want.describe()}"))
-        elif key == "weightsSeen":
-            applied = weights_seen(obs.router_changes)
-            out.append(Check(key, applied == want, f"router applied {applied}, want {want}"))
-        elif key == "weightHeldSeconds":
-            weight, at_least = want
-            held = longest_hold(obs.router_changes, weight, obs.end)
-            out.append(Check(key, held >= at_least, f"weight {weight} held at most {held:.1f}s in one go, "
-                                                    f"want >= {at_least:g}s"))
-        elif key == "neverAdvancedWhile":
-            out.append(_never_advanced(want, obs))
-        elif key == "neverPromoted":
-            ok = obs.promoted_seen != want
-            out.append(Check(key, ok, "the target ran the new template at some point" if obs.promoted_seen
-                             else "the target never ran the new template"))
-        elif key == "targetImages":
-            got = {k: obs.target_images.get(k) for k in want}
-            out.append(Check(key, got == want, f"target images {obs.target_images}, want {want}"))
-        elif key == "canaryWorkload":
-            seen = "present" if obs.canary_present else "absent"
-            out.append(Check(key, seen == want, f"canary Deployment {seen}, want {want}"))
-        elif key == "history":
-            actions = [e.get("action") for e in status.get("history") or [] if isinstance(e, dict)]
-            out.append(Check(key, actions == want, f"status.history actions {actions}, want {want}"))
-        elif key == "events":
-            reasons = [e.get("reason") for e in obs.events if _about(e, name)]
-            missing = [r for r in want if r not in reasons]
-            detail = (f"missing {missing}; " if missing else "") + \
-                f"reasons on the SafeRollout: {sorted(set(filter(None, reasons)))}"
-            out.append(Check(key, not missing, detail))
-        elif key == "conditionSeen":
-            hits = [c for c in obs.conditions_seen if c[0] == want["type"] and c[1] == want["reason"]
-                    and ("status" not in want or c[2] == want["status"])]
-            out.append(Check(key, bool(hits), f"want {want}; seen {sorted(obs.conditions_seen)}"))
-        elif key == "incidentReport":
-            ref = _sub(status, "incident").get("reportRef")
-            present = obs.report is not None
-            detail = (f"status.incident.reportRef={ref!r}, ConfigMap {obs.report_name!r} "
-                      f"{'exists' if present else 'not found'}")
-            out.append(Check(key, present == (want == "present"), detail))
-        elif key == "preRestoreDump":
-            ref = _sub(status, "restore").get("preRestoreDump")
-            path = resolve_dump(obs.store, ns, name, str(ref)) if ref else None
-            detail = f"status.restore.preRestoreDump={ref!r}" + (f", file {path}" if path else ", no such file")
-            out.append(Check(key, (path is not None) == (want == "present"), detail))
-        elif key == "snapshotTakenOnce":
-            snaps = snapshot_files(obs.store, ns, name, "snap-*.dump")
-            ok = (len(snaps) == 1) == want
-            out.append(Check(key, ok, f"{len(snaps)} snap-*.dump file(s) in the store: {[p.name for p in snaps]}"))
-        elif key == "database":
-            if obs.checksum_error:
-                out.append(Check(key, False, f"could not compute the checksum: {obs.checksum_error}"))
-            else:
-                same = obs.checksum_before is not None and obs.checksum_before == obs.checksum_after
-                out.append(Check(key, same, f"checksum before {str(obs.checksum_before)[:12]}, "
-                                            f"after {str(obs.checksum_after)[:12]}"))
-        elif key == "restoreAttempts":
-            assert isinstance(want, Bounds)
-            attempts = int(_sub(status, "restore").get("attempts") or 0)
-            out.append(Check(key, want.holds(attempts), f"status.restore.attempts={attempts}, want {want.describe()}"))
-        elif key == "secretAbsentFrom":
-            out.append(_secret_absent(want, obs))
-        elif key == "serviceSelector":
-            for svc, equals in want:
-                selector = obs.selectors.get(svc)
-                detail = f"Service {svc} " + ("not found" if selector is None else f"selects {selector}") + f", want {equals}"
-                out.append(Check(f"{key} {svc}", selector == equals, detail))
-        elif key == "targetUnchanged":
-            changes = obs.target_changes
-            ok = (not changes) == want
-            out.append(Check(key, ok, "; ".join(changes) if changes else
-                             "the target's spec never changed and all its pods stayed available"))
-        elif key == "eventsInOrder":
-            out.append(events_in_order(want, [e for e in obs.events if _about(e, name)]))
-        elif key == "notifications":
-            out += _notifications(want, obs)
-        elif key == "pathAbsent":
-            for path in want:
-                found = obs.paths_present.get(path, "not looked at")
-                out.append(Check(f"{key} {path}", found is None,
-                                 "nothing there at the end" if found is None else f"{found}"))
-        elif key == "incidentReportContains":
-            text = "\n".join(str(v) for v in ((obs.report or {}).get("data") or {}).values())
-            missing = [w for w in want if w not in text]
-            detail = (f"report {obs.report_name!r} lacks {missing}" if missing else
-                      f"report {obs.report_name!r} contains {want}") if obs.report else "no incident report"
-            out.append(Check(key, obs.report is not None and not missing, detail))
+        if key not in fields:
+            raise ValueError(f"unknown expect key {key!r}")
+        out += CHECKERS[fields[key]](want, seen)
+    return out
+
+
+def _weights(obs: Observed) -> list[int]:
+    return [w for _, w in obs.router_changes]
+
+
+@checks("phase")
+def _phase(want: str, s: Seen) -> list[Check]:
+    return [Check("phase", s.obs.phase == want, f"final phase {s.obs.phase!r}, want {want!r}")]
+
+
+@checks("within_seconds")
+def _within_seconds(want: float, s: Seen) -> list[Check]:
+    took = s.obs.finished_in
+    seen = "never" if took is None else f"in {took:.1f}s"
+    return [Check("withinSeconds", took is not None and took <= want, f"finished {seen}, limit {want:g}s")]
+
+
+@checks("max_weight")
+def _max_weight(want: Bounds, s: Seen) -> list[Check]:
+    top = max(_weights(s.obs), default=0)
+    return [Check("maxWeight", want.holds(top), f"highest canary weight {top}, want {want.describe()}")]
+
+
+@checks("final_weight")
+def _final_weight(want: Bounds, s: Seen) -> list[Check]:
+    weights = _weights(s.obs)
+    last = weights[-1] if weights else 0
+    return [Check("finalWeight", want.holds(last), f"final canary weight {last}, want {want.describe()}")]
+
+
+@checks("weights_seen")
+def _weights_seen(want: list[int], s: Seen) -> list[Check]:
+    applied = weights_seen(s.obs.router_changes)
+    return [Check("weightsSeen", applied == want, f"router applied {applied}, want {want}")]
+
+
+@checks("weight_held_seconds")
+def _weight_held_seconds(want: tuple[int, float], s: Seen) -> list[Check]:
+    weight, at_least = want
+    held = longest_hold(s.obs.router_changes, weight, s.obs.end)
+    return [Check("weightHeldSeconds", held >= at_least, f"weight {weight} held at most {held:.1f}s in one go, "
+                                                         f"want >= {at_least:g}s")]
+
+
+@checks("never_advanced_while")
+def _never_advanced_while(want: str, s: Seen) -> list[Check]:
+    return [_never_advanced(want, s.obs)]
+
+
+@checks("never_promoted")
+def _never_promoted(want: bool, s: Seen) -> list[Check]:
+    promoted = s.obs.promoted_seen
+    return [Check("neverPromoted", promoted != want, "the target ran the new template at some point" if promoted
+                  else "the target never ran the new template")]
+
+
+@checks("target_images")
+def _target_images(want: dict[str, str], s: Seen) -> list[Check]:
+    got = {k: s.obs.target_images.get(k) for k in want}
+    return [Check("targetImages", got == want, f"target images {s.obs.target_images}, want {want}")]
+
+
+@checks("canary_workload")
+def _canary_workload(want: str, s: Seen) -> list[Check]:
+    seen = "present" if s.obs.canary_present else "absent"
+    return [Check("canaryWorkload", seen == want, f"canary Deployment {seen}, want {want}")]
+
+
+@checks("history")
+def _history(want: list[str], s: Seen) -> list[Check]:
+    actions = [e.get("action") for e in s.obs.status.get("history") or [] if isinstance(e, dict)]
+    return [Check("history", actions == want, f"status.history actions {actions}, want {want}")]
+
+
+@checks("events")
+def _events(want: list[str], s: Seen) -> list[Check]:
+    reasons = [e.get("reason") for e in s.obs.events if _about(e, s.name)]
+    missing = [r for r in want if r not in reasons]
+    detail = (f"missing {missing}; " if missing else "") + \
+        f"reasons on the SafeRollout: {sorted(set(filter(None, reasons)))}"
+    return [Check("events", not missing, detail)]
+
+
+@checks("condition_seen")
+def _condition_seen(want: dict[str, str], s: Seen) -> list[Check]:
+    hits = [c for c in s.obs.conditions_seen if c[0] == want["type"] and c[1] == want["reason"]
+            and ("status" not in want or c[2] == want["status"])]
+    return [Check("conditionSeen", bool(hits), f"want {want}; seen {sorted(s.obs.conditions_seen)}")]
+
+
+@checks("incident_report")
+def _incident_report(want: str, s: Seen) -> list[Check]:
+    ref = _sub(s.obs.status, "incident").get("reportRef")
+    present = s.obs.report is not None
+    detail = (f"status.incident.reportRef={ref!r}, ConfigMap {s.obs.report_name!r} "
+              f"{'exists' if present else 'not found'}")
+    return [Check("incidentReport", present == (want == "present"), detail)]
+
+
+@checks("pre_restore_dump")
+def _pre_restore_dump(want: str, s: Seen) -> list[Check]:
+    ref = _sub(s.obs.status, "restore").get("preRestoreDump")
+    path = resolve_dump(s.obs.store, s.ns, s.name, str(ref)) if ref else None
+    detail = f"status.restore.preRestoreDump={ref!r}" + (f", file {path}" if path else ", no such file")
+    return [Check("preRestoreDump", (path is not None) == (want == "present"), detail)]
+
+
+@checks("snapshot_taken_once")
+def _snapshot_taken_once(want: bool, s: Seen) -> list[Check]:
+    snaps = snapshot_files(s.obs.store, s.ns, s.name, "snap-*.dump")
+    return [Check("snapshotTakenOnce", (len(snaps) == 1) == want,
+                  f"{len(snaps)} snap-*.dump file(s) in the store: {[p.name for p in snaps]}")]
+
+
+@checks("database")
+def _database(want: str, s: Seen) -> list[Check]:  # equalsSnapshot, the only value
+    obs = s.obs
+    if obs.checksum_error:
+        return [Check("database", False, f"could not compute the checksum: {obs.checksum_error}")]
+    same = obs.checksum_before is not None and obs.checksum_before == obs.checksum_after
+    return [Check("database", same, f"checksum before {str(obs.checksum_before)[:12]}, "
+                                    f"after {str(obs.checksum_after)[:12]}")]
+
+
+@checks("restore_attempts")
+def _restore_attempts(want: Bounds, s: Seen) -> list[Check]:
+    attempts = int(_sub(s.obs.status, "restore").get("attempts") or 0)
+    return [Check("restoreAttempts", want.holds(attempts), f"status.restore.attempts={attempts}, want {want.describe()}")]
+
+
+@checks("secret_absent_from")
+def _secret_absent_from(want: list[str], s: Seen) -> list[Check]:
+    return [_secret_absent(want, s.obs)]
+
+
+@checks("refused_at_apply")
+def _refused_at_apply(want: bool, s: Seen) -> list[Check]:
+    out = []
+    for c in s.obs.cases:
+        what = "refused, nothing created" if c.refused else ("created" if c.created else "not refused")
+        out.append(Check(f"refusedAtApply {c.label}", c.refused == want, what))
+    return out
+
+
+@checks("message_names_field")
+def _message_names_field(want: bool, s: Seen) -> list[Check]:
+    out = []
+    for c in s.obs.cases:
+        named = named_field(c.message, c.patch) if c.returncode != 0 else None
+        out.append(Check(f"messageNamesField {c.label}", (named is not None) == want,
+                         f"names {named}" if named else f"names none of the patch's fields: {c.message}"))
+    return out
+
+
+@checks("service_selector")
+def _service_selector(want: list[tuple[str, dict[str, str]]], s: Seen) -> list[Check]:
+    out = []
+    for svc, equals in want:
+        selector = s.obs.selectors.get(svc)
+        detail = f"Service {svc} " + ("not found" if selector is None else f"selects {selector}") + f", want {equals}"
+        out.append(Check(f"serviceSelector {svc}", selector == equals, detail))
+    return out
+
+
+@checks("target_unchanged")
+def _target_unchanged(want: bool, s: Seen) -> list[Check]:
+    changes = s.obs.target_changes
+    return [Check("targetUnchanged", (not changes) == want, "; ".join(changes) if changes else
+                  "the target's spec never changed and all its pods stayed available")]
+
+
+@checks("events_in_order")
+def _events_in_order(want: list[str], s: Seen) -> list[Check]:
+    return [events_in_order(want, [e for e in s.obs.events if _about(e, s.name)])]
+
+
+@checks("notifications")
+def _notifications_check(want: NotificationExpect, s: Seen) -> list[Check]:
+    return _notifications(want, s.obs)
+
+
+@checks("incident_report_contains")
+def _incident_report_contains(want: list[str], s: Seen) -> list[Check]:
+    report = s.obs.report
+    text = "\n".join(str(v) for v in ((report or {}).get("data") or {}).values())
+    missing = [w for w in want if w not in text]
+    detail = (f"report {s.obs.report_name!r} lacks {missing}" if missing else
+              f"report {s.obs.report_name!r} contains {want}") if report else "no incident report"
+    return [Check("incidentReportContains", report is not None and not missing, detail)]
+
+
+@checks("path_absent")
+def _path_absent(want: tuple[str, ...], s: Seen) -> list[Check]:
+    out = []
+    for path in want:
+        found = s.obs.paths_present.get(path, "not looked at")
+        out.append(Check(f"pathAbsent {path}", found is None, "nothing there at the end" if found is None else f"{found}"))
     return out
 
 

@@ -1,9 +1,15 @@
-"""The scenario format (shared/scenarios/README.md), read strictly.
+"""The scenario format (shared/scenarios/README.md) as pydantic models, read strictly.
 
-Every harness-owned part (top level, app, load, database, faults, `at`, expect, cases) is checked key by key: an
-unknown key is an error naming it and where it is, because a misspelt expectation that is silently ignored makes a
-scenario pass for the wrong reason. The `rollout` manifest is left to the API server, which validates it against
-the CRD. Extensions to the README's format are marked "extension" here and documented in docs/harness.md.
+Every harness-owned part of a file (top level, app, load, database, faults, `at`, expect, cases, target) is a
+`Strict` model (harness/strict.py): an unknown key is an error naming it and where it is, because a misspelt
+expectation that is silently ignored makes a scenario pass for the wrong reason. The `rollout` manifest stays the
+dict it is in the file: only the parts the harness builds from are read (models that allow other keys), the API
+server judges the rest. Extensions to the README's format are marked "extension" here and documented in
+docs/harness.md.
+
+`Expect` defines the `expect` keys, one field each (its alias is the key). harness/expect.py registers one checker
+per field, docs/harness.md lists the same keys, and tests/unit/test_harness_expect.py holds the three together.
+`parse` turns a valid file into a `Scenario`, the plain values the run uses.
 """
 
 from __future__ import annotations
@@ -14,20 +20,41 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, ClassVar, Literal, Self, get_args
 
 import yaml
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Discriminator,
+    Field,
+    ModelWrapValidatorHandler,
+    PrivateAttr,
+    Tag,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic.alias_generators import to_camel
 
 from harness.latency import fit
+from harness.strict import Strict, Via, error_text, fail, one_or_list
 
-PHASES = ("Pending", "Preflight", "Progressing", "Paused", "Promoting", "Succeeded", "RollingBack", "RolledBack",
-          "Failed", "Blocked")
+Phase = Literal["Pending", "Preflight", "Progressing", "Paused", "Promoting", "Succeeded", "RollingBack", "RolledBack",
+                "Failed", "Blocked"]
+PHASES: tuple[str, ...] = get_args(Phase)
 TERMINAL_PHASES = frozenset({"Succeeded", "RolledBack", "Failed", "Blocked"})
-FAULT_ACTIONS = ("stopPrometheus", "startPrometheus", "killOperator", "restartOperator", "patch", "sql",
-                 "stopDatabase", "startDatabase", "corruptSnapshot")
-SECRET_PLACES = ("operatorLogs", "events", "status", "incidentReport", "notifications")
-SEVERITIES = ("low", "medium", "high", "critical")
-NOTIFICATION_FORMATS = ("generic", "slack")
+SecretPlace = Literal["operatorLogs", "events", "status", "incidentReport", "notifications"]
+SECRET_PLACES: tuple[str, ...] = get_args(SecretPlace)
+Severity = Literal["low", "medium", "high", "critical"]
+SEVERITIES: tuple[str, ...] = get_args(Severity)
+NotificationFormat = Literal["generic", "slack"]
+NOTIFICATION_FORMATS: tuple[str, ...] = get_args(NotificationFormat)
+Signal = Literal["TERM", "KILL", "INT", "HUP", "QUIT", "STOP", "CONT", "USR1", "USR2"]
+SIGNALS: tuple[str, ...] = get_args(Signal)
+Presence = Literal["present", "absent"]
 # Substitution tokens in the rollout manifest, filled by the harness before the apply (extension, docs/harness.md).
 TOKENS = ("canaryUrl", "stableUrl", "webhookUrl")
 _TOKEN_RE = re.compile(r"@([A-Za-z][A-Za-z0-9]*)@")
@@ -36,79 +63,17 @@ SECRET_PLACEHOLDERS = ("password", "dsn", "user", "host", "port", "dbname")
 _PLACEHOLDER_RE = re.compile(r"\{([A-Za-z][A-Za-z0-9]*)\}")
 # `expect.pathAbsent` paths live under here: the harness deletes them before the run (extension).
 PATH_ABSENT_ROOT = "/tmp"
-SIGNALS = ("TERM", "KILL", "INT", "HUP", "QUIT", "STOP", "CONT", "USR1", "USR2")
 DEFAULT_WITHIN_SECONDS = 300.0
+ROUTER_KINDS = ("gatewayAPI", "istio", "nginx", "replicas", "blueGreen")
+
+Weight = Annotated[int, Field(ge=0, le=100)]
+Seconds = Annotated[float, Field(ge=0)]
+Fraction = Annotated[float, Field(ge=0, le=1)]
+MemoryMB = Annotated[float, Field(ge=0, le=1_000_000)]
 
 
 class ScenarioError(ValueError):
     """A scenario file that does not follow the format; the message names the file, the key and where it is."""
-
-
-# ------------------------------------------------------------------------------------------------ small readers
-
-
-def _mapping(obj: object, where: str) -> dict[str, Any]:
-    if not isinstance(obj, dict):
-        raise ScenarioError(f"{where}: expected a mapping, got {type(obj).__name__}")
-    for key in obj:
-        if not isinstance(key, str):
-            raise ScenarioError(f"{where}: keys must be strings, got {key!r}")
-    return obj
-
-
-def _keys(obj: object, where: str, allowed: tuple[str, ...], required: tuple[str, ...] = ()) -> dict[str, Any]:
-    """The mapping itself once every key is known and every required key is there."""
-    m = _mapping(obj, where)
-    for key in m:
-        if key not in allowed:
-            raise ScenarioError(f"{where}: unknown key {key!r} (known keys: {', '.join(allowed)})")
-    for key in required:
-        if key not in m:
-            raise ScenarioError(f"{where}: missing key {key!r}")
-    return m
-
-
-def _number(obj: object, where: str, minimum: float | None = None, maximum: float | None = None) -> float:
-    if isinstance(obj, bool) or not isinstance(obj, int | float):
-        raise ScenarioError(f"{where}: expected a number, got {obj!r}")
-    value = float(obj)
-    if minimum is not None and value < minimum:
-        raise ScenarioError(f"{where}: {obj!r} is below {minimum:g}")
-    if maximum is not None and value > maximum:
-        raise ScenarioError(f"{where}: {obj!r} is above {maximum:g}")
-    return value
-
-
-def _int(obj: object, where: str, minimum: int | None = None, maximum: int | None = None) -> int:
-    if isinstance(obj, bool) or not isinstance(obj, int):
-        raise ScenarioError(f"{where}: expected an integer, got {obj!r}")
-    _number(obj, where, minimum, maximum)
-    return obj
-
-
-def _str(obj: object, where: str) -> str:
-    if not isinstance(obj, str):
-        raise ScenarioError(f"{where}: expected a string, got {obj!r}")
-    return obj
-
-
-def _bool(obj: object, where: str) -> bool:
-    if not isinstance(obj, bool):
-        raise ScenarioError(f"{where}: expected true or false, got {obj!r}")
-    return obj
-
-
-def _choice(obj: object, where: str, choices: tuple[str, ...]) -> str:
-    value = _str(obj, where)
-    if value not in choices:
-        raise ScenarioError(f"{where}: {value!r} is not one of {', '.join(choices)}")
-    return value
-
-
-def _list(obj: object, where: str) -> list[Any]:
-    if not isinstance(obj, list):
-        raise ScenarioError(f"{where}: expected a list, got {type(obj).__name__}")
-    return obj
 
 
 # ------------------------------------------------------------------------------------------------------- app
@@ -174,53 +139,85 @@ class AppSpec:
 DEFAULT_BEHAVIOUR = Behaviour(error_rate=0.0, p50_ms=20.0, p95_ms=80.0)
 
 
-def _latency(obj: object, where: str) -> tuple[float, float]:
-    m = _keys(obj, where, ("p50", "p95"), ("p50", "p95"))
-    p50 = _number(m["p50"], f"{where}.p50", 0)
-    p95 = _number(m["p95"], f"{where}.p95", 0)
-    try:
-        fit(p50, p95)
-    except ValueError as e:
-        raise ScenarioError(f"{where}: {e}") from e
-    return p50, p95
+class LatencyIn(Strict):
+    p50: Seconds
+    p95: Seconds
+
+    @model_validator(mode="after")
+    def _fits(self) -> Self:
+        try:
+            fit(self.p50, self.p95)
+        except ValueError as e:
+            raise fail(str(e)) from e
+        return self
+
+    def pair(self) -> tuple[float, float]:
+        return self.p50, self.p95
 
 
-CHANGES = ("errorRate", "latencyMs", "healthy", "memoryMB")  # what a behaviour (and a `when` rule) may set
+class Changes(Strict):
+    """What a behaviour (and a `when` rule) may set."""
+
+    error_rate: Fraction | None = None
+    latency_ms: LatencyIn | None = None
+    healthy: bool | None = None  # extension
+    memory_mb: MemoryMB | None = Field(None, alias="memoryMB")  # extension
 
 
-def _memory(obj: object, where: str) -> float:
-    return _number(obj, where, 0, 1_000_000)
+CHANGES = tuple(f.alias or name for name, f in Changes.model_fields.items())
 
 
-def _app(obj: object, where: str) -> AppSpec:
-    m = _keys(obj, where, (*CHANGES, "when", "errorMode"))
-    mode = _choice(m.get("errorMode", "spread"), f"{where}.errorMode", ("spread", "random"))
-    rate = _number(m.get("errorRate", DEFAULT_BEHAVIOUR.error_rate), f"{where}.errorRate", 0, 1)
-    p50, p95 = (_latency(m["latencyMs"], f"{where}.latencyMs") if "latencyMs" in m
-                else (DEFAULT_BEHAVIOUR.p50_ms, DEFAULT_BEHAVIOUR.p95_ms))
-    healthy = _bool(m.get("healthy", True), f"{where}.healthy")  # extension
-    memory = _memory(m.get("memoryMB", DEFAULT_BEHAVIOUR.memory_mb), f"{where}.memoryMB")  # extension
-    rules: list[WhenRule] = []
-    if "when" in m:
-        raw = m["when"]
-        items = raw if isinstance(raw, list) else [raw]  # extension: a list of rules
-        for i, item in enumerate(items):
-            w = f"{where}.when" + (f"[{i}]" if isinstance(raw, list) else "")
-            r = _keys(item, w, ("canaryWeightAtLeast", "afterSeconds", *CHANGES))
-            if "canaryWeightAtLeast" not in r and "afterSeconds" not in r:
-                raise ScenarioError(f"{w}: needs a trigger: canaryWeightAtLeast or afterSeconds")
-            if not any(k in r for k in CHANGES):
-                raise ScenarioError(f"{w}: changes nothing: give {', '.join(CHANGES)}")
-            rules.append(WhenRule(
-                canary_weight_at_least=(_int(r["canaryWeightAtLeast"], f"{w}.canaryWeightAtLeast", 0, 100)
-                                        if "canaryWeightAtLeast" in r else None),
-                after_seconds=_number(r["afterSeconds"], f"{w}.afterSeconds", 0) if "afterSeconds" in r else None,
-                error_rate=_number(r["errorRate"], f"{w}.errorRate", 0, 1) if "errorRate" in r else None,
-                latency_ms=_latency(r["latencyMs"], f"{w}.latencyMs") if "latencyMs" in r else None,
-                healthy=_bool(r["healthy"], f"{w}.healthy") if "healthy" in r else None,
-                memory_mb=_memory(r["memoryMB"], f"{w}.memoryMB") if "memoryMB" in r else None,
-            ))
-    return AppSpec(Behaviour(rate, p50, p95, healthy, memory), tuple(rules), mode)
+class WhenIn(Changes):
+    canary_weight_at_least: Weight | None = None
+    after_seconds: Seconds | None = None
+
+    @model_validator(mode="after")
+    def _triggers_and_changes(self) -> Self:
+        if self.canary_weight_at_least is None and self.after_seconds is None:
+            raise fail("needs a trigger: canaryWeightAtLeast or afterSeconds")
+        if not self.model_fields_set & set(Changes.model_fields):
+            raise fail(f"changes nothing: give {', '.join(CHANGES)}")
+        return self
+
+    def rule(self) -> WhenRule:
+        return WhenRule(self.canary_weight_at_least, self.after_seconds, self.error_rate,
+                        self.latency_ms.pair() if self.latency_ms else None, self.healthy, self.memory_mb)
+
+
+def _as_tuple(value: Any) -> tuple[Any, ...]:
+    return tuple(value) if isinstance(value, list) else (value,)
+
+
+class VersionIn(Changes):
+    """One version of the demo service (`app.stable`, `app.canary`)."""
+
+    when: Annotated[tuple[WhenIn, ...], Via(one_or_list(WhenIn), _as_tuple)] | None = None  # extension: a list
+    error_mode: Literal["spread", "random"] = "spread"  # extension
+
+    def spec(self) -> AppSpec:
+        d = DEFAULT_BEHAVIOUR
+        p50, p95 = self.latency_ms.pair() if self.latency_ms else (d.p50_ms, d.p95_ms)
+        base = Behaviour(d.error_rate if self.error_rate is None else self.error_rate, p50, p95,
+                         d.healthy if self.healthy is None else self.healthy,
+                         d.memory_mb if self.memory_mb is None else self.memory_mb)
+        return AppSpec(base, tuple(r.rule() for r in self.when or ()), self.error_mode)
+
+
+class AppIn(Strict):
+    stable: VersionIn = Field(default_factory=VersionIn)
+    canary: VersionIn = Field(default_factory=VersionIn)
+
+
+class LoadIn(Strict):
+    rps: Annotated[float, Field(ge=0, le=1000)] = 0.0
+    preview_rps: Annotated[float, Field(ge=0, le=100)] = 0.0  # extension: blueGreen's preview Service
+
+
+class TargetIn(Strict):
+    """Extension: what the target runs before the rollout."""
+
+    images: dict[str, str] = Field(default_factory=dict)
+    replicas: Annotated[int, Field(ge=1, le=10)] = 1
 
 
 # ------------------------------------------------------------------------------------------------------ faults
@@ -256,51 +253,117 @@ class Fault:
         return f"fault {self.index} {self.do}{extra.get(self.do, '')}"
 
 
-def _at(obj: object, where: str, index: int) -> At:
-    m = _keys(obj, where, ("stage", "afterSeconds", "afterFault", "seconds", "phase"))
-    if "afterFault" in m:
-        _keys(m, where, ("afterFault", "seconds"))
-        fault = _int(m["afterFault"], f"{where}.afterFault", 0)
-        if fault >= index:
-            raise ScenarioError(f"{where}.afterFault: {fault} is not an earlier fault (this is fault {index})")
-        return At("fault", _number(m.get("seconds", 0), f"{where}.seconds", 0), fault=fault)
-    if "seconds" in m:
-        raise ScenarioError(f"{where}: 'seconds' goes with 'afterFault'; use 'afterSeconds' here")
-    seconds = _number(m.get("afterSeconds", 0), f"{where}.afterSeconds", 0)
-    if "stage" in m and "phase" in m:
-        raise ScenarioError(f"{where}: give 'stage' or 'phase', not both")
-    if "stage" in m:
-        return At("stage", seconds, stage=_int(m["stage"], f"{where}.stage", 1))
-    if "phase" in m:  # extension: S seconds after status.phase first equals P
-        return At("phase", seconds, phase=_choice(m["phase"], f"{where}.phase", PHASES))
-    if "afterSeconds" not in m:
-        raise ScenarioError(f"{where}: needs stage, afterFault, phase or afterSeconds")
-    return At("apply", seconds)
+class _AfterSeconds(Strict):
+    """An anchor with `afterSeconds`: the two mistakes the other anchors invite get their own words."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _hints(cls, data: object) -> object:
+        if isinstance(data, dict) and "seconds" in data:
+            raise fail("'seconds' goes with 'afterFault'; use 'afterSeconds' here")
+        if isinstance(data, dict) and "stage" in data and "phase" in data:
+            raise fail("give 'stage' or 'phase', not both")
+        return data
 
 
-def _faults(obj: object, where: str) -> tuple[Fault, ...]:
-    out: list[Fault] = []
-    for i, item in enumerate(_list(obj, where)):
-        w = f"{where}[{i}]"
-        m = _mapping(item, w)
-        do = _choice(m.get("do"), f"{w}.do", FAULT_ACTIONS) if "do" in m else None
-        if do is None:
-            raise ScenarioError(f"{w}: missing key 'do'")
-        extra = {"killOperator": ("signal",), "patch": ("patch",), "sql": ("sql",)}.get(do, ())
-        _keys(m, w, ("at", "do", "why", *extra), ("at", "do", *(k for k in extra if k != "signal")))
-        at = _at(m["at"], f"{w}.at", i)
-        signal = "TERM"
-        if "signal" in m:
-            raw = m["signal"]
-            if isinstance(raw, int) and not isinstance(raw, bool):  # 9 or 15, as `kill -9` users write it
-                raw = {1: "HUP", 2: "INT", 3: "QUIT", 9: "KILL", 10: "USR1", 12: "USR2", 15: "TERM"}.get(raw, str(raw))
-            signal = _choice(str(raw).upper().removeprefix("SIG"), f"{w}.signal", SIGNALS)
-        patch = _mapping(m["patch"], f"{w}.patch") if "patch" in m else None
-        sql = _str(m["sql"], f"{w}.sql") if "sql" in m else None
-        if "why" in m:
-            _str(m["why"], f"{w}.why")
-        out.append(Fault(i, at, do, signal, patch, sql))
-    return tuple(out)
+class AtApply(_AfterSeconds):
+    after_seconds: Seconds
+
+    def at(self) -> At:
+        return At("apply", self.after_seconds)
+
+
+class AtStage(_AfterSeconds):
+    stage: Annotated[int, Field(ge=1)]
+    after_seconds: Seconds = 0.0
+
+    def at(self) -> At:
+        return At("stage", self.after_seconds, stage=self.stage)
+
+
+class AtFault(Strict):
+    after_fault: Annotated[int, Field(ge=0)]  # must be an earlier fault: checked by `parse`, which knows the index
+    seconds: Seconds = 0.0
+
+    def at(self) -> At:
+        return At("fault", self.seconds, fault=self.after_fault)
+
+
+class AtPhase(_AfterSeconds):
+    """Extension: S seconds after status.phase first equals P."""
+
+    phase: Phase
+    after_seconds: Seconds = 0.0
+
+    def at(self) -> At:
+        return At("phase", self.after_seconds, phase=self.phase)
+
+
+def _anchor(value: object) -> str | None:
+    """Which `at` this is, by the key that names its anchor."""
+    if not isinstance(value, dict):
+        return "apply"  # for the error: expected a mapping
+    return next((tag for key, tag in (("afterFault", "fault"), ("stage", "stage"), ("phase", "phase"),
+                                      ("afterSeconds", "apply")) if key in value), None)
+
+
+AtIn = Annotated[
+    Annotated[AtApply, Tag("apply")] | Annotated[AtStage, Tag("stage")] | Annotated[AtFault, Tag("fault")]
+    | Annotated[AtPhase, Tag("phase")],
+    Discriminator(_anchor, custom_error_type="at", custom_error_message="needs stage, afterFault, phase or afterSeconds"),
+]
+
+_SIGNAL_NUMBERS = {1: "HUP", 2: "INT", 3: "QUIT", 9: "KILL", 10: "USR1", 12: "USR2", 15: "TERM"}
+
+
+def _signal_name(raw: object) -> object:
+    """`KILL`, `SIGKILL`, `kill`, or 9 as `kill -9` users write it: the name without SIG."""
+    if isinstance(raw, int) and not isinstance(raw, bool):
+        raw = _SIGNAL_NUMBERS.get(raw, str(raw))
+    return raw.upper().removeprefix("SIG") if isinstance(raw, str) else raw
+
+
+class _FaultIn(Strict):
+    at: AtIn
+    why: str | None = None  # extension: a comment
+
+
+class PlainFault(_FaultIn):
+    do: Literal["stopPrometheus", "startPrometheus", "restartOperator", "stopDatabase", "startDatabase",
+                "corruptSnapshot"]
+
+    def fault(self, index: int) -> Fault:
+        return Fault(index, self.at.at(), self.do)
+
+
+class KillFault(_FaultIn):
+    do: Literal["killOperator"]
+    signal: Annotated[Signal, BeforeValidator(_signal_name)] = "TERM"
+
+    def fault(self, index: int) -> Fault:
+        return Fault(index, self.at.at(), self.do, signal=self.signal)
+
+
+class PatchFault(_FaultIn):
+    do: Literal["patch"]
+    patch: dict[str, Any]
+
+    def fault(self, index: int) -> Fault:
+        return Fault(index, self.at.at(), self.do, patch=self.patch)
+
+
+class SqlFault(_FaultIn):
+    do: Literal["sql"]
+    sql: str
+
+    def fault(self, index: int) -> Fault:
+        return Fault(index, self.at.at(), self.do, sql=self.sql)
+
+
+FaultIn = Annotated[PlainFault | KillFault | PatchFault | SqlFault, Field(discriminator="do")]
+FAULT_ACTIONS: tuple[str, ...] = tuple(action for model in (PlainFault, KillFault, PatchFault, SqlFault)
+                                       for action in get_args(model.model_fields["do"].annotation))
+DATABASE_FAULTS = ("sql", "stopDatabase", "startDatabase", "corruptSnapshot")
 
 
 # ------------------------------------------------------------------------------------------------------ expect
@@ -328,33 +391,71 @@ class Bounds:
         return " and ".join(parts)
 
 
-def _bounds(obj: object, where: str, scalar: Literal["atMost", "equals"]) -> Bounds:
-    if isinstance(obj, dict):
-        m = _keys(obj, where, ("atLeast", "atMost", "equals"))
-        if not m:
-            raise ScenarioError(f"{where}: give atLeast, atMost or equals")
-        if "equals" in m:
-            if len(m) > 1:
-                raise ScenarioError(f"{where}: 'equals' excludes atLeast and atMost")
-            v = _number(m["equals"], f"{where}.equals")
-            return Bounds(v, v)
-        return Bounds(_number(m["atLeast"], f"{where}.atLeast") if "atLeast" in m else None,
-                      _number(m["atMost"], f"{where}.atMost") if "atMost" in m else None)
-    v = _number(obj, where)
-    return Bounds(None, v) if scalar == "atMost" else Bounds(v, v)
+class _BoundsIn(Strict):
+    """`{atLeast, atMost}` or `{equals}`; a number alone means `scalar`."""
+
+    scalar: ClassVar[str]
+    at_least: float | None = None
+    at_most: float | None = None
+    equals: float | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _number_alone(cls, data: object) -> object:
+        if isinstance(data, int | float) and not isinstance(data, bool):
+            return {cls.scalar: data}
+        if not isinstance(data, dict):
+            raise fail(f"expected a number, got {data!r}")
+        return data
+
+    @model_validator(mode="after")
+    def _one_way(self) -> Self:
+        if not self.model_fields_set:
+            raise fail("give atLeast, atMost or equals")
+        if self.equals is not None and len(self.model_fields_set) > 1:
+            raise fail("'equals' excludes atLeast and atMost")
+        return self
+
+    def bounds(self) -> Bounds:
+        return Bounds(self.equals, self.equals) if self.equals is not None else Bounds(self.at_least, self.at_most)
 
 
-def _present(obj: object, where: str) -> str:
-    return _choice(obj, where, ("present", "absent"))
+class AtMostIn(_BoundsIn):
+    scalar = "atMost"
 
 
-EXPECT_KEYS = ("phase", "withinSeconds", "maxWeight", "finalWeight", "weightsSeen", "weightHeldSeconds",
-               "neverAdvancedWhile", "neverPromoted", "targetImages", "canaryWorkload", "history", "events",
-               "conditionSeen", "incidentReport", "preRestoreDump", "snapshotTakenOnce", "database",
-               "restoreAttempts", "secretAbsentFrom", "refusedAtApply", "messageNamesField",
-               # extensions
-               "serviceSelector", "targetUnchanged", "eventsInOrder", "notifications", "incidentReportContains",
-               "pathAbsent")
+class ExactlyIn(_BoundsIn):
+    scalar = "equals"
+
+
+UpperBound = Annotated[Bounds, Via(AtMostIn, _BoundsIn.bounds)]  # `N` alone: at most N
+ExactBound = Annotated[Bounds, Via(ExactlyIn, _BoundsIn.bounds)]  # `N` alone: exactly N
+
+
+class WeightHeldIn(Strict):
+    weight: Weight
+    at_least: Seconds
+
+    def pair(self) -> tuple[int, float]:
+        return self.weight, self.at_least
+
+
+class ConditionIn(Strict):
+    type: str
+    reason: str
+    status: str | None = None  # extension
+
+    def wanted(self) -> dict[str, str]:
+        return {str(k): str(v) for k, v in self.model_dump(by_alias=True, exclude_unset=True).items()}
+
+
+class SelectorIn(Strict):
+    name: str
+    equals: dict[str, str]
+
+
+def _selectors(value: Any) -> list[tuple[str, dict[str, str]]]:
+    return [(s.name, s.equals) for s in _as_tuple(value)]
 
 
 @dataclass(frozen=True)
@@ -367,105 +468,110 @@ class NotificationExpect:
     report_ref_present: bool | None = None
 
 
-def _selectors(obj: object, where: str) -> list[tuple[str, dict[str, str]]]:
-    items = obj if isinstance(obj, list) else [obj]
-    out = []
-    for i, item in enumerate(items):
-        w = f"{where}[{i}]" if isinstance(obj, list) else where
-        m = _keys(item, w, ("name", "equals"), ("name", "equals"))
-        equals = {_str(k, f"{w}.equals key"): _str(v, f"{w}.equals.{k}") for k, v in _mapping(m["equals"],
-                                                                                          f"{w}.equals").items()}
-        out.append((_str(m["name"], f"{w}.name"), equals))
-    return out
+class NotificationsIn(Strict):
+    received: ExactBound | None = None
+    severities: list[Severity] = Field(default_factory=list)
+    formats: list[NotificationFormat] = Field(default_factory=list)
+    report_ref_present: bool | None = None
+
+    def wanted(self) -> NotificationExpect:
+        return NotificationExpect(self.received, tuple(self.severities), tuple(self.formats), self.report_ref_present)
 
 
-def _notifications(obj: object, where: str) -> NotificationExpect:
-    m = _keys(obj, where, ("received", "severities", "formats", "reportRefPresent"))
-    return NotificationExpect(
-        received=_bounds(m["received"], f"{where}.received", "equals") if "received" in m else None,
-        severities=tuple(_choice(v, f"{where}.severities[{i}]", SEVERITIES)
-                         for i, v in enumerate(_list(m.get("severities", []), f"{where}.severities"))),
-        formats=tuple(_choice(v, f"{where}.formats[{i}]", NOTIFICATION_FORMATS)
-                      for i, v in enumerate(_list(m.get("formats", []), f"{where}.formats"))),
-        report_ref_present=_bool(m["reportRefPresent"], f"{where}.reportRefPresent") if "reportRefPresent" in m
-        else None,
-    )
+def _under_tmp(path: str) -> str:
+    if not path.startswith(PATH_ABSENT_ROOT + "/") or os.path.normpath(path) != path:
+        raise fail(f"{path!r} must be a normalised absolute path under {PATH_ABSENT_ROOT}/ (the harness deletes it "
+                   "before the run)")
+    return path
 
 
-def _path_absent(obj: object, where: str) -> tuple[str, ...]:
+def _paths(value: Any) -> tuple[str, ...]:
     """Absolute, normalised paths of files under /tmp (the harness deletes each before the run)."""
-    items = obj if isinstance(obj, list) else [obj]
-    out: list[str] = []
-    for i, item in enumerate(items):
-        w = f"{where}[{i}]" if isinstance(obj, list) else where
-        path = _str(item, w)
-        if not path.startswith(PATH_ABSENT_ROOT + "/") or os.path.normpath(path) != path:
-            raise ScenarioError(f"{w}: {path!r} must be a normalised absolute path under {PATH_ABSENT_ROOT}/ "
-                                "(the harness deletes it before the run)")
-        out.append(path)
-    if not out:
-        raise ScenarioError(f"{where}: give at least one path")
-    return tuple(out)
-
-
-def _expect(obj: object, where: str) -> dict[str, Any]:
-    """The expectations, each value checked and normalised (Bounds for the numeric ranges)."""
-    m = _keys(obj, where, EXPECT_KEYS)
-    out: dict[str, Any] = {}
-    for key, value in m.items():
-        w = f"{where}.{key}"
-        if key == "phase":
-            out[key] = _choice(value, w, PHASES)
-        elif key == "withinSeconds":
-            out[key] = _number(value, w, 1)
-        elif key == "maxWeight":
-            out[key] = _bounds(value, w, "atMost")
-        elif key in ("finalWeight", "restoreAttempts"):
-            out[key] = _bounds(value, w, "equals")
-        elif key == "weightsSeen":
-            out[key] = [_int(v, f"{w}[{i}]", 0, 100) for i, v in enumerate(_list(value, w))]
-        elif key == "weightHeldSeconds":
-            h = _keys(value, w, ("weight", "atLeast"), ("weight", "atLeast"))
-            out[key] = (_int(h["weight"], f"{w}.weight", 0, 100), _number(h["atLeast"], f"{w}.atLeast", 0))
-        elif key == "neverAdvancedWhile":
-            out[key] = _choice(value, w, ("prometheusDown", "databaseDown", "operatorDown"))
-        elif key in ("neverPromoted", "snapshotTakenOnce", "refusedAtApply", "messageNamesField", "targetUnchanged"):
-            out[key] = _bool(value, w)
-        elif key == "targetImages":
-            out[key] = {_str(k, f"{w} key"): _str(v, f"{w}.{k}") for k, v in _mapping(value, w).items()}
-        elif key in ("canaryWorkload", "incidentReport", "preRestoreDump"):
-            out[key] = _present(value, w)
-        elif key in ("history", "events", "eventsInOrder", "incidentReportContains"):
-            out[key] = [_str(v, f"{w}[{i}]") for i, v in enumerate(_list(value, w))]
-        elif key == "conditionSeen":
-            c = _keys(value, w, ("type", "reason", "status"), ("type", "reason"))
-            out[key] = {k: _str(v, f"{w}.{k}") for k, v in c.items()}
-        elif key == "database":
-            out[key] = _choice(value, w, ("equalsSnapshot",))
-        elif key == "secretAbsentFrom":
-            out[key] = [_choice(v, f"{w}[{i}]", SECRET_PLACES) for i, v in enumerate(_list(value, w))]
-        elif key == "serviceSelector":
-            out[key] = _selectors(value, w)
-        elif key == "notifications":
-            out[key] = _notifications(value, w)
-        elif key == "pathAbsent":
-            out[key] = _path_absent(value, w)
-    return out
-
-
-# ---------------------------------------------------------------------------------------------------- scenario
+    paths = _as_tuple(value)
+    if not paths:
+        raise fail("give at least one path")
+    return paths
 
 
 @dataclass(frozen=True)
-class DatabaseSpec:
-    seed: str | None = None
-    migration: str | None = None
-    password: str | None = None
-    secret_value: str | None = None  # extension: the Secret's value, with {password}, {dsn}, ... filled in
+class Use:
+    """Annotated metadata of an Expect field: which files may use the key, and whether it needs a database."""
 
-    def render_secret(self, values: Mapping[str, str]) -> str | None:
-        """`secret_value` with its placeholders filled; None when the scenario keeps the harness's DSN."""
-        return None if self.secret_value is None else fill_placeholders(self.secret_value, values)
+    rollout: bool = True  # a file with a rollout
+    cases: bool = False  # a bad-manifest file (`cases`)
+    database: bool = False  # the scenario must have a database ('database' key or spec.database)
+
+
+CASES_TOO = Use(cases=True)
+CASES_ONLY = Use(rollout=False, cases=True)
+NEEDS_DATABASE = Use(database=True)
+
+
+class Expect(Strict):
+    """The `expect` keys, one field each: the alias is the key, the type what it holds once read.
+
+    Each field has one checker in harness/expect.py (`CHECKERS`, by field name) and one entry in docs/harness.md.
+    Unmarked fields are for files with a rollout only; `Use` says otherwise.
+    """
+
+    phase: Phase | None = None
+    within_seconds: Annotated[Annotated[float, Field(ge=1)] | None, CASES_TOO] = None
+    max_weight: UpperBound | None = None
+    final_weight: ExactBound | None = None
+    weights_seen: list[Weight] | None = None
+    weight_held_seconds: Annotated[tuple[int, float], Via(WeightHeldIn, WeightHeldIn.pair)] | None = None
+    never_advanced_while: Literal["prometheusDown", "databaseDown", "operatorDown"] | None = None
+    never_promoted: bool | None = None
+    target_images: dict[str, str] | None = None
+    canary_workload: Presence | None = None
+    history: list[str] | None = None
+    events: list[str] | None = None
+    condition_seen: Annotated[dict[str, str], Via(ConditionIn, ConditionIn.wanted)] | None = None
+    incident_report: Presence | None = None
+    pre_restore_dump: Annotated[Presence | None, NEEDS_DATABASE] = None
+    snapshot_taken_once: Annotated[bool | None, NEEDS_DATABASE] = None
+    database: Annotated[Literal["equalsSnapshot"] | None, NEEDS_DATABASE] = None
+    restore_attempts: Annotated[ExactBound | None, NEEDS_DATABASE] = None
+    secret_absent_from: Annotated[list[SecretPlace] | None, NEEDS_DATABASE] = None
+    refused_at_apply: Annotated[bool | None, CASES_ONLY] = None
+    message_names_field: Annotated[bool | None, CASES_ONLY] = None
+    # extensions
+    service_selector: Annotated[list[tuple[str, dict[str, str]]], Via(one_or_list(SelectorIn), _selectors)] | None = None
+    target_unchanged: bool | None = None
+    events_in_order: list[str] | None = None
+    notifications: Annotated[NotificationExpect, Via(NotificationsIn, NotificationsIn.wanted)] | None = None
+    incident_report_contains: list[str] | None = None
+    path_absent: Annotated[tuple[str, ...], Via(one_or_list(Annotated[str, AfterValidator(_under_tmp)]), _paths)] | None = None
+
+    _order: tuple[str, ...] = PrivateAttr(default=())  # the fields given, in the file's order
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _keep_file_order(cls, data: Any, handler: ModelWrapValidatorHandler[Expect]) -> Expect:
+        out = handler(data)
+        by_key = cls.keys()
+        out._order = tuple(by_key[k] for k in data)  # every key is known once the handler accepted them
+        return out
+
+    @classmethod
+    def keys(cls) -> dict[str, str]:
+        """Each key as a file writes it -> its field."""
+        return {f.alias or name: name for name, f in cls.model_fields.items()}
+
+    @classmethod
+    def use(cls, name: str) -> Use:
+        return next((m for m in cls.model_fields[name].metadata if isinstance(m, Use)), Use())
+
+    def given(self) -> list[tuple[str, str]]:
+        """(key, field) of each expectation the file gives, in its order."""
+        return [(type(self).model_fields[name].alias or name, name) for name in self._order]
+
+    def as_dict(self) -> dict[str, Any]:
+        """Key -> value, in the file's order: what Scenario.expect holds and harness.expect.check_all takes."""
+        return {key: getattr(self, name) for key, name in self.given()}
+
+
+# ---------------------------------------------------------------------------------------------------- scenario
 
 
 def placeholders_in(text: str) -> list[str]:
@@ -482,13 +588,184 @@ def fill_placeholders(text: str, values: Mapping[str, str]) -> str:
     return _PLACEHOLDER_RE.sub(one, text)
 
 
+class DatabaseSpec(Strict):
+    seed: str | None = None
+    migration: str | None = None
+    password: str | None = None
+    secret_value: str | None = None  # extension: the Secret's value, with {password}, {dsn}, ... filled in
+
+    @field_validator("secret_value")
+    @classmethod
+    def _known_placeholders(cls, value: str) -> str:
+        unknown = [p for p in placeholders_in(value) if p not in SECRET_PLACEHOLDERS]
+        if unknown:
+            raise fail(f"unknown placeholder {{{unknown[0]}}} (known: "
+                       f"{', '.join('{' + p + '}' for p in SECRET_PLACEHOLDERS)})")
+        return value
+
+    def render_secret(self, values: Mapping[str, str]) -> str | None:
+        """`secret_value` with its placeholders filled; None when the scenario keeps the harness's DSN."""
+        return None if self.secret_value is None else fill_placeholders(self.secret_value, values)
+
+
 @dataclass(frozen=True)
 class Case:
     why: str
     patch: dict[str, Any]
 
 
-ROUTER_KINDS = ("gatewayAPI", "istio", "nginx", "replicas", "blueGreen")
+class CaseIn(Strict):
+    why: str | None = None
+    patch: dict[str, Any]
+
+
+def _not_empty(cases: list[CaseIn]) -> list[CaseIn]:
+    if not cases:
+        raise fail("empty")
+    return cases
+
+
+# ---- the parts of the rollout manifest the harness builds from; any other key is the API server's to judge
+
+
+class _Read(BaseModel):
+    model_config = ConfigDict(extra="allow", strict=True, alias_generator=to_camel)
+
+
+class _Named(_Read):
+    name: str
+
+
+class _Container(_Read):
+    name: str
+    image: str
+
+
+class _Template(_Read):
+    containers: list[_Container]
+
+
+class _Router(_Read):
+    """A router's config; the Services default to `<target>` and `<target>-canary`."""
+
+    stable_service: str | None = None
+    canary_service: str | None = None
+    route: str | None = None
+
+
+class _GatewayRouter(_Router):
+    http_route: str
+    stable_service: str
+    canary_service: str
+
+
+class _IstioRouter(_Router):
+    virtual_service: str
+
+
+class _NginxRouter(_Router):
+    ingress: str
+
+
+_ROUTERS = ("gatewayAPI", "istio", "nginx", "replicas")
+
+
+class _Traffic(_Read):
+    gateway_api: _GatewayRouter | None = Field(None, alias="gatewayAPI")
+    istio: _IstioRouter | None = None
+    nginx: _NginxRouter | None = None
+    replicas: _Router | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _one_router(cls, data: object) -> object:
+        if isinstance(data, dict):
+            if len([k for k in _ROUTERS if k in data]) != 1:
+                raise fail("the harness follows one router of gatewayAPI, istio, nginx or replicas, got "
+                           f"{', '.join(map(str, data)) or 'nothing'}")
+            return {k: {} if v is None and k in _ROUTERS else v for k, v in data.items()}  # `replicas:` is {}
+        return data
+
+
+class _Canary(_Read):
+    traffic: _Traffic
+
+
+class _BlueGreen(_Read):
+    active_service: str
+    preview_service: str
+
+    @model_validator(mode="after")
+    def _two_services(self) -> Self:
+        if self.active_service == self.preview_service:
+            raise fail("the active and the preview Service must differ")
+        return self
+
+
+class _Strategy(_Read):
+    canary: _Canary | None = None
+    blue_green: _BlueGreen | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _one_strategy(cls, data: object) -> object:
+        if isinstance(data, dict) and ("canary" in data) == ("blueGreen" in data):
+            raise fail("give exactly one of canary or blueGreen")
+        return data
+
+    @field_validator("canary", "blue_green")
+    @classmethod
+    def _not_null(cls, value: object) -> object:
+        if value is None:
+            raise fail("expected a mapping, got NoneType")
+        return value
+
+
+class _Spec(_Read):
+    target_ref: _Named
+    template: _Template
+    strategy: _Strategy
+
+
+class _Rollout(_Read):
+    kind: Literal["SafeRollout"]
+    metadata: _Named
+    spec: _Spec
+
+
+def _known_tokens(rollout: dict[str, Any]) -> dict[str, Any]:
+    unknown = sorted(tokens_in(rollout) - set(TOKENS))
+    if unknown:
+        raise fail(f"unknown token @{unknown[0]}@ (known tokens: {', '.join('@' + t + '@' for t in TOKENS)})")
+    return rollout
+
+
+Rollout = Annotated[dict[str, Any], Via(_Rollout), AfterValidator(_known_tokens)]  # the manifest, as written
+
+
+class ScenarioFile(Strict):
+    """A whole scenario file."""
+
+    name: str
+    description: str = ""
+    rollout: Rollout | None = None
+    app: AppIn = Field(default_factory=AppIn)
+    load: LoadIn = Field(default_factory=LoadIn)
+    database: DatabaseSpec | None = None
+    faults: list[FaultIn] = Field(default_factory=list)
+    expect: Expect
+    cases: Annotated[list[CaseIn], AfterValidator(_not_empty)] | None = None  # bad-manifest files
+    target: TargetIn | None = None  # extension
+
+    @field_validator("name")
+    @classmethod
+    def _dns_label(cls, name: str) -> str:
+        if not re.fullmatch(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?", name):
+            raise fail(f"{name!r} must be lowercase letters, digits and '-'")
+        return name
+
+
+MANIFEST_ONLY = ("name", "description", "cases", "expect")  # what a file with `cases` may hold
 
 
 @dataclass(frozen=True)
@@ -657,132 +934,56 @@ def substitute(obj: Any, values: Mapping[str, str]) -> Any:
     return obj
 
 
-def _rollout(obj: object, where: str) -> dict[str, Any]:
-    """Only the parts the harness builds from are checked; the API server judges the rest."""
-    m = _mapping(obj, where)
-    meta = _mapping(m.get("metadata"), f"{where}.metadata")
-    _str(meta.get("name"), f"{where}.metadata.name")
-    if m.get("kind") != "SafeRollout":
-        raise ScenarioError(f"{where}.kind: expected SafeRollout, got {m.get('kind')!r}")
-    spec = _mapping(m.get("spec"), f"{where}.spec")
-    _str(_mapping(spec.get("targetRef"), f"{where}.spec.targetRef").get("name"), f"{where}.spec.targetRef.name")
-    containers = _list(_mapping(spec.get("template"), f"{where}.spec.template").get("containers"),
-                       f"{where}.spec.template.containers")
-    for i, c in enumerate(containers):
-        cm = _mapping(c, f"{where}.spec.template.containers[{i}]")
-        _str(cm.get("name"), f"{where}.spec.template.containers[{i}].name")
-        _str(cm.get("image"), f"{where}.spec.template.containers[{i}].image")
-    w = f"{where}.spec.strategy"
-    strategy = _mapping(spec.get("strategy"), w)
-    if ("canary" in strategy) == ("blueGreen" in strategy):
-        raise ScenarioError(f"{w}: give exactly one of canary or blueGreen")
-    if "blueGreen" in strategy:
-        bg = _mapping(strategy["blueGreen"], f"{w}.blueGreen")
-        for key in ("activeService", "previewService"):
-            _str(bg.get(key), f"{w}.blueGreen.{key}")
-        if bg["activeService"] == bg["previewService"]:
-            raise ScenarioError(f"{w}.blueGreen: the active and the preview Service must differ")
-    else:
-        traffic = _mapping(_mapping(strategy["canary"], f"{w}.canary").get("traffic"), f"{w}.canary.traffic")
-        kinds = [k for k in ROUTER_KINDS if k in traffic]
-        if len(kinds) != 1:
-            raise ScenarioError(f"{w}.canary.traffic: the harness follows one router of gatewayAPI, istio, nginx or "
-                                f"replicas, got {', '.join(traffic) or 'nothing'}")
-        cfg = _mapping(traffic[kinds[0]] if traffic[kinds[0]] is not None else {}, f"{w}.canary.traffic.{kinds[0]}")
-        required = {"gatewayAPI": ("httpRoute", "stableService", "canaryService"), "istio": ("virtualService",),
-                    "nginx": ("ingress",), "replicas": ()}[kinds[0]]
-        for key in required:
-            _str(cfg.get(key), f"{w}.canary.traffic.{kinds[0]}.{key}")
-        for key in ("stableService", "canaryService", "route"):
-            if cfg.get(key) is not None:
-                _str(cfg[key], f"{w}.canary.traffic.{kinds[0]}.{key}")
-    unknown = sorted(tokens_in(m) - set(TOKENS))
-    if unknown:
-        raise ScenarioError(f"{where}: unknown token @{unknown[0]}@ (known tokens: "
-                            f"{', '.join('@' + t + '@' for t in TOKENS)})")
-    return copy.deepcopy(m)
-
-
-TOP_KEYS = ("name", "description", "rollout", "app", "load", "database", "faults", "expect", "cases", "target")
-
-
 def parse(data: object, path: Path) -> Scenario:
     """A Scenario from the loaded YAML; ScenarioError names the first problem."""
     where = path.name
-    m = _keys(data, where, TOP_KEYS, ("name", "expect"))
-    name = _str(m["name"], f"{where}.name")
-    if not re.fullmatch(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?", name):
-        raise ScenarioError(f"{where}.name: {name!r} must be lowercase letters, digits and '-'")
-    description = _str(m.get("description", ""), f"{where}.description")
-    expect = _expect(m["expect"], f"{where}.expect")
-    if "cases" in m:
-        for key in ("rollout", "app", "load", "database", "faults", "target"):
-            if key in m:
+    try:
+        f = ScenarioFile.model_validate(data)
+    except ValidationError as e:
+        errors = e.errors()  # an unknown key first: a misspelt key is often why another one is missing
+        first = next((x for x in errors if x["type"] == "extra_forbidden"), errors[0])
+        raise ScenarioError(error_text(first, ScenarioFile, where)) from e
+    given = f.expect.given()
+    if f.cases is not None:
+        for key in ScenarioFile.model_fields:
+            if key in f.model_fields_set and key not in MANIFEST_ONLY:
                 raise ScenarioError(f"{where}.{key}: a file with 'cases' tests manifests only; {key!r} has no use")
-        for key in expect:
-            if key not in ("refusedAtApply", "messageNamesField", "withinSeconds"):
+        for key, name in given:
+            if not Expect.use(name).cases:
                 raise ScenarioError(f"{where}.expect.{key}: not checkable for a file with 'cases'")
-        cases = []
-        for i, item in enumerate(_list(m["cases"], f"{where}.cases")):
-            c = _keys(item, f"{where}.cases[{i}]", ("why", "patch"), ("patch",))
-            cases.append(Case(_str(c.get("why", f"case {i}"), f"{where}.cases[{i}].why"),
-                              _mapping(c["patch"], f"{where}.cases[{i}].patch")))
-        if not cases:
-            raise ScenarioError(f"{where}.cases: empty")
-        return Scenario(path, name, description, None, AppSpec(DEFAULT_BEHAVIOUR), AppSpec(DEFAULT_BEHAVIOUR),
-                        0.0, None, (), expect, tuple(cases))
-    for key in ("refusedAtApply", "messageNamesField"):
-        if key in expect:
+        cases = tuple(Case(c.why if c.why is not None else f"case {i}", c.patch) for i, c in enumerate(f.cases))
+        return Scenario(path, f.name, f.description, None, AppSpec(DEFAULT_BEHAVIOUR), AppSpec(DEFAULT_BEHAVIOUR),
+                        0.0, None, (), f.expect.as_dict(), cases)
+    for key, name in given:
+        if not Expect.use(name).rollout:
             raise ScenarioError(f"{where}.expect.{key}: only for files with 'cases'")
-    if "rollout" not in m:
+    if f.rollout is None:
         raise ScenarioError(f"{where}: missing key 'rollout' (or 'cases' for a bad-manifest file)")
-    rollout = _rollout(m["rollout"], f"{where}.rollout")
-    app = _keys(m.get("app", {}), f"{where}.app", ("stable", "canary"))
-    stable = _app(app.get("stable", {}), f"{where}.app.stable")
-    canary = _app(app.get("canary", {}), f"{where}.app.canary")
-    load = _keys(m.get("load", {}), f"{where}.load", ("rps", "previewRps"))
-    rps = _number(load.get("rps", 0), f"{where}.load.rps", 0, 1000)
-    preview_rps = _number(load.get("previewRps", 0), f"{where}.load.previewRps", 0, 100)  # extension
-    if "previewRps" in load and "blueGreen" not in rollout["spec"]["strategy"]:
+    if "preview_rps" in f.load.model_fields_set and "blueGreen" not in f.rollout["spec"]["strategy"]:
         raise ScenarioError(f"{where}.load.previewRps: only a blueGreen rollout has a preview Service")
-    database = None
-    if "database" in m:
-        keys = ("seed", "migration", "password", "secretValue")
-        d = _keys(m["database"], f"{where}.database", keys)
-        seed, migration, password, secret_value = (_str(d[k], f"{where}.database.{k}") if k in d else None
-                                                   for k in keys)
-        if secret_value is not None:  # extension
-            unknown = [p for p in placeholders_in(secret_value) if p not in SECRET_PLACEHOLDERS]
-            if unknown:
-                raise ScenarioError(f"{where}.database.secretValue: unknown placeholder {{{unknown[0]}}} (known: "
-                                    f"{', '.join('{' + p + '}' for p in SECRET_PLACEHOLDERS)})")
-        database = DatabaseSpec(seed, migration, password, secret_value)
-    faults = _faults(m.get("faults", []), f"{where}.faults")
-    target_images: dict[str, str] = {}
-    replicas = 1
-    if "target" in m:  # extension: what the target runs before the rollout
-        t = _keys(m["target"], f"{where}.target", ("images", "replicas"))
-        if "images" in t:
-            target_images = {_str(k, f"{where}.target.images key"): _str(v, f"{where}.target.images.{k}")
-                             for k, v in _mapping(t["images"], f"{where}.target.images").items()}
-        replicas = _int(t.get("replicas", 1), f"{where}.target.replicas", 1, 10)
-    scenario = Scenario(path, name, description, rollout, stable, canary, rps, database, faults, expect, (),
-                        target_images, replicas, preview_rps)
-    _cross_check(scenario, where)
+    for i, fault in enumerate(f.faults):
+        if isinstance(fault.at, AtFault) and fault.at.after_fault >= i:
+            raise ScenarioError(f"{where}.faults[{i}].at.afterFault: {fault.at.after_fault} is not an earlier fault "
+                                f"(this is fault {i})")
+    target = f.target or TargetIn()
+    scenario = Scenario(path, f.name, f.description, f.rollout, f.app.stable.spec(), f.app.canary.spec(), f.load.rps,
+                        f.database, tuple(x.fault(i) for i, x in enumerate(f.faults)),
+                        f.expect.as_dict(), (), dict(target.images), target.replicas, f.load.preview_rps)
+    _cross_check(scenario, f.expect, where)
     return scenario
 
 
-def _cross_check(s: Scenario, where: str) -> None:
+def _cross_check(s: Scenario, expect: Expect, where: str) -> None:
     """Expectations and faults that need something the scenario does not set up are errors now, not at the end."""
-    db_faults = [f for f in s.faults if f.do in ("sql", "stopDatabase", "startDatabase", "corruptSnapshot")]
+    db_faults = [f for f in s.faults if f.do in DATABASE_FAULTS]
     if not s.needs_database:
-        for key in ("database", "secretAbsentFrom", "preRestoreDump", "snapshotTakenOnce", "restoreAttempts"):
-            if key in s.expect:
+        for key, name in expect.given():
+            if Expect.use(name).database:
                 raise ScenarioError(f"{where}.expect.{key}: the scenario has no database (no 'database' key and "
                                     "no spec.database in the rollout)")
         if db_faults:
             raise ScenarioError(f"{where}.faults[{db_faults[0].index}]: {db_faults[0].do} needs a database")
-    unknown = set(s.expect.get("targetImages", {})) - set(s.template_images)
+    unknown = set(expect.target_images or {}) - set(s.template_images)
     if unknown:
         raise ScenarioError(f"{where}.expect.targetImages: no container named {', '.join(sorted(unknown))} "
                             "in the rollout's template")
@@ -790,7 +991,7 @@ def _cross_check(s: Scenario, where: str) -> None:
         raise ScenarioError(f"{where}.database.secretValue: the rollout names no spec.database.postgres.secretRef, "
                             "so there is no Secret to fill")
     received = [h for h in s.webhooks if "@webhookUrl@" in str(h.get("url", ""))]
-    if ("notifications" in s.expect or "notifications" in s.expect.get("secretAbsentFrom", [])) and not received:
+    if (expect.notifications is not None or "notifications" in (expect.secret_absent_from or [])) and not received:
         raise ScenarioError(f"{where}.expect: notifications are checked at the harness's receiver, but no "
                             "spec.notifications[].webhook.url of the rollout starts with @webhookUrl@")
 

@@ -1,16 +1,17 @@
-"""The extension expectations, checked against hand-made observations (no cluster)."""
+"""The expectations, checked against hand-made observations (no cluster), and the one definition of each key."""
 
 from __future__ import annotations
 
 import json
+import re
 import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from harness.expect import Observed, check_all, events_in_order, secret_needles
-from harness.format import Bounds, NotificationExpect
+from harness.expect import CHECKERS, CaseOutcome, Observed, check_all, checks, events_in_order, secret_needles
+from harness.format import Bounds, Expect, NotificationExpect
 from harness.scenario import clear_paths, describe_path
 from harness.webhook import Received
 
@@ -158,3 +159,52 @@ def test_secret_absent_fails_on_a_piece_without_quoting_it() -> None:
     obs.events = [{"message": f"missing '=' after {password!r}"}]
     check = check_all(want, obs, "ns", "web")[0]
     assert not check.passed and check.detail == "the database password appears in: events"
+
+
+DOCS = Path(__file__).resolve().parents[2] / "docs" / "harness.md"
+
+
+def documented_expect_keys() -> list[str]:
+    """The key each top-level bullet of docs/harness.md's **`expect`** section starts with."""
+    section = DOCS.read_text().split("**`expect`**\n", 1)[1].split("\n**", 1)[0]
+    return re.findall(r"^- (?:\*\(ext\)\* )?`([A-Za-z]+)", section, re.MULTILINE)
+
+
+def test_every_expect_field_has_exactly_one_checker() -> None:
+    assert set(CHECKERS) == set(Expect.model_fields)
+    assert len(Expect.keys()) == len(Expect.model_fields) == 27  # one key per field, no two fields alike
+    with pytest.raises(ValueError, match="has a checker already"):
+        checks("phase")(CHECKERS["phase"])
+    with pytest.raises(ValueError, match=r"not a field of harness\.format\.Expect"):
+        checks("weights_sen")
+    assert set(CHECKERS) == set(Expect.model_fields)  # the refused registrations left nothing behind
+
+
+def test_the_docs_list_exactly_the_expect_keys() -> None:
+    documented = documented_expect_keys()
+    assert sorted(documented) == sorted(set(documented)), "a key documented twice"
+    assert set(documented) == set(Expect.keys()), (set(documented) ^ set(Expect.keys()))
+
+
+def test_check_all_refuses_a_key_it_does_not_know() -> None:
+    with pytest.raises(ValueError, match="unknown expect key 'maxWeigth'"):
+        check_all({"maxWeigth": Bounds(None, 5)}, Observed(), "ns", "web")
+
+
+def test_bad_manifest_cases_are_checked_per_case() -> None:
+    patch = {"spec": {"strategy": {"canary": {"stages": [{"weight": 150}]}}}}
+    named = "spec.strategy.canary.stages[0].weight: Invalid value: 150"
+    obs = Observed(finished_in=12.0, cases=[
+        CaseOutcome(0, "weight over 100", patch, 1, f'The SafeRollout "web" is invalid: {named}', False),
+        CaseOutcome(1, "accepted", patch, 0, "saferollout.saferollout.dev/web created", True),
+        CaseOutcome(2, "vague", patch, 1, "error: something went wrong", False),
+    ])
+    checks_ = check_all({"refusedAtApply": True, "messageNamesField": True, "withinSeconds": 10.0}, obs, "ns", "web")
+    result = {c.name: (c.passed, c.detail) for c in checks_}
+    assert result["refusedAtApply case 0 (weight over 100)"] == (True, "refused, nothing created")
+    assert result["refusedAtApply case 1 (accepted)"] == (False, "created")
+    assert result["messageNamesField case 0 (weight over 100)"] == (True, "names spec.strategy.canary.stages[0].weight")
+    assert not result["messageNamesField case 1 (accepted)"][0]  # an accepted apply names nothing
+    assert not result["messageNamesField case 2 (vague)"][0]
+    assert result["withinSeconds"] == (False, "finished in 12.0s, limit 10s")
+    assert [c.name.split()[0] for c in checks_] == ["refusedAtApply"] * 3 + ["messageNamesField"] * 3 + ["withinSeconds"]

@@ -89,6 +89,9 @@ def test_unknown_key_is_an_error_naming_it(data: dict[str, Any], key: str, where
     ({"name": "t", "expect": {}}, "missing key 'rollout'"),
     ({"name": "t", "rollout": ROLLOUT, "cases": [{"patch": {}}], "expect": {}}, "has no use"),
     (scenario(app={"canary": {"when": {"errorRate": 0.5}}}), "needs a trigger"),
+    (scenario(expect={"refusedAtApply": True}), "only for files with 'cases'"),
+    ({"name": "t", "cases": [{"patch": {}}], "expect": {"phase": "Failed"}}, "not checkable for a file with 'cases'"),
+    ({"name": "t", "cases": [], "expect": {"refusedAtApply": True}}, "t.yaml.cases: empty"),
 ])
 def test_bad_values_are_errors(data: dict[str, Any], fragment: str) -> None:
     assert fragment in error_of(data)
@@ -325,3 +328,49 @@ def test_secret_value_is_checked_at_load() -> None:
     assert "expected a string" in error_of(scenario(rollout=WITH_SECRET, database={"secretValue": 5}))
     no_ref = error_of(scenario(database={"secretValue": "{password}"}))
     assert no_ref.startswith("t.yaml.database.secretValue:") and "secretRef" in no_ref
+
+
+@pytest.mark.parametrize(("data", "message"), [
+    # no coercion: a string is no number, a float no integer, a bool no number; an explicit null is no value
+    (scenario(app={"canary": {"errorRate": "0.1"}}), "t.yaml.app.canary.errorRate: expected a number, got '0.1'"),
+    (scenario(app={"canary": {"errorRate": True}}), "t.yaml.app.canary.errorRate: expected a number, got True"),
+    (scenario(expect={"weightsSeen": [5, 25.0]}), "t.yaml.expect.weightsSeen[1]: expected an integer, got 25.0"),
+    (scenario(expect={"phase": None}), "t.yaml.expect.phase: expected a value, got None"),
+    (scenario(faults={}), "t.yaml.faults: expected a list, got dict"),
+    # the path leaves out the union members pydantic names (the fault's `do`, the `at` anchor, one-or-list)
+    (scenario(faults=[{"at": {"stage": 0}, "do": "killOperator"}]), "t.yaml.faults[0].at.stage: 0 is below 1"),
+    (scenario(faults=[{"at": {"afterSeconds": 1}, "do": "killOperator", "signal": "FOO"}]),
+     "t.yaml.faults[0].signal: 'FOO' is not one of TERM, KILL, INT, HUP, QUIT, STOP, CONT, USR1, USR2"),
+    (scenario(faults=[{"at": {"afterSeconds": 1}}]), "t.yaml.faults[0]: missing key 'do'"),
+    (scenario(faults=[{"at": {}, "do": "stopPrometheus"}]), "t.yaml.faults[0].at: needs stage, afterFault, phase or "
+                                                             "afterSeconds"),
+    (scenario(faults=[{"at": {"stage": 1, "seconds": 2}, "do": "stopPrometheus"}]),
+     "t.yaml.faults[0].at: 'seconds' goes with 'afterFault'; use 'afterSeconds' here"),
+    (scenario(faults=[{"at": {"afterFault": 0, "stage": 1}, "do": "stopPrometheus"}]),
+     "t.yaml.faults[0].at: unknown key 'stage' (known keys: afterFault, seconds)"),
+    (scenario(app={"stable": {"when": [{"afterSeconds": 1, "errorRate": 0.1}, {"afterSeconds": -1, "healthy": False}]}}),
+     "t.yaml.app.stable.when[1].afterSeconds: -1 is below 0"),
+    (scenario(expect={"maxWeight": {"atleast": 5}}), "t.yaml.expect.maxWeight: unknown key 'atleast' (known keys: "
+                                                       "atLeast, atMost, equals)"),
+    (scenario(expect={"maxWeight": "25"}), "t.yaml.expect.maxWeight: expected a number, got '25'"),
+    (scenario(expect={"targetImages": {"web": 2}}), "t.yaml.expect.targetImages.web: expected a string, got 2"),
+    (with_strategy({"canary": {"traffic": {"istio": {"route": "r"}}}}),
+     "t.yaml.rollout.spec.strategy.canary.traffic.istio: missing key 'virtualService'"),
+])
+def test_messages_name_the_place_in_the_file(data: dict[str, Any], message: str) -> None:
+    assert error_of(data) == message
+
+
+def test_an_unknown_key_is_reported_before_what_it_leaves_missing() -> None:
+    assert error_of(scenario(expect={"weightHeldSeconds": {"weight": 5, "atleast": 1}})) == (
+        "t.yaml.expect.weightHeldSeconds: unknown key 'atleast' (known keys: weight, atLeast)")
+
+
+def test_expect_keeps_the_file_order_and_the_rollout_is_kept_as_written() -> None:
+    rollout = merge_patch(ROLLOUT, {"spec": {"analysis": {"interval": "5s", "anything": [1, {"x": None}]}}})
+    s = parse(scenario(rollout=rollout, expect={"weightsSeen": [5], "phase": "RolledBack", "maxWeight": {"atLeast": 5},
+                                                "conditionSeen": {"type": "Ready", "reason": "Done"}}), Path("t.yaml"))
+    assert list(s.expect) == ["weightsSeen", "phase", "maxWeight", "conditionSeen"]
+    assert s.expect == {"weightsSeen": [5], "phase": "RolledBack", "maxWeight": Bounds(5, None),
+                        "conditionSeen": {"type": "Ready", "reason": "Done"}}
+    assert s.rollout == rollout and s.rollout is not rollout  # a copy, every key the harness does not read kept
