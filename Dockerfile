@@ -7,6 +7,8 @@
 # trixie ships 17. pg_dump refuses servers newer than itself, so build for your newest server:
 #   docker build -t saferollout/operator:0.1.0 .
 #   docker build --build-arg DEBIAN_RELEASE=trixie -t saferollout/operator:0.1.0-pg17 .
+# With no Docker engine and no registry: `make image` (scripts/image.sh) builds the base image itself and then
+# runs buildah on this file.
 ARG DEBIAN_RELEASE=bookworm
 FROM python:3.11-slim-${DEBIAN_RELEASE}
 
@@ -20,13 +22,23 @@ RUN apt-get update \
  && rm -rf /var/lib/apt/lists/* \
  && pg_dump --version && pg_restore --version && psql --version
 
+# The build machine's pip index settings, when it has any (scripts/image.sh passes them as build args, so they
+# stay out of the image's files; unset, pip uses its defaults).
+ARG PIP_INDEX_URL
+ARG PIP_EXTRA_INDEX_URL
+ARG PIP_TRUSTED_HOST
+ARG PIP_CERT
+ARG PIP_DEFAULT_TIMEOUT
 # Only what the package needs (see .dockerignore): a change to tests or docs does not rebuild this layer.
 WORKDIR /src
 COPY pyproject.toml ./
 COPY operator ./operator
+# The kubernetes client ships an asyncio copy of itself (kubernetes/aio, ~70 MB of the image's ~390) that nothing
+# imports: the operator uses the synchronous client, kopf talks to the API itself (or via kubernetes_asyncio).
 RUN pip install --no-cache-dir . \
  && rm -rf /src \
- && python -c "import saferollout, kopf, psycopg"
+ && rm -rf "$(python -c 'import importlib.util, os; print(os.path.dirname(importlib.util.find_spec("kubernetes").origin))')/aio" \
+ && python -c "import saferollout, kopf, psycopg, kubernetes.client, kubernetes.config"
 
 # Numeric UID/GID so Kubernetes' runAsNonRoot can verify them; HOME in /tmp, the only writable place
 # besides the snapshot volume once the root filesystem is read-only.

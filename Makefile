@@ -8,7 +8,7 @@ K8S_VERSION := $(shell sed -n 's/^K8S_VERSION=//p' cluster/versions.env)
 TOOLS := .cache/bin/$(K8S_VERSION)
 export KUBECONFIG ?= $(CURDIR)/.cache/cluster/kubeconfig
 
-.PHONY: help deps venv tools lint types imports crds crds-check unit e2e test cluster cluster-down scenario demo bench helm-lint clean
+.PHONY: help deps venv tools lint types imports crds crds-check unit e2e test cluster cluster-down scenario demo bench helm-lint clean image
 
 help:
 	@echo "make test      lint, types, import contracts, unit tests, e2e scenarios on a local cluster"
@@ -75,6 +75,10 @@ demo: deps venv cluster
 
 bench: venv
 	$(PYTHON) bench/decide.py
+
+# The operator image, saferollout/operator:<appVersion>, built with buildah from a locally made base (no registry).
+image:
+	bash scripts/image.sh
 
 clean: cluster-down
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
