@@ -1,0 +1,3 @@
+module saferollout.dev/cluster/node/testapp
+
+go 1.22
