@@ -90,6 +90,13 @@ def render_status(obj: dict[str, Any], now: datetime | None = None) -> str:
     spec = obj.get("spec") or {}
     meta = obj["metadata"]
     images = ", ".join(f"{c['name']}={c['image']}" for c in (spec.get("template") or {}).get("containers", []))
+    source = st.get("source")
+    if "template" not in spec:  # the target's own pod template is the version: say which, in Git terms
+        images = ", ".join(f"{k}={v}" for k, v in (st.get("canaryImages") or {}).items()) or "-"
+        where = [f"generation {source['generation']}"] if source and source.get("generation") is not None else []
+        if source and source.get("revision"):
+            where.append(f"revision {source['revision']}")
+        images += f" (pod template {st.get('templateHash') or '-'}" + "".join(f", {w}" for w in where) + ")"
     lines = [
         f"Name:      {meta.get('namespace')}/{meta['name']}",
         f"Phase:     {st.get('phase') or 'Pending (not seen by the operator yet)'}"
@@ -119,6 +126,14 @@ def render_status(obj: dict[str, Any], now: datetime | None = None) -> str:
                 for m in metrics]
         lines += ["  " + line for line in table(rows, ["METRIC", "VALUE", "THRESHOLD", "VERDICT", "FAILS", "NOTE"]
                                                 ).splitlines()]
+    if source:
+        refused = source.get("refused")
+        lines.append(f"Target:    stable template {source.get('stableTemplateHash') or '-'}; "
+                     f"{source.get('targetWrites', 0)} write(s) to the Deployment in this rollout"
+                     + (f"; Argo CD Application {source['application']}" if source.get("application") else ""))
+        if refused:
+            lines.append(f"Refused:   pod template {refused.get('templateHash')} (generation {refused.get('generation')}"
+                         + (f", revision {refused['revision']}" if refused.get("revision") else "") + ")")
     snap = st.get("snapshot")
     if snap:
         lines.append(f"Snapshot:  {snap['id']} {snap.get('state')} {snap.get('sizeBytes') or '?'} bytes"

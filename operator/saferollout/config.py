@@ -38,6 +38,16 @@ class OperatorConfig:
     log_format: str = "text"
     metrics_port: int = 8080
     metrics_host: str = "0.0.0.0"
+    # the admission webhook that holds a target Deployment's new pod template (spec.template omitted); 0: not served
+    webhook_port: int = 0
+    webhook_addr: str = "0.0.0.0"  # where it listens
+    # the names the API server reaches it by (the self-signed certificate's SANs when no certificate is given)
+    webhook_hosts: tuple[str, ...] = ("127.0.0.1", "localhost")
+    webhook_cert_file: str = ""  # PEM certificate and key (the chart mounts them); empty: a self-signed pair
+    webhook_key_file: str = ""
+    webhook_ca_file: str = ""  # where a generated certificate is written: the caBundle of a URL clientConfig
+    # how often a rollout without spec.template looks at its target when nothing woke it (the webhook wakes it)
+    source_poll_seconds: float = 30.0
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> OperatorConfig:
@@ -67,4 +77,12 @@ class OperatorConfig:
             log_format=e.get("SAFEROLLOUT_LOG_FORMAT", cls.log_format),
             metrics_port=int(e.get("SAFEROLLOUT_METRICS_PORT", cls.metrics_port)),
             metrics_host=e.get("SAFEROLLOUT_METRICS_HOST", cls.metrics_host),
+            webhook_port=int(e.get("SAFEROLLOUT_WEBHOOK_PORT", cls.webhook_port)),
+            webhook_addr=e.get("SAFEROLLOUT_WEBHOOK_ADDR", cls.webhook_addr),
+            webhook_hosts=tuple(h.strip() for h in e["SAFEROLLOUT_WEBHOOK_HOSTS"].split(",") if h.strip())
+            if e.get("SAFEROLLOUT_WEBHOOK_HOSTS") else cls.webhook_hosts,
+            webhook_cert_file=e.get("SAFEROLLOUT_WEBHOOK_CERT_FILE", cls.webhook_cert_file),
+            webhook_key_file=e.get("SAFEROLLOUT_WEBHOOK_KEY_FILE", cls.webhook_key_file),
+            webhook_ca_file=e.get("SAFEROLLOUT_WEBHOOK_CA_FILE", cls.webhook_ca_file),
+            source_poll_seconds=float(e.get("SAFEROLLOUT_SOURCE_POLL_SECONDS", cls.source_poll_seconds)),
         )

@@ -108,6 +108,12 @@ class Executor:
                 return self.set_weight(act)
             case a.SetTargetImages():
                 return self.set_target_images(act)
+            case a.LabelTarget():
+                return self.label_target(act)
+            case a.HoldTarget():
+                return self.hold_target(act)
+            case a.ReleaseTarget():
+                return self.release_target(act)
             case a.WriteReport():
                 return self.write_report(act)
             case a.Event():
@@ -122,6 +128,11 @@ class Executor:
     # ------------------------------------------------------------------------------- one handler per action type
 
     def read_target(self, act: a.ReadTarget) -> a.TargetState:
+        if self.spec.target_template:
+            dep = workloads.raw_deployment(self.ref.namespace, self.spec.target_ref.name)
+            view = workloads.view_of(dep)
+            revision = ((dep.get("metadata") or {}).get("annotations") or {}).get("deployment.kubernetes.io/revision")
+            return a.TargetState(dict(view.images), view.available and not view.paused, revision, view)
         images, ok, revision = workloads.read_target(self.ref, self.spec)
         return a.TargetState(images, ok, revision)
 
@@ -182,7 +193,10 @@ class Executor:
 
     def ensure_canary(self, act: a.EnsureCanary) -> a.CanaryState:
         plan = router_for(self.spec).prepare(self.ref, self.spec, act.first_weight)
-        return a.CanaryState(workloads.ensure_canary(self.ref, self.spec, act.images, plan))
+        if act.template_hash is None:
+            return a.CanaryState(workloads.ensure_canary(self.ref, self.spec, act.images, plan))
+        return a.CanaryState(workloads.ensure_canary(self.ref, self.spec, act.images, plan,
+                                                     template_hash=act.template_hash))
 
     def delete_canary(self, act: a.DeleteCanary) -> a.Outcome:
         workloads.delete_canary(self.ref, self.spec)
@@ -196,6 +210,26 @@ class Executor:
 
     def set_target_images(self, act: a.SetTargetImages) -> a.Outcome:
         workloads.set_target_images(self.ref, self.spec, act.images)
+        return a.Outcome(act, True)
+
+    def label_target(self, act: a.LabelTarget) -> a.Outcome:
+        workloads.label_target(self.ref, self.spec)
+        observability.TARGET_WRITES.labels("label").inc()
+        log.info("target %s labelled for the admission webhook", self.spec.target_ref.name)
+        return a.Outcome(act, True)
+
+    def hold_target(self, act: a.HoldTarget) -> a.Outcome:
+        workloads.hold_target(self.ref, self.spec, act.stable_hash, act.held_hash)
+        observability.TARGET_WRITES.labels("hold").inc()
+        log.warning("target %s paused on pod template %s (the webhook had not held it)", self.spec.target_ref.name,
+                    act.held_hash)
+        return a.Outcome(act, True)
+
+    def release_target(self, act: a.ReleaseTarget) -> a.Outcome:
+        workloads.release_target(self.ref, self.spec, act.stable_hash)
+        observability.TARGET_WRITES.labels(f"release-{act.reason}").inc()
+        log.info("target %s unpaused (%s): pod template %s is the stable version", self.spec.target_ref.name,
+                 act.reason, act.stable_hash)
         return a.Outcome(act, True)
 
     def write_report(self, act: a.WriteReport) -> a.ReportWritten:

@@ -7,17 +7,19 @@ import contextlib
 import dataclasses
 import gc
 import logging
+import tempfile
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any, NamedTuple
 
 import kopf
 from pydantic import ValidationError
 
 from saferollout import observability
-from saferollout.adapters import events, kube
+from saferollout.adapters import certs, events, kube, workloads
 from saferollout.adapters.kube import RolloutRef
 from saferollout.adapters.routers import router_for
 from saferollout.config import OperatorConfig
@@ -34,6 +36,7 @@ from saferollout.core.models import (
     Strategy,
     TargetRef,
 )
+from saferollout.core.templates import TARGET_LABEL, admit
 from saferollout.executor import Executor
 from saferollout.redact import forget, naming, redact
 
@@ -61,6 +64,57 @@ async def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     if CFG.metrics_port:
         observability.serve(CFG.metrics_port, CFG.metrics_host)
         log.info("metrics and health on :%d (/metrics, /healthz)", CFG.metrics_port)
+    if CFG.webhook_port:
+        settings.admission.server = webhook_server()
+        settings.admission.managed = None  # the chart (or the test harness) ships the MutatingWebhookConfiguration
+
+
+def webhook_server() -> kopf.WebhookServer:
+    """HTTPS on webhook_port with the chart's certificate, or a self-signed one (written to webhook_ca_file, the
+    caBundle of a URL clientConfig)."""
+    cert, key = CFG.webhook_cert_file, CFG.webhook_key_file
+    if not (cert and key):
+        made = certs.write_self_signed(Path(tempfile.mkdtemp(prefix="saferollout-webhook-")), CFG.webhook_hosts)
+        cert, key = str(made[0]), str(made[1])
+        if CFG.webhook_ca_file:
+            Path(CFG.webhook_ca_file).write_bytes(made[0].read_bytes())
+    log.info("admission webhook on %s:%d (%s)", CFG.webhook_addr, CFG.webhook_port, WEBHOOK_ID)
+    return kopf.WebhookServer(addr=CFG.webhook_addr, port=CFG.webhook_port, host=CFG.webhook_hosts[0],
+                              certfile=cert, pkeyfile=key)
+
+
+WEBHOOK_ID = "hold-template"  # the webhook's path: https://<host>:<port>/hold-template
+
+
+async def hold_template(body: kopf.Body, patch: kopf.Patch, namespace: str | None, logger: kopf.Logger,
+                        **kwargs: Any) -> None:
+    """UPDATE of a Deployment labelled saferollout.dev/target: a pod template other than the approved one is held
+    (spec.paused: true) in this very write, and the stable one back ends the hold (core.templates.admit). Its
+    decision needs no API call: everything is in the old and new objects."""
+    old = kwargs.get("old")
+    changes = admit(dict(old) if old is not None else None, dict(body))
+    for key, value in changes.items():
+        patch[key] = value
+    if changes.get("spec", {}).get("paused") is not None:
+        logger.info("admission: spec.paused=%s (%s)", changes["spec"]["paused"], changes.get("metadata"))
+    rollout = (body.get("metadata", {}).get("labels") or {}).get(TARGET_LABEL)
+    if rollout and namespace:
+        _wake_later(namespace, rollout)
+
+
+def _wake_later(namespace: str, name: str) -> None:
+    """The write is not stored yet while we answer: the rollout looks a little later (and again, in case)."""
+    uid = _uids.get((namespace, name))
+    if uid is None:
+        return
+    loop = asyncio.get_running_loop()
+    for delay in (0.3, 1.5):
+        loop.call_later(delay, lambda: _wakeups[uid].set() if uid in _wakeups else None)
+
+
+if CFG.webhook_port:  # registered only when served: kopf refuses admission handlers without a server
+    kopf.on.mutate("apps", "v1", "deployments", id=WEBHOOK_ID, operations=["UPDATE"],
+                   labels={TARGET_LABEL: kopf.PRESENT})(hold_template)
 
 
 def quiet_gc() -> None:
@@ -107,6 +161,7 @@ WRITES = ThreadPoolExecutor(CFG.workers, thread_name_prefix="status")  # a decis
 _wakeups: dict[str, asyncio.Event] = {}  # uid -> set when the object changed in a way the core must see now
 _written: dict[str, SafeRolloutStatus] = {}  # uid -> the status this process wrote last (the watch may lag it)
 _seen: dict[str, tuple[Any, ...]] = {}  # uid -> what of the object, when it changes, wakes its rollout
+_uids: dict[tuple[str, str], str] = {}  # (namespace, name) -> uid: the admission webhook wakes a rollout by name
 
 
 # a run in progress (a snapshot may take minutes) finishes before the daemon exits; only then is it cancelled
@@ -121,6 +176,7 @@ async def rollout(name: str, namespace: str | None, uid: str, spec: kopf.Spec, s
     """
     assert namespace is not None  # the resource is namespaced
     wake = _wakeups.setdefault(uid, asyncio.Event())
+    _uids[namespace, name] = uid
     loop = asyncio.get_running_loop()
     errors = idle_polls = 0
     stop = asyncio.ensure_future(stopped.wait())
@@ -136,6 +192,8 @@ async def rollout(name: str, namespace: str | None, uid: str, spec: kopf.Spec, s
                 after, idle_polls = backoff(done.after, done.wrote, idle_polls, CFG.tick_seconds)
                 if after is not None:  # counted from the decision: the status write already took some of it
                     after = max(0.0, done.decided_at + after - time.monotonic())
+                if "template" not in spec:  # the target's template is the version: look at it every source poll
+                    after = min(after if after is not None else CFG.source_poll_seconds, CFG.source_poll_seconds)
             except Exception as e:
                 errors += 1
                 after = min(CFG.tick_seconds * 2 ** errors, CFG.max_sleep)
@@ -149,6 +207,8 @@ async def rollout(name: str, namespace: str | None, uid: str, spec: kopf.Spec, s
         stop.cancel()
         for table in (_wakeups, _written, _seen):
             table.pop(uid, None)
+        if _uids.get((namespace, name)) == uid:
+            del _uids[namespace, name]
 
 
 def backoff(after: float | None, wrote: bool, idle_polls: int, tick: float) -> tuple[float | None, int]:
@@ -162,11 +222,15 @@ def backoff(after: float | None, wrote: bool, idle_polls: int, tick: float) -> t
 
 @kopf.on.event(GROUP, VERSION, PLURAL)
 async def changed(event: kopf.RawEvent, uid: str, name: str, namespace: str | None, meta: kopf.Meta,
-                  **_: Any) -> None:
+                  spec: kopf.Spec, **_: Any) -> None:
     """A new generation (spec) or new annotations (commands) wake the rollout now; its own status writes do not."""
     if event.get("type") == "DELETED":
         observability.set_phase(f"{namespace}/{name}", None)
         forget((namespace or "", name))
+        target = (spec.get("targetRef") or {}).get("name")
+        if "template" not in spec and namespace and isinstance(target, str):
+            # no SafeRollout releases it any more: the webhook must not hold it, and a hold of ours ends (Git wins)
+            await asyncio.get_running_loop().run_in_executor(POOL, _let_go, RolloutRef(namespace, name, uid), target)
         return
     seen = (meta.get("generation"), tuple(sorted((meta.get("annotations") or {}).items())))
     if _seen.get(uid, seen) != seen and uid in _wakeups:
@@ -207,10 +271,15 @@ def reconcile(ref: RolloutRef, spec: dict[str, Any], status: dict[str, Any], met
     command = (meta.get("annotations") or {}).get(COMMAND_ANNOTATION)
 
     decided = [time.monotonic()]
+    target: list[a.TargetView | None] = []  # spec.template omitted: read once, and again after a write to it
 
     def inputs(results: list[a.Result]) -> Inputs:
+        if parsed.target_template and (not target or any(
+                isinstance(r, a.Outcome) and isinstance(r.action, a.TARGET_WRITES) for r in results)):
+            target[:] = [_target_view(ref, parsed)]
         decided[0] = time.monotonic()
-        return Inputs(now=datetime.now(UTC), name=ref.name, generation=generation, command=command, results=results)
+        return Inputs(now=datetime.now(UTC), name=ref.name, generation=generation, command=command, results=results,
+                      target=target[0] if target else None)
 
     unwritten: list[SafeRolloutStatus] = []  # the decision's status, written before the next act or by the daemon
 
@@ -252,6 +321,24 @@ def reconcile(ref: RolloutRef, spec: dict[str, Any], status: dict[str, Any], met
                           last_write if unwritten else None)
 
 
+def _let_go(ref: RolloutRef, target: str) -> None:
+    try:
+        if workloads.let_go(ref, target):
+            log.info("%s/%s deleted: Deployment %s is no longer held by SafeRollout", ref.namespace, ref.name, target)
+    except Exception as e:  # best effort: the docs say how to do it by hand
+        log.warning("%s/%s deleted: could not release Deployment %s: %s", ref.namespace, ref.name, target,
+                    redact(kube.error_text(e)))
+
+
+def _target_view(ref: RolloutRef, spec: SafeRolloutSpec) -> a.TargetView | None:
+    """None when it cannot be read: the core waits (and says so) rather than deciding on nothing."""
+    try:
+        return workloads.target_view(ref, spec)
+    except Exception as e:
+        log.warning("%s/%s: reading the target failed: %s", ref.namespace, ref.name, redact(kube.error_text(e)))
+        return None
+
+
 def _timers_without_finalizer() -> None:
     """kopf puts a finalizer on every object that has a timer, so deleting a SafeRollout would hang whenever no
     operator runs (uninstalled, crashed, scaled to zero). Nothing here needs one: the timer stops with the object
@@ -287,7 +374,7 @@ def _revert_traffic(ref: RolloutRef, spec: dict[str, Any]) -> bool:
     """Weight 0 through the router the invalid spec still names, if that part of it is valid."""
     try:
         # the routers read only targetRef and strategy: the rest may stay unvalidated
-        minimal = SafeRolloutSpec.model_construct(  # type: ignore[call-arg]
+        minimal = SafeRolloutSpec.model_construct(
             target_ref=TargetRef.model_validate(spec.get("targetRef")),
             strategy=Strategy.model_validate(spec.get("strategy")))
         router_for(minimal).set_weight(ref, minimal, 0)

@@ -27,6 +27,8 @@ STATUS_WRITE_SECONDS = Histogram("saferollout_status_write_seconds", "One write 
 ANALYSIS_LAG = Histogram("saferollout_analysis_lag_seconds", "How late an analysis ran after it was due",
                          buckets=(0.05, 0.1, 0.25, 0.5, 0.75, 0.9, 1, 1.25, 1.5, 2, 3, 5, 10, 30))
 PROM_QUERIES = Counter("saferollout_prometheus_queries_total", "Queries sent to Prometheus")
+TARGET_WRITES = Counter("saferollout_target_writes_total", "Writes to target Deployments of rollouts without "
+                        "spec.template (label, hold, release)", ["action"])
 API_REQUESTS = Counter("saferollout_api_requests_total", "Requests the adapters sent to the API server", ["verb"])
 
 _phases: dict[str, str] = {}

@@ -62,3 +62,17 @@ def test_command_patch_is_unique_per_call() -> None:
 
 def test_bad_usage_exits_2() -> None:
     assert main(["frobnicate"]) == USAGE
+
+
+def test_status_of_a_rollout_without_template_names_the_pod_template_and_revision() -> None:
+    o = {"metadata": {"name": "web", "namespace": "shop"},
+         "spec": {"targetRef": {"name": "web"}, "strategy": {"canary": {"traffic": {"gatewayAPI": {
+             "httpRoute": "web", "stableService": "web", "canaryService": "web-canary"}}}}},
+         "status": {"phase": "RolledBack", "templateHash": "31c134e73967f318", "canaryImages": {"web": "web:2.0"},
+                    "source": {"stableTemplateHash": "c3f049494cb3dd6c", "generation": 3, "revision": "9f2c1e",
+                               "targetWrites": 0, "refused": {"templateHash": "31c134e73967f318", "generation": 3,
+                                                              "revision": "9f2c1e"}}}}
+    text = render_status(o, NOW)
+    assert "web=web:2.0 (pod template 31c134e73967f318, generation 3, revision 9f2c1e)" in text
+    assert "stable template c3f049494cb3dd6c; 0 write(s)" in text
+    assert "Refused:   pod template 31c134e73967f318 (generation 3, revision 9f2c1e)" in text

@@ -267,6 +267,7 @@ def run_cooperatively(spec: SafeRolloutSpec, reconciles: int, command_at: int | 
                       command: str | None = None, canary_fails: bool = False) -> SafeRolloutStatus:
     """Reconcile as the operator does, sleeping as long as the core asks (at most a day), checking every decision.
     A blue-green rollout that waits for approval is approved (the `promote` command)."""
+    assert spec.template is not None
     images = {c.name: f"{c.name}:old" for c in spec.template.containers}
     world = s.WorldView(images, T0)
     engine = Settings()
@@ -412,6 +413,7 @@ def test_a_failing_canary_always_ends_with_its_traffic_back_on_stable(
 
 def _progressing(spec: SafeRolloutSpec, seconds: float) -> World:
     w = World(spec)
+    assert spec.template is not None
     w.target_images = {c.name: f"{c.name}:old" for c in spec.template.containers}
     return w.run(seconds)
 
@@ -562,6 +564,7 @@ class RolloutMachine(RuleBasedStateMachine):
     def begin(self, pair: tuple[dict[str, Any], SafeRolloutSpec], engine: Settings, extra_container: bool) -> None:
         self.doc, self.spec = pair
         self.engine = engine
+        assert self.spec.template is not None
         images = {c.name: f"{c.name}:1" for c in self.spec.template.containers}
         if extra_container:
             images["istio-proxy"] = "proxy:1"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import copy
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -14,6 +15,15 @@ from saferollout.core import actions as a
 from saferollout.core.engine import Inputs, Settings, iso
 from saferollout.core.loop import drive
 from saferollout.core.models import SafeRolloutSpec, SafeRolloutStatus
+from saferollout.core.templates import (
+    HELD_ANNOTATION,
+    REVISION_ANNOTATION,
+    STABLE_ANNOTATION,
+    TARGET_LABEL,
+    admit,
+    merge,
+    template_hash_of,
+)
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
@@ -46,6 +56,19 @@ analysis:
   metrics:
     - {name: error-rate, template: error-rate, max: 0.01, onBreach: rollback, severity: critical}
 """
+
+
+def pod_template(image: str = "demo/web:1.0", **container: Any) -> dict[str, Any]:
+    """A pod template as the API server holds it (the fields a real one has are not needed: the hash covers all)."""
+    return {"metadata": {"labels": {"app": "web"}},
+            "spec": {"containers": [{"name": "web", "image": image, **container}]}}
+
+
+def target_deployment(template: dict[str, Any] | None = None, labelled: bool = False) -> dict[str, Any]:
+    labels = {"app": "web", **({TARGET_LABEL: "web"} if labelled else {})}
+    return {"metadata": {"name": "web", "generation": 1, "labels": labels, "annotations": {}},
+            "spec": {"replicas": 2, "selector": {"matchLabels": {"app": "web"}},
+                     "template": template or pod_template()}}
 
 
 def make_spec(**overrides: Any) -> SafeRolloutSpec:
@@ -87,6 +110,74 @@ class World:
     settings: Settings = field(default_factory=Settings)
     ticks: int = 0
     wake_after: float | None = None
+    # spec.template omitted: the target Deployment as the API server holds it, with the admission webhook in front
+    deployment: dict[str, Any] | None = None
+    webhook: bool = True
+    target_writes: dict[str, int] = field(default_factory=lambda: {"operator": 0, "git": 0})
+    running: str | None = None  # the hash of the template the stable pods run (the Deployment controller's work)
+    ran: set[str] = field(default_factory=set)  # every template hash the stable pods ever ran
+    canary_hash: str | None = None
+    canary_template: dict[str, Any] | None = None
+
+    def __post_init__(self) -> None:
+        if self.deployment is not None:
+            self.running = template_hash_of(self.deployment["spec"]["template"])
+            self.ran.add(self.running)
+            self.target_images = self._images()
+
+    # ----------------------------------------------------------------------- the target Deployment (no template)
+    def _images(self) -> dict[str, str]:
+        assert self.deployment is not None
+        return {c["name"]: c["image"] for c in self.deployment["spec"]["template"]["spec"]["containers"]}
+
+    def update_target(self, new: dict[str, Any], who: str) -> None:
+        """An UPDATE through the API server: the webhook (objectSelector: the label) mutates it in the same write;
+        a changed spec bumps the generation; an unpaused Deployment runs its template."""
+        old = self.deployment
+        assert old is not None
+        new = copy.deepcopy(new)
+        if self.webhook and TARGET_LABEL in (new["metadata"].get("labels") or {}):
+            new = merge(new, admit(old, new))
+        if new["spec"] != old["spec"]:
+            new["metadata"]["generation"] = old["metadata"]["generation"] + 1
+        self.deployment = new
+        self.target_writes[who] += 1
+        if not new["spec"].get("paused"):
+            self.running = template_hash_of(new["spec"]["template"])
+            self.ran.add(self.running)
+            self.target_images = self._images()
+
+    def commit(self, template: dict[str, Any], revision: str | None = None) -> None:
+        """A sync of a commit that changes the pod template (Argo CD, or kubectl apply)."""
+        assert self.deployment is not None
+        new = copy.deepcopy(self.deployment)
+        new["spec"]["template"] = copy.deepcopy(template)
+        if revision:
+            new["metadata"]["annotations"][REVISION_ANNOTATION] = revision
+        self.update_target(new, "git")
+
+    def view(self) -> a.TargetView:
+        d = self.deployment
+        assert d is not None
+        ann = d["metadata"].get("annotations") or {}
+        h = template_hash_of(d["spec"]["template"])
+        return a.TargetView(h, self._images(), bool(d["spec"].get("paused")), d["metadata"]["generation"],
+                            (d["metadata"].get("labels") or {}).get(TARGET_LABEL), ann.get(STABLE_ANNOTATION),
+                            ann.get(HELD_ANNOTATION), ann.get(REVISION_ANNOTATION), None, self.running == h)
+
+    def _target_write(self, act: a.Action) -> a.Result:
+        assert self.deployment is not None
+        if isinstance(act, a.LabelTarget):
+            patch: dict[str, Any] = {"metadata": {"labels": {TARGET_LABEL: "web"}}}
+        elif isinstance(act, a.HoldTarget):
+            patch = {"metadata": {"annotations": {STABLE_ANNOTATION: act.stable_hash, HELD_ANNOTATION: act.held_hash}},
+                     "spec": {"paused": True}}
+        else:
+            assert isinstance(act, a.ReleaseTarget)
+            patch = {"metadata": {"annotations": {STABLE_ANNOTATION: act.stable_hash, HELD_ANNOTATION: None}},
+                     "spec": {"paused": False}}
+        self.update_target(merge(self.deployment, patch), "operator")
+        return a.Outcome(act, True)
 
     @property
     def t(self) -> float:
@@ -108,7 +199,12 @@ class World:
             self.notes.append(act)
             return None
         if isinstance(act, a.ReadTarget):
+            if self.deployment is not None:
+                v = self.view()
+                return a.TargetState(dict(v.images), v.available and not v.paused, "1", v)
             return a.TargetState(dict(self.target_images), True, "1")
+        if isinstance(act, a.TARGET_WRITES):
+            return self._target_write(act)
         if isinstance(act, a.SetWeight):
             if self.fail_set_weight:
                 self.fail_set_weight -= 1
@@ -119,13 +215,20 @@ class World:
                     self.weights_seen.append(act.weight)
             return a.Outcome(act, True)
         if isinstance(act, a.EnsureCanary):
+            if act.template_hash is not None:  # the canary is the target's template as it is
+                assert self.deployment is not None
+                template = self.deployment["spec"]["template"]
+                if template_hash_of(template) != act.template_hash:
+                    return a.Outcome(act, False, "the target's pod template changed")
+                self.canary_hash, self.canary_template = act.template_hash, copy.deepcopy(template)
             self.canary = dict(act.images)
             self.db_state = self.migration or self.db_state
             return a.CanaryState(True, "c1")
         if isinstance(act, a.DeleteCanary):
-            self.canary = None
+            self.canary = self.canary_hash = self.canary_template = None
             return a.Outcome(act, True)
         if isinstance(act, a.SetTargetImages):
+            assert self.deployment is None, "a rollout without spec.template never writes images into the target"
             self.target_images = dict(act.images)
             return a.Outcome(act, True)
         if isinstance(act, a.QueryMetrics):
@@ -165,7 +268,8 @@ class World:
         command, self.command = self.command, None
 
         def inputs(results: list[a.Result]) -> Inputs:
-            return Inputs(now=self.now, name="web", generation=1, command=command, results=results)
+            target = self.view() if self.deployment is not None else None
+            return Inputs(now=self.now, name="web", generation=1, command=command, results=results, target=target)
 
         self.ticks += 1
         self.wake_after = self.settings.poll_seconds  # a crash: the operator comes back and looks at once

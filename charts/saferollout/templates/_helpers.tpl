@@ -100,8 +100,9 @@ unless noted. tests/unit/test_chart.py pins every verb; change it together with 
 - apiGroups: [""]
   resources: [events]
   verbs: [create, list]
-# The target Deployment: read, images and restored volume patched, scaled by the replica router. Its
-# <target>-canary copy: created, patched, deleted.
+# The target Deployment: read, images and restored volume patched, scaled by the replica router; without
+# spec.template its label, spec.paused and two annotations patched. Its <target>-canary copy: created, patched,
+# deleted.
 - apiGroups: [apps]
   resources: [deployments]
   verbs: [get, create, patch, delete]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -10,11 +11,22 @@ from kubernetes.client.rest import ApiException
 
 from saferollout.adapters import kube
 from saferollout.adapters.kube import RolloutRef
+from saferollout.core.actions import TargetView
 from saferollout.core.models import CANARY_SUFFIX, SafeRolloutSpec
+from saferollout.core.templates import (
+    ARGOCD_TRACKING,
+    HELD_ANNOTATION,
+    REVISION_ANNOTATION,
+    STABLE_ANNOTATION,
+    TARGET_LABEL,
+    template_hash_of,
+)
 
 CANARY_OF = "saferollout.dev/canary-of"
 ROLLOUT = "saferollout.dev/rollout"
+TEMPLATE_HASH = "saferollout.dev/template-hash"  # on the canary Deployment: the target template it was made from
 SMP = "application/strategic-merge-patch+json"
+MERGE = "application/merge-patch+json"
 
 
 @dataclass(frozen=True)
@@ -37,6 +49,75 @@ def _dep(namespace: str, name: str) -> dict[str, Any]:
     return out
 
 
+def raw_deployment(namespace: str, name: str) -> dict[str, Any]:
+    """The Deployment as the API server serves it, every field kept: the typed client drops fields it does not
+    know, and the pod template's hash (and the canary made from it) must cover all of them, as the webhook sees."""
+    resp = kube.apps().read_namespaced_deployment(name, namespace, _preload_content=False)
+    out: dict[str, Any] = json.loads(resp.data)
+    return out
+
+
+def view_of(dep: dict[str, Any]) -> TargetView:
+    meta = dep.get("metadata") or {}
+    ann, labels = meta.get("annotations") or {}, meta.get("labels") or {}
+    tracking = ann.get(ARGOCD_TRACKING)
+    return TargetView(template_hash=template_hash_of(dep["spec"].get("template")), images=images_of(dep),
+                      paused=bool(dep["spec"].get("paused")), generation=meta.get("generation"),
+                      label=labels.get(TARGET_LABEL), stable_hash=ann.get(STABLE_ANNOTATION),
+                      held_hash=ann.get(HELD_ANNOTATION), revision=ann.get(REVISION_ANNOTATION),
+                      application=tracking.split(":", 1)[0] if tracking else None, available=available(dep))
+
+
+def target_view(ref: RolloutRef, spec: SafeRolloutSpec) -> TargetView:
+    return view_of(raw_deployment(ref.namespace, spec.target_ref.name))
+
+
+def label_target(ref: RolloutRef, spec: SafeRolloutSpec) -> None:
+    """The label the admission webhook's objectSelector matches; a label Git does not hold is no diff for Argo CD."""
+    kube.apps().patch_namespaced_deployment(spec.target_ref.name, ref.namespace,
+                                            {"metadata": {"labels": {TARGET_LABEL: ref.name}}}, _content_type=MERGE)
+
+
+def _write_target(ref: RolloutRef, spec: SafeRolloutSpec, template_hash: str, annotations: dict[str, str | None],
+                  paused: bool) -> None:
+    """One write of `spec.paused` and our annotations, only while the target still holds `template_hash`: the
+    resourceVersion makes it a compare-and-swap (409 if anyone wrote in between; the core asks again)."""
+    dep = raw_deployment(ref.namespace, spec.target_ref.name)
+    if ((dep.get("metadata") or {}).get("labels") or {}).get(TARGET_LABEL) != ref.name:
+        raise kube.Refused(f"Deployment {spec.target_ref.name} is not labelled {TARGET_LABEL}={ref.name}")
+    current = template_hash_of(dep["spec"].get("template"))
+    if current != template_hash:
+        raise RuntimeError(f"the target's pod template is {current} now, not {template_hash}; not written")
+    body = {"metadata": {"resourceVersion": dep["metadata"]["resourceVersion"], "annotations": annotations},
+            "spec": {"paused": paused}}
+    kube.apps().patch_namespaced_deployment(spec.target_ref.name, ref.namespace, body, _content_type=MERGE)
+
+
+def hold_target(ref: RolloutRef, spec: SafeRolloutSpec, stable_hash: str, held_hash: str) -> None:
+    _write_target(ref, spec, held_hash, {STABLE_ANNOTATION: stable_hash, HELD_ANNOTATION: held_hash}, True)
+
+
+def release_target(ref: RolloutRef, spec: SafeRolloutSpec, stable_hash: str) -> None:
+    """Unpause, with `stable_hash` the approved template (the webhook then lets the unpause through)."""
+    _write_target(ref, spec, stable_hash, {STABLE_ANNOTATION: stable_hash, HELD_ANNOTATION: None}, False)
+
+
+def let_go(ref: RolloutRef, target: str) -> bool:
+    """The SafeRollout is gone: its label and annotations leave the target, and a hold of the webhook's ends (the
+    template Git holds then rolls out). Only a Deployment labelled for this rollout; True when one was."""
+    dep = kube.read_or_none(kube.apps().read_namespaced_deployment, target, ref.namespace)
+    if dep is None or ((dep.get("metadata") or {}).get("labels") or {}).get(TARGET_LABEL) != ref.name:
+        return False
+    ann = (dep.get("metadata") or {}).get("annotations") or {}
+    body: dict[str, Any] = {"metadata": {"resourceVersion": dep["metadata"]["resourceVersion"],
+                                         "labels": {TARGET_LABEL: None},
+                                         "annotations": {STABLE_ANNOTATION: None, HELD_ANNOTATION: None}}}
+    if ann.get(HELD_ANNOTATION) and (dep.get("spec") or {}).get("paused"):
+        body["spec"] = {"paused": False}
+    kube.apps().patch_namespaced_deployment(target, ref.namespace, body, _content_type=MERGE)
+    return True
+
+
 def images_of(dep: dict[str, Any]) -> dict[str, str]:
     return {c["name"]: c["image"] for c in dep["spec"]["template"]["spec"]["containers"]}
 
@@ -55,7 +136,7 @@ def read_target(ref: RolloutRef, spec: SafeRolloutSpec) -> tuple[dict[str, str],
 
 
 def _patch_containers(images: dict[str, str], spec: SafeRolloutSpec) -> list[dict[str, Any]]:
-    env = {c.name: c.env for c in spec.template.containers if c.env is not None}
+    env = {c.name: c.env for c in (spec.template.containers if spec.template else []) if c.env is not None}
     out = []
     for name, image in images.items():
         c: dict[str, Any] = {"name": name, "image": image}
@@ -83,24 +164,36 @@ def _selector_keys(ref: RolloutRef, spec: SafeRolloutSpec, target: dict[str, Any
     return keys
 
 
-def ensure_canary(ref: RolloutRef, spec: SafeRolloutSpec, images: dict[str, str], plan: CanaryPlan | None = None) -> bool:
-    """Create or update the canary Deployment and Service, made as `plan` says; True once the canary is available."""
+def ensure_canary(ref: RolloutRef, spec: SafeRolloutSpec, images: dict[str, str], plan: CanaryPlan | None = None,
+                  template_hash: str | None = None) -> bool:
+    """Create or update the canary Deployment and Service, made as `plan` says; True once the canary is available.
+
+    With `template_hash` (spec.template omitted) the canary is the target's pod template as it is, every field of
+    it, and only while that template has this hash; a canary made from another template is replaced."""
     plan = plan or CanaryPlan()
-    target = _dep(ref.namespace, spec.target_ref.name)
+    target = raw_deployment(ref.namespace, spec.target_ref.name) if template_hash else \
+        _dep(ref.namespace, spec.target_ref.name)
     name = canary_name(spec)
     replicas = plan.replicas
     drop = set() if plan.behind_stable else _selector_keys(ref, spec, target)
     tmpl = copy.deepcopy(target["spec"]["template"])
+    if template_hash is not None and template_hash_of(tmpl) != template_hash:
+        raise RuntimeError(f"the target's pod template is {template_hash_of(tmpl)} now, not {template_hash}")
+    tmpl.setdefault("metadata", {})
     labels = {k: v for k, v in (tmpl["metadata"].get("labels") or {}).items() if k not in drop}
     labels.update({CANARY_OF: spec.target_ref.name, ROLLOUT: ref.name})
     tmpl["metadata"]["labels"] = labels
-    wanted = {c["name"]: c for c in _patch_containers(images, spec)}
-    for c in tmpl["spec"]["containers"]:
-        c.update(wanted.get(c["name"], {}))
+    if template_hash is None:
+        wanted = {c["name"]: c for c in _patch_containers(images, spec)}
+        for c in tmpl["spec"]["containers"]:
+            c.update(wanted.get(c["name"], {}))
+    meta: dict[str, Any] = {"name": name, "namespace": ref.namespace,
+                            "labels": {CANARY_OF: spec.target_ref.name, ROLLOUT: ref.name},
+                            "ownerReferences": [ref.owner()]}
+    if template_hash is not None:
+        meta["annotations"] = {TEMPLATE_HASH: template_hash}
     body: dict[str, Any] = {
-        "apiVersion": "apps/v1", "kind": "Deployment",
-        "metadata": {"name": name, "namespace": ref.namespace, "labels": {CANARY_OF: spec.target_ref.name, ROLLOUT: ref.name},
-                     "ownerReferences": [ref.owner()]},
+        "apiVersion": "apps/v1", "kind": "Deployment", "metadata": meta,
         "spec": {"replicas": replicas if replicas is not None else target["spec"].get("replicas", 1),
                  "selector": {"matchLabels": {CANARY_OF: spec.target_ref.name}}, "template": tmpl},
     }
@@ -116,7 +209,11 @@ def ensure_canary(ref: RolloutRef, spec: SafeRolloutSpec, images: dict[str, str]
     if not kube.owned_by(current, ref):
         raise kube.Refused(f"Deployment {name} exists and was not created by this SafeRollout; "
                            "it is not taken over (rename it or remove it)")
-    if images_of(current) != images or current["spec"].get("replicas") != body["spec"]["replicas"]:
+    if template_hash is not None and (current["metadata"].get("annotations") or {}).get(TEMPLATE_HASH) != template_hash:
+        delete_canary(ref, spec)  # made from another template: a patch could not remove what that one had more
+        return False
+    if (template_hash is None and images_of(current) != images) or \
+            current["spec"].get("replicas") != body["spec"]["replicas"]:
         apps.patch_namespaced_deployment(name, ref.namespace, {"spec": body["spec"]}, _content_type=SMP)
         return False
     _ensure_canary_service(ref, spec)

@@ -64,6 +64,9 @@ class PruneSnapshots:
 class EnsureCanary:
     images: dict[str, str] = field(hash=False)
     first_weight: int = 0  # the weight the canary is made for (the router's prepare may size it by that)
+    # spec.template omitted: the canary is the target's pod template as it is, and only if it has this hash
+    template_hash: str | None = None
+
 
 @dataclass(frozen=True)
 class DeleteCanary:
@@ -79,6 +82,33 @@ class SetWeight:
 class SetTargetImages:
     images: dict[str, str] = field(hash=False)
     reason: Literal["promote", "revert"] = "promote"
+
+
+@dataclass(frozen=True)
+class LabelTarget:
+    """spec.template omitted: put the label the admission webhook selects on (saferollout.dev/target) on the target."""
+
+
+@dataclass(frozen=True)
+class HoldTarget:
+    """spec.template omitted, and the webhook did not hold the new template (not installed, or the label came
+    late): pause the target, so the Deployment controller stops replacing the stable pods."""
+
+    stable_hash: str
+    held_hash: str
+
+
+@dataclass(frozen=True)
+class ReleaseTarget:
+    """spec.template omitted: unpause the target and record `stable_hash` as its approved template, in one write.
+    On promotion the Deployment controller then rolls the promoted template out to the stable pods; on a revert
+    (the stable template is back) it ends a hold the webhook did not end itself."""
+
+    stable_hash: str
+    reason: Literal["promote", "revert"] = "promote"
+
+
+TARGET_WRITES = (LabelTarget, HoldTarget, ReleaseTarget)
 
 
 @dataclass(frozen=True)
@@ -104,7 +134,8 @@ class Notify:
 
 Action = (
     ReadTarget | CheckDatabase | QueryMetrics | TakeSnapshot | VerifySnapshot | RestoreDatabase | CheckRestored
-    | PruneSnapshots | EnsureCanary | DeleteCanary | SetWeight | SetTargetImages | WriteReport | Event | Notify
+    | PruneSnapshots | EnsureCanary | DeleteCanary | SetWeight | SetTargetImages | LabelTarget | HoldTarget
+    | ReleaseTarget | WriteReport | Event | Notify
 )
 
 
@@ -112,10 +143,28 @@ Action = (
 
 
 @dataclass(frozen=True)
+class TargetView:
+    """The target Deployment as spec.template-omitted rollouts see it: read at every reconcile (an input of each
+    decision) and by ReadTarget."""
+
+    template_hash: str  # core.templates.template_hash_of(spec.template)
+    images: dict[str, str] = field(hash=False)
+    paused: bool = False
+    generation: int | None = None
+    label: str | None = None  # the value of saferollout.dev/target: the rollout that owns its releases
+    stable_hash: str | None = None  # saferollout.dev/stable-template, written by the webhook or a promotion
+    held_hash: str | None = None  # saferollout.dev/held-template: the webhook paused it for this template
+    revision: str | None = None  # the Git revision, when the Deployment names it (saferollout.dev/revision)
+    application: str | None = None  # the Argo CD Application, from its tracking annotation
+    available: bool = True
+
+
+@dataclass(frozen=True)
 class TargetState:
     images: dict[str, str] = field(hash=False)
     available: bool
     revision: str | None = None
+    view: TargetView | None = None  # spec.template omitted: the whole picture
 
 
 @dataclass(frozen=True)

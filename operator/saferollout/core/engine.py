@@ -21,7 +21,7 @@ from typing import Protocol
 from pydantic import BaseModel
 
 from saferollout.core import actions as a
-from saferollout.core import commands
+from saferollout.core import commands, source
 from saferollout.core import transitions as go
 from saferollout.core.clock import iso, parse_time
 from saferollout.core.models import (
@@ -65,7 +65,9 @@ class Decision:
 
 
 def template_hash(spec: SafeRolloutSpec) -> str:
-    body = json.dumps(spec.template.wire(), sort_keys=True, separators=(",", ":"))
+    """The version of a spec.template rollout; without `template` the version is the target's (core.source)."""
+    body = json.dumps(spec.template.wire() if spec.template is not None else None, sort_keys=True,
+                      separators=(",", ":"))
     return hashlib.sha256(body.encode()).hexdigest()[:16]
 
 
@@ -87,13 +89,13 @@ def decide(spec: SafeRolloutSpec, status: SafeRolloutStatus, inputs: Inputs,
 def _step(run: Run) -> None:
     for result in run.inp.results:
         _apply(run, result)
-    h = template_hash(run.spec)
     verb = commands.take(run)
     phase = run.s.phase
+    new = source.version(run) if run.spec.target_template else _spec_version(run)
     if verb == "retry" and phase is not None and phase.terminal and phase != Phase.succeeded:
-        go.start(run, h, "retry requested")
-    elif phase is None or (h != run.s.template_hash and phase != Phase.rolling_back):
-        go.start(run, h, "new template" if phase is not None else "first version seen")
+        go.start(run, _current_version(run), "retry requested")
+    elif new is not None:
+        go.start(run, *new)
     run.s.observed_generation = run.inp.generation
     _clamp_stage(run)
     if verb in ("abort", "promote", "resume"):
@@ -109,8 +111,23 @@ def _step(run: Run) -> None:
             return  # a pause waits; only a phase or stage entered just now takes its step in this decision
 
 
+def _spec_version(run: Run) -> tuple[str, str, bool] | None:
+    """spec.template: a new version when its hash changes (a rollback finishes first)."""
+    h, phase = template_hash(run.spec), run.s.phase
+    if phase is None or (h != run.s.template_hash and phase != Phase.rolling_back):
+        return h, "new template" if phase is not None else "first version seen", False
+    return None
+
+
+def _current_version(run: Run) -> str:
+    if not run.spec.target_template:
+        return template_hash(run.spec)
+    return run.inp.target.template_hash if run.inp.target is not None else run.s.template_hash or ""
+
+
 def _apply(run: Run, r: a.Result) -> None:
     """What every result means whatever the phase, then the phase's own reading of it."""
+    source.apply(run, r)
     module = _module(run)
     if isinstance(r, a.Outcome) and not r.ok:
         act = r.action

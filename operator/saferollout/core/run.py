@@ -52,6 +52,7 @@ class Inputs:
     generation: int | None = None
     command: str | None = None  # "<verb>/<id>" from the saferollout.dev/command annotation
     results: list[a.Result] = field(default_factory=list)
+    target: a.TargetView | None = None  # spec.template omitted: the target Deployment as read for this decision
 
 
 def set_condition(s: SafeRolloutStatus, type_: str, status: str, reason: str, message: str, inputs: Inputs) -> None:

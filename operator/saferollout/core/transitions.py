@@ -12,13 +12,21 @@ from saferollout.core.models import PHASE_STEPS, IncidentStatus, PauseReason, Ph
 from saferollout.core.run import Run, images
 
 
-def start(run: Run, template_hash: str, why: str) -> None:
+def start(run: Run, template_hash: str, why: str, revert: bool = False) -> None:
+    """A new attempt. `revert` (spec.template omitted: the target's template is the stable one again) starts no
+    rollout: the attempt only undoes what a rollout under way left (weight, canary) and ends."""
     old = run.s
+    source = old.source.model_copy(update={"target_writes": 0}) if old.source is not None else None
     run.s = SafeRolloutStatus(
         phase=Phase.pending, step=Step.init, template_hash=template_hash, attempt=old.attempt + 1,
         weight=old.weight, last_command=old.last_command, conditions=old.conditions,
-        started_at=iso(run.now), canary_ready=old.canary_ready,
+        started_at=iso(run.now), canary_ready=old.canary_ready, source=source,
     )
+    if revert:
+        run.s.message = f"attempt {run.s.attempt}: {why}; nothing to roll out"
+        run.event("TemplateReverted", run.s.message)
+        run.condition("Progressing", "True", "TemplateReverted", run.s.message)
+        return
     run.s.message = f"rollout {run.s.attempt} started: {why}"
     run.event("RolloutStarted", run.s.message)
     run.condition("Progressing", "True", "RolloutStarted", run.s.message)
@@ -92,7 +100,8 @@ def rollback(run: Run, reason: str, text: str, severity: Severity) -> None:
 
 def promote(run: Run) -> None:
     run.s.phase, run.s.step, run.s.pause_reason = Phase.promoting, Step.promote_target, None
-    run.s.message = f"promoting {images(run.s.canary_images)} to the target"
+    run.s.message = f"promoting {images(run.s.canary_images)} to the target" + (
+        f" (pod template {run.s.template_hash}: the target is unpaused)" if run.spec.target_template else "")
     run.condition("Progressing", "True", "Promoting", run.s.message)
     run.event("Promoting", run.s.message)
 

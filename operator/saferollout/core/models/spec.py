@@ -49,6 +49,10 @@ class VolumeSnapshotDatabase(Model):
     volume: str | None = Field(default=None, description="Pod volume that mounts the PVC; restore repoints it.")
 
 
+TARGET_TEMPLATE_ROUTERS = ("without spec.template (the target's own pod template is the version) the strategy must be "
+                           "canary with a gatewayAPI, istio or nginx router: the replicas router and blueGreen write "
+                           "the target or its Service, which Git holds")
+
 PROVIDER_FIELDS = ("postgres", "volume_snapshot")  # the snapshot providers (adapters.snapshots.PROVIDERS)
 
 
@@ -113,9 +117,20 @@ class Notification(Model):
     webhook: Webhook
 
 
+# Without `template`, the target Deployment's own pod template is the new version (a GitOps release: a commit
+# changes the Deployment in Git, the operator's admission webhook holds it paused, the canary runs it). The replica
+# router scales the target, and blue-green rewrites the active Service: both would write what Git holds.
+# (A comment, not a docstring: a docstring would become the CRD's description of `spec`.)
 class SafeRolloutSpec(Model):
+    model_config = ConfigDict(json_schema_extra={"x-kubernetes-validations": [
+        cel("has(self.template) || has(self.strategy.canary) && !has(self.strategy.canary.traffic.replicas)",
+            TARGET_TEMPLATE_ROUTERS),
+    ]})
     target_ref: TargetRef
-    template: PodTemplate
+    template: PodTemplate | None = Field(
+        default=None, description="What the new version changes in the target's pod template. Omitted: the "
+        "target Deployment's own pod template is the version (a change of any of its fields starts a rollout; "
+        "the operator's admission webhook holds the Deployment paused until the canary is promoted).")
     strategy: Strategy
     analysis: Analysis = Field(default_factory=Analysis)
     preflight: Preflight = Field(default_factory=Preflight)
@@ -128,7 +143,14 @@ class SafeRolloutSpec(Model):
     def _gates_need_sources(self) -> SafeRolloutSpec:
         if self.preflight.database_reachable and self.database is None:
             raise ValueError("preflight.databaseReachable needs spec.database")
+        if self.template is None and (self.strategy.canary is None or self.strategy.canary.traffic.replicas is not None):
+            raise ValueError(TARGET_TEMPLATE_ROUTERS)
         return self
+
+    @property
+    def target_template(self) -> bool:
+        """No `template`: the target Deployment's own pod template is the version rolled out."""
+        return self.template is None
 
 
 class SafeRollout(Model):

@@ -149,6 +149,31 @@ class HistoryEntry(Model):
     message: str | None = None
 
 
+class RefusedVersion(Model):
+    """A version of the target's pod template that a rollback refused: the Deployment stays paused on it until
+    its template changes (a revert commit brings the stable one back)."""
+
+    template_hash: str
+    generation: int | None = Field(default=None, description="The target's metadata.generation that carried it.")
+    revision: str | None = Field(default=None, description="Its Git revision, when the Deployment names it.")
+    images: dict[str, str] | None = None
+    at: str | None = None
+    reason: str | None = None
+
+
+class SourceStatus(Model):
+    """spec.template omitted: the target Deployment's own pod template is the version."""
+
+    stable_template_hash: str | None = Field(default=None, description="The approved pod template (its hash).")
+    stable_images: dict[str, str] | None = None
+    generation: int | None = Field(default=None, description="The target's metadata.generation being rolled out.")
+    revision: str | None = Field(default=None, description="Git revision of the version rolled out, when known.")
+    application: str | None = Field(default=None, description="The Argo CD Application that syncs the target.")
+    target_writes: int = Field(default=0, description="The operator's writes to the target Deployment in this "
+                               "rollout: 1 (unpause) on promotion, 0 on rollback.")
+    refused: RefusedVersion | None = None
+
+
 class SafeRolloutStatus(Model):
     """Everything the operator needs to resume after a restart lives here."""
 
@@ -184,6 +209,7 @@ class SafeRolloutStatus(Model):
     last_command: str | None = None
     failure: str | None = None
     incident_severity: str | None = None
+    source: SourceStatus | None = None
     snapshot: SnapshotStatus | None = None
     restore: RestoreStatus | None = None
     analysis: AnalysisStatus = Field(default_factory=AnalysisStatus)

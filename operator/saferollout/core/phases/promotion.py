@@ -15,7 +15,10 @@ from saferollout.core.run import Run, images
 def step(run: Run) -> None:
     match run.s.step:
         case Step.promote_target:
-            run.act(a.SetTargetImages(dict(run.s.canary_images or {}), "promote"))
+            if run.spec.target_template:  # the target holds the new template already: unpause it, in one write
+                run.act(a.ReleaseTarget(run.s.template_hash or "", "promote"))
+            else:
+                run.act(a.SetTargetImages(dict(run.s.canary_images or {}), "promote"))
         case Step.wait_target:
             if a.ReadTarget not in run.polled:
                 run.act(a.ReadTarget())
@@ -49,8 +52,16 @@ def apply(run: Run, r: a.Result) -> None:
     act = r.action if isinstance(r, a.Outcome) and r.ok else None
     if isinstance(act, a.SetTargetImages) and act.reason == "promote" and run.s.step == Step.promote_target:
         run.s.step = Step.wait_target
+    elif isinstance(act, a.ReleaseTarget) and act.reason == "promote" and run.s.step == Step.promote_target:
+        if run.s.source is not None:  # the promoted template is the approved one now
+            run.s.source.stable_template_hash = act.stable_hash
+            run.s.source.stable_images = dict(run.s.canary_images or {})
+        run.event("TargetReleased", f"Deployment {run.spec.target_ref.name} unpaused: pod template {act.stable_hash} "
+                  "rolls out to the stable pods")
+        run.s.step = Step.wait_target
     elif isinstance(r, a.TargetState) and run.s.step == Step.wait_target:
-        if r.available and all(r.images.get(k) == v for k, v in (run.s.canary_images or {}).items()):
+        view_ok = r.view is None or (not r.view.paused and r.view.template_hash == run.s.template_hash)
+        if view_ok and r.available and all(r.images.get(k) == v for k, v in (run.s.canary_images or {}).items()):
             run.s.step = Step.route_to_target
         else:
             run.polled.add(a.ReadTarget)

@@ -10,7 +10,7 @@ from __future__ import annotations
 from datetime import timedelta
 
 from saferollout.core import actions as a
-from saferollout.core import analysis
+from saferollout.core import analysis, source
 from saferollout.core import transitions as go
 from saferollout.core.clock import iso, parse_time
 from saferollout.core.durations import format_duration, parse_duration
@@ -29,13 +29,36 @@ def step(run: Run) -> None:
         case Step.revert_workload:
             run.act(a.DeleteCanary())
         case Step.revert_images:
-            run.act(a.SetTargetImages(dict(run.s.stable_images or {}), "revert"))
+            if run.spec.target_template:
+                _keep_target(run)
+            else:
+                run.act(a.SetTargetImages(dict(run.s.stable_images or {}), "revert"))
         case Step.restore_database:
             _restore(run)
         case Step.verify:
             _verify(run)
         case Step.report:
             _report(run)
+
+
+def _keep_target(run: Run) -> None:
+    """spec.template omitted: nothing is written to the target. Before a promotion its stable pods never left the
+    stable version (the Deployment stays paused on the refused template, which is what Git says); after one,
+    the operator does not write an older template over Git's: the revert is a commit."""
+    assert run.s.incident is not None
+    refused = source.refuse(run, run.s.incident.reason or "rolled back")
+    what = source.describe(run)
+    if run.s.promoted_at:
+        run.s.failure = (f"{what} breached after its promotion; the target runs it and Git holds it, so the operator "
+                         "does not write an older template over it: revert the commit")
+        run.event("TemplateRefused", run.s.failure, warning=True)
+    else:
+        run.event("TemplateRefused", f"{what} refused: the stable version serves; Deployment "
+                  f"{run.spec.target_ref.name} stays paused on it until its template changes (revert the commit)",
+                  warning=True)
+    run.s.incident.images_reverted_at = refused.at  # the target never ran it (or, promoted, is left as Git says)
+    run.s.step = Step.restore_database if _needs_restore(run) else Step.verify
+    step(run)
 
 
 def _needs_restore(run: Run) -> bool:
@@ -64,6 +87,10 @@ def _restore(run: Run) -> None:
 
 def _verify(run: Run) -> None:
     v = run.spec.rollback.verify
+    if run.spec.target_template and run.s.promoted_at:  # nothing was reverted (_keep_target): nothing to verify
+        run.s.step = Step.report
+        _report(run)
+        return
     if run.s.verify_started_at is None:
         run.s.verify_started_at = iso(run.now)
         run.s.verify_successes = run.s.verify_failures = 0
@@ -111,8 +138,13 @@ def _report(run: Run) -> None:
     if inc.report_ref:
         phase = Phase.failed if run.s.failure else Phase.rolled_back
         unproven = "" if inc.verified_at else "; verification inconclusive (no data)"
-        go.finish(run, phase, "RollbackFailed" if run.s.failure else "RolledBack",
-                  run.s.failure or f"rolled back to {images(run.s.stable_images)}{unproven}")
+        if run.spec.target_template and not run.s.failure:
+            text = (f"rolled back: {source.describe(run)} of Deployment {run.spec.target_ref.name} refused; the stable "
+                    f"version serves, and the Deployment stays paused on the refused template{unproven}")
+            run.condition("Degraded", "True", "RolledBack", text)
+        else:
+            text = run.s.failure or f"rolled back to {images(run.s.stable_images)}{unproven}"
+        go.finish(run, phase, "RollbackFailed" if run.s.failure else "RolledBack", text)
         return
     name = f"{run.inp.name}-incident-{run.s.attempt}"
     run.act(a.WriteReport(name, incident_report(run.inp.name, run.spec, run.s, run.now)))

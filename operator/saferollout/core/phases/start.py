@@ -37,7 +37,7 @@ def _pending(run: Run) -> None:
         run.act(a.SetWeight(0))
     elif run.s.canary_ready:
         run.act(a.DeleteCanary())
-    elif a.ReadTarget not in run.polled:
+    elif a.ReadTarget not in run.polled and a.ReleaseTarget not in run.polled:  # a failed release: next reconcile
         run.act(a.ReadTarget())
 
 
@@ -88,7 +88,8 @@ def _canary(run: Run) -> None:
         run.reset_analysis()
         run.event("CanaryReady", f"canary workload available with {images(run.s.canary_images)}")
     elif a.EnsureCanary not in run.polled:
-        run.act(a.EnsureCanary(dict(run.s.canary_images or {}), run.stages[0].weight))
+        run.act(a.EnsureCanary(dict(run.s.canary_images or {}), run.stages[0].weight,
+                               run.s.template_hash if run.spec.target_template else None))
         run.s.message = "waiting for the canary workload to become available"
 
 
@@ -97,7 +98,13 @@ def _canary(run: Run) -> None:
 
 def apply(run: Run, r: a.Result) -> None:
     if isinstance(r, a.TargetState) and run.s.step == Step.init:
-        _target(run, r)
+        if run.spec.target_template:
+            _target_template(run, r)
+        else:
+            _target(run, r)
+    elif isinstance(r, a.Outcome) and isinstance(r.action, a.ReleaseTarget) and run.s.step == Step.init:
+        if r.ok:
+            _nothing_to_roll_out(run)
     elif isinstance(r, a.Outcome) and isinstance(r.action, a.ReadTarget) and not r.ok:
         if run.s.step == Step.init and run.failure_is_news:
             run.event("TargetNotFound", r.message, warning=True)
@@ -112,7 +119,39 @@ def apply(run: Run, r: a.Result) -> None:
         _snapshot_result(run, r)
 
 
+def _target_template(run: Run, r: a.TargetState) -> None:
+    """spec.template omitted: the version is the pod template the target holds now (the webhook paused it)."""
+    v, src = r.view, run.s.source
+    if v is None or src is None:
+        run.polled.add(a.ReadTarget)
+        return
+    if v.template_hash != run.s.template_hash:  # changed again since this decision began: the next one restarts
+        run.s.message = f"the target's pod template changed again ({v.template_hash}); starting over"
+        run.polled.add(a.ReadTarget)
+        return
+    src.generation, src.revision, src.application = v.generation, v.revision, v.application or src.application
+    run.s.stable_images = dict(src.stable_images) if src.stable_images else None
+    run.s.stable_revision = r.revision
+    run.s.canary_images = dict(v.images)
+    if v.template_hash == src.stable_template_hash:
+        if v.paused and v.held_hash:  # the webhook did not end its hold (it was down, or is not installed)
+            run.act(a.ReleaseTarget(v.template_hash, "revert"))
+            run.polled.add(a.ReadTarget)  # its outcome ends the attempt
+        else:
+            _nothing_to_roll_out(run)
+        return
+    run.s.phase, run.s.step = Phase.preflight, Step.gate_database
+    run.s.message = f"pre-flight gates for pod template {v.template_hash} ({images(run.s.canary_images)})"
+
+
+def _nothing_to_roll_out(run: Run) -> None:
+    go.finish(run, Phase.succeeded, "TemplateReverted",
+              f"Deployment {run.spec.target_ref.name} has its stable pod template "
+              f"{run.s.source.stable_template_hash if run.s.source else ''} again; nothing to roll out")
+
+
 def _target(run: Run, r: a.TargetState) -> None:
+    assert run.spec.template is not None
     missing = [c.name for c in run.spec.template.containers if c.name not in r.images]
     if missing:
         go.block(run, "ContainerNotInTarget",
