@@ -29,6 +29,7 @@ deps:
 tools: deps
 	bash cluster/build.sh
 	bash cluster/build-argocd.sh >/dev/null
+	bash cluster/build-traefik.sh >/dev/null
 
 lint: venv
 	$(BIN)/ruff check operator harness tests bench
