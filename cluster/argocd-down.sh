@@ -12,7 +12,9 @@ state=${SR_ARGOCD_STATE_DIR:-${SR_STATE_DIR:-$repo/.cache/cluster}-argocd}
 keep_state=false
 [ "${1:-}" = "--keep-state" ] && keep_state=true
 
-log() { echo "cluster/argocd-down.sh: $*" >&2; }
+me=cluster/argocd-down.sh
+# shellcheck source=cluster/lib.sh
+source "$here/lib.sh"
 
 if [ -z "${SR_ARGOCD_LOCK_HELD:-}" ]; then
   mkdir -p "$(dirname "$state")"
@@ -35,7 +37,6 @@ live_pid() {
   fi
   echo "$p"
 }
-running() { [ -r "/proc/$1/stat" ] && ! awk '{ exit ($3 != "Z") }' "/proc/$1/stat" 2>/dev/null; }
 
 # Applications go first, while the controller can still run their finalizers.
 if [ -s "$state/env" ] && live_pid argocd-application-controller >/dev/null; then
@@ -59,13 +60,7 @@ fi
 stopped=()
 for c in argocd-application-controller argocd-repo-server redis-server; do
   if p=$(live_pid "$c"); then
-    kill -TERM -- "-$p" 2>/dev/null || kill -TERM "$p" 2>/dev/null || true
-    for _ in $(seq 1 100); do running "$p" || break; sleep 0.1; done
-    if running "$p"; then
-      log "$c (pid $p) still running 10s after SIGTERM; killing it"
-      kill -KILL -- "-$p" 2>/dev/null || kill -KILL "$p" 2>/dev/null || true
-      for _ in $(seq 1 50); do running "$p" || break; sleep 0.1; done
-    fi
+    stop_pid "$c" "$p"
     stopped+=("$c")
   fi
   rm -f "$state/pids/$c.pid"

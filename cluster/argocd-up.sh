@@ -30,8 +30,10 @@ logs=$state/logs
 pids=$state/pids
 components=(redis-server argocd-repo-server argocd-application-controller)
 
-log() { echo "cluster/argocd-up.sh: $*" >&2; }
-die() { echo "cluster/argocd-up.sh: ERROR: $*" >&2; exit 1; }
+me=cluster/argocd-up.sh
+# shellcheck source=cluster/lib.sh
+source "$here/lib.sh"
+teardown() { SR_ARGOCD_LOCK_HELD=1 bash "$here/argocd-down.sh" --keep-state; }
 
 command -v redis-server >/dev/null || die "redis-server is not installed (Debian package redis-server; install it \
 with RUNLEVEL=1 apt-get install -y redis-server, so that no service starts on port 6379; make deps does this)"
@@ -66,7 +68,6 @@ pid_alive() {  # the pid file's process is still that component (not a recycled 
   # The controller and the repo-server are one binary: tell them apart by argv[0] (redis rewrites its own title).
   [ "$1" = redis-server ] || [ "$(tr '\0' '\n' <"/proc/$p/cmdline" | head -n 1)" = "$(exe_of "$1")" ]
 }
-all_alive() { local c; for c in "${components[@]}"; do pid_alive "$c" || return 1; done; }
 # The cluster's identity: a cluster that up.sh replaced (it was broken) needs a new Argo CD, whatever still runs.
 cluster_uid=$(k get namespace kube-system -o jsonpath='{.metadata.uid}') || die "cannot reach the cluster ($kubeconfig)"
 healthy() {
@@ -74,35 +75,6 @@ healthy() {
     && curl -sf "http://127.0.0.1:$repo_metrics_port/healthz?full=true" >/dev/null \
     && curl -sf "http://127.0.0.1:$metrics_port/healthz" >/dev/null
 }
-tail_log() {
-  local f=$logs/$1.log
-  if [ -s "$f" ]; then echo "----- last 30 lines of $f -----" >&2; tail -n 30 "$f" >&2; echo "-----" >&2
-  else echo "(no log output in $f)" >&2; fi
-}
-fail() {  # stop what was started (logs stay), name the component, exit non-zero
-  local msg=$1; shift
-  echo "cluster/argocd-up.sh: ERROR: $msg" >&2
-  local c; for c in "$@"; do tail_log "$c"; done
-  SR_ARGOCD_LOCK_HELD=1 bash "$here/argocd-down.sh" --keep-state >&2 || true
-  echo "cluster/argocd-up.sh: Argo CD was stopped; logs are kept in $logs (cluster/argocd-down.sh removes them)" >&2
-  exit 1
-}
-check_alive() {
-  local c; for c in "${components[@]}"; do
-    if [ -s "$pids/$c.pid" ] && ! pid_alive "$c"; then fail "$c exited during startup" "$c"; fi
-  done
-}
-wait_for() {  # wait_for <what> <blamed components...> -- <command...>
-  local what=$1; shift
-  local blame=(); while [ "$1" != "--" ]; do blame+=("$1"); shift; done; shift
-  local deadline; deadline=$(( $(date +%s) + timeout_s ))
-  until "$@" >/dev/null 2>&1; do
-    check_alive
-    [ "$(date +%s)" -lt "$deadline" ] || fail "timed out after ${timeout_s}s waiting for $what" "${blame[@]}"
-    sleep 0.2
-  done
-}
-
 if [ -s "$state/env" ]; then
   owner=$(sed -n 's/^KUBECONFIG=//p' "$state/env")
   [ "$owner" = "$kubeconfig" ] || die "$state holds the Argo CD of another cluster ($owner), not of $kubeconfig; \

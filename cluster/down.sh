@@ -23,8 +23,9 @@ apiserver_port=${SR_APISERVER_PORT:-16443}
 keep_state=false
 [ "${1:-}" = "--keep-state" ] && keep_state=true
 
-log() { echo "cluster/down.sh: $*" >&2; }
-die() { echo "cluster/down.sh: ERROR: $*" >&2; exit 1; }
+me=cluster/down.sh
+# shellcheck source=cluster/lib.sh
+source "$here/lib.sh"
 # shellcheck source=cluster/node/node.sh
 source "$here/node/node.sh"
 
@@ -56,22 +57,11 @@ live_pid() {
   [ "$real" = 1 ] && node_find "$1"
 }
 
-# Running and not a zombie (a component that up.sh started and that already exited is a zombie until up.sh ends).
-running() { [ -r "/proc/$1/stat" ] && ! awk '{ exit ($3 != "Z") }' "/proc/$1/stat" 2>/dev/null; }
-
 stopped=()
 stop() {
   local c=$1 p
   if p=$(live_pid "$c"); then
-    # Each component leads its own process group (setsid in up.sh): signal the group, children included.
-    kill -TERM -- "-$p" 2>/dev/null || kill -TERM "$p" 2>/dev/null || true
-    for _ in $(seq 1 100); do running "$p" || break; sleep 0.1; done
-    if running "$p"; then
-      log "$c (pid $p) still running 10s after SIGTERM; killing it"
-      kill -KILL -- "-$p" 2>/dev/null || kill -KILL "$p" 2>/dev/null || true
-      # Gone before returning, so an up.sh right after finds its ports free.
-      for _ in $(seq 1 50); do running "$p" || break; sleep 0.1; done
-    fi
+    stop_pid "$c" "$p"
     stopped+=("$c")
   fi
   rm -f "$state/pids/$c.pid"

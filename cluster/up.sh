@@ -8,9 +8,9 @@
 # A second run while the cluster is healthy does nothing but print the kubeconfig path.
 # Stop it with cluster/down.sh. Env overrides: see the "settings" block below and cluster/README.md.
 #
-# SR_REAL_NODE=1 adds one real node (containerd, kubelet, kube-proxy, a CNI bridge; cluster/node/node.sh), tainted
-# so that only pods that tolerate it run there. It needs root and changes the machine (a bridge, routes, iptables,
-# sysctls), all of which cluster/down.sh undoes.
+# Beside the kwok nodes runs one real node (containerd, kubelet, kube-proxy, a CNI bridge; cluster/node/node.sh),
+# tainted so that only pods that tolerate it run there. It needs root and changes the machine (a bridge, routes,
+# iptables, sysctls), all of which cluster/down.sh undoes. SR_REAL_NODE=0 leaves it out (kwok nodes only).
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 repo=$(cd "$here/.." && pwd)
@@ -32,7 +32,7 @@ advertise=${SR_ADVERTISE_ADDRESS:-198.51.100.1}
 service_cidr=${SR_SERVICE_CIDR:-10.96.0.0/16}
 pod_cidr=${SR_POD_CIDR:-10.244.0.1/16}
 timeout_s=${SR_UP_TIMEOUT:-90}
-real_node=${SR_REAL_NODE:-0}
+real_node=${SR_REAL_NODE:-1}
 # ---------------------------------------------------------------------------------------------------------
 
 kubeconfig=$state/kubeconfig
@@ -41,8 +41,10 @@ logs=$state/logs
 pids=$state/pids
 components=(etcd kube-apiserver kube-controller-manager kube-scheduler kwok)
 
-log() { echo "cluster/up.sh: $*" >&2; }
-die() { echo "cluster/up.sh: ERROR: $*" >&2; exit 1; }
+me=cluster/up.sh
+# shellcheck source=cluster/lib.sh
+source "$here/lib.sh"
+teardown() { SR_LOCK_HELD=1 bash "$here/down.sh" --keep-state; }
 # shellcheck source=cluster/node/node.sh
 source "$here/node/node.sh"
 case $real_node in
@@ -57,22 +59,6 @@ esac
 now() { date +%s.%N; }
 elapsed() { awk -v a="$1" -v b="$(now)" 'BEGIN { printf "%.1f", b - a }'; }
 
-tail_log() {  # prints the end of a component's log, to say why it failed
-  local c=$1 f=$logs/$1.log
-  if [ -s "$f" ]; then echo "----- last 30 lines of $f -----" >&2; tail -n 30 "$f" >&2; echo "-----" >&2
-  else echo "(no log output in $f)" >&2; fi
-}
-# A component failed: stop everything started so far (the state dir and its logs stay for debugging),
-# say which one and why, exit non-zero.
-fail() {
-  local msg=$1; shift
-  echo "cluster/up.sh: ERROR: $msg" >&2
-  local c; for c in "$@"; do tail_log "$c"; done
-  SR_LOCK_HELD=1 bash "$here/down.sh" --keep-state >&2 || true
-  echo "cluster/up.sh: the cluster was stopped; logs are kept in $logs (cluster/down.sh removes them)" >&2
-  exit 1
-}
-
 # Kubectl from the build, always against this cluster, never the user's ~/.kube/config.
 k() { "$bin/kubectl" --kubeconfig "$kubeconfig" "$@"; }
 
@@ -85,24 +71,6 @@ pid_alive() {  # pid file exists and the process is still that component (not a 
   p=$(cat "$f")
   [ -r "/proc/$p/cmdline" ] && tr '\0' ' ' <"/proc/$p/cmdline" | grep -qF -- "$(marker "$c")"
 }
-all_alive() { local c; for c in "${components[@]}"; do pid_alive "$c" || return 1; done; }
-check_alive() {  # fails naming the first component that exited
-  local c; for c in "${components[@]}"; do
-    if [ -s "$pids/$c.pid" ] && ! pid_alive "$c"; then fail "$c exited during startup" "$c"; fi
-  done
-}
-# wait_for <what> <blamed components...> -- <command...>: polls the command until it succeeds.
-wait_for() {
-  local what=$1; shift
-  local blame=(); while [ "$1" != "--" ]; do blame+=("$1"); shift; done; shift
-  local deadline; deadline=$(( $(date +%s) + timeout_s ))
-  until "$@" >/dev/null 2>&1; do
-    check_alive
-    [ "$(date +%s)" -lt "$deadline" ] || fail "timed out after ${timeout_s}s waiting for $what" "${blame[@]}"
-    sleep 0.2
-  done
-}
-
 # --- build (returns at once when the binaries are cached) -----------------------------------------------
 bash "$here/build.sh" >&2 || die "cluster/build.sh failed: the cluster tools could not be built (see above)"
 for c in "${components[@]}" kubectl; do

@@ -161,7 +161,7 @@ node_find() {
 # --- checks before the start ---------------------------------------------------------------------------------
 node_check_host() {
   local c missing=()
-  [ "$(id -u)" = 0 ] || die "the real node needs root (containerd, the bridge, iptables, cgroups)"
+  [ "$(id -u)" = 0 ] || die "the real node needs root (containerd, the bridge, iptables, cgroups); SR_REAL_NODE=0 starts a cluster of kwok nodes only"
   for c in containerd containerd-shim-runc-v2 ctr runc ip iptables ip6tables iptables-restore socat sysctl \
            mountpoint gcc go conntrack; do
     command -v "$c" >/dev/null || missing+=("$c")
