@@ -159,6 +159,8 @@ sign() {
   openssl x509 -req -in "$pki/$name.csr" -CA "$pki/ca.crt" -CAkey "$pki/ca.key" -CAcreateserial \
     -days 365 -sha256 -extfile "$pki/$name.ext" -out "$pki/$name.crt" 2>/dev/null
 }
+# set -e inside a subshell whose status is tested (`( ... ) || die`) is ignored, so the status is taken after it.
+set +e
 (
   set -e
   newkey "$pki/ca.key"
@@ -199,7 +201,10 @@ subjectAltName=IP:$node_ip,DNS:$node_name"
   newkey "$pki/sa.key"
   openssl pkey -in "$pki/sa.key" -pubout -out "$pki/sa.pub" 2>/dev/null
   rm -f "$pki"/*.csr "$pki"/*.ext
-) || die "creating the certificates with openssl failed (in $pki)"
+)
+pki_status=$?
+set -e
+[ "$pki_status" = 0 ] || die "creating the certificates with openssl failed (in $pki)"
 
 # write_kubeconfig <file> <cert name>: certificates embedded, so the file works from any directory.
 write_kubeconfig() {

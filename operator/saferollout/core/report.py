@@ -6,6 +6,7 @@ from datetime import datetime
 
 from saferollout.core.durations import format_duration
 from saferollout.core.models import IncidentStatus, SafeRolloutSpec, SafeRolloutStatus
+from saferollout.core.run import fmt
 
 
 def _t(s: str | None) -> datetime | None:
@@ -40,7 +41,7 @@ def _summary(name: str, s: SafeRolloutStatus, inc: IncidentStatus) -> list[str]:
         f"# Incident: rollback of {name} (rollout {s.attempt})",
         "",
         f"- **Outcome:** {_outcome(s, inc)}",
-        f"- **Reason:** {inc.reason}" + (f" — `{inc.metric}` = {_v(inc.value)} (threshold {inc.threshold})"
+        f"- **Reason:** {inc.reason}" + (f" — `{inc.metric}` = {fmt(inc.value)} (threshold {inc.threshold})"
                                           if inc.metric else ""),
         f"- **New version:** {images_new}",
         f"- **Restored version:** {images_old}",
@@ -75,7 +76,7 @@ def _timeline(s: SafeRolloutStatus, inc: IncidentStatus) -> list[str]:
 def _metrics(inc: IncidentStatus) -> list[str]:
     lines = ["", "## Metrics at the breach", "", "| metric | value | threshold | verdict | consecutive failures |",
              "|---|---|---|---|---|"]
-    lines += [f"| {m.name} | {_v(m.value)} | {m.threshold} | {m.verdict.value} | {m.consecutive_failures} |"
+    lines += [f"| {m.name} | {fmt(m.value)} | {m.threshold} | {m.verdict.value} | {m.consecutive_failures} |"
               for m in inc.metrics]
     if not inc.metrics:
         lines.append("| (no analysis had run) | | | | |")
@@ -101,6 +102,3 @@ def _database(spec: SafeRolloutSpec, s: SafeRolloutStatus) -> list[str]:
         lines.append("- No database action was part of this rollout.")
     return lines
 
-
-def _v(v: float | None) -> str:
-    return "no data" if v is None else f"{v:.4g}"
