@@ -201,6 +201,10 @@ class Result:
     seconds: float = 0.0
     run_dir: str = ""
     router: str = ""
+    # Where the parts stood, so a result says what it proves: today every scenario runs the operator as a local
+    # process (kubeconfig with its ServiceAccount's token) and the harness's router splits the load itself.
+    operator_location: str = "local process"
+    data_plane: str = "harness router (reads the route's weights, splits the load itself)"
 
     def report(self) -> str:
         """The timeline, one PASS/FAIL line per expectation, and the verdict."""
@@ -208,6 +212,7 @@ class Result:
                  self.timeline_text or "(empty)"]
         if self.router:
             lines.append(f"-- router: {self.router}")
+        lines.append(f"-- operator: {self.operator_location}; data plane: {self.data_plane}")
         lines.append("-- expectations")
         lines += [c.line() for c in self.checks]
         lines += [f"ERROR {e}" for e in self.errors]
@@ -217,7 +222,8 @@ class Result:
 
     def to_json(self) -> dict[str, Any]:
         return {"name": self.name, "file": self.file, "passed": self.passed, "seconds": round(self.seconds, 2),
-                "runDir": self.run_dir, "router": self.router, "errors": self.errors,
+                "runDir": self.run_dir, "router": self.router, "operator": self.operator_location,
+                "dataPlane": self.data_plane, "errors": self.errors,
                 "checks": [{"name": c.name, "passed": c.passed, "detail": c.detail} for c in self.checks],
                 "timeline": self.timeline}
 
