@@ -344,6 +344,28 @@ def _incident_report_contains(want: list[str], s: Seen) -> list[Check]:
     return [Check("incidentReportContains", report is not None and not missing, detail)]
 
 
+@checks("dry_run_failed")
+def _dry_run_failed(want: list[str], s: Seen) -> list[Check]:
+    """Each metric is a dryRun one that failed at least once, as the final status shows it: in its tally
+    (status.analysis.dryRun) and, when it has a latest verdict, marked dryRun there (status.analysis.metrics)."""
+    analysis = _sub(s.obs.status, "analysis")
+    tallies = {t.get("name"): t for t in analysis.get("dryRun") or [] if isinstance(t, dict)}
+    latest = {m.get("name"): m for m in analysis.get("metrics") or [] if isinstance(m, dict)}
+    out = []
+    for name in want:
+        tally, last = tallies.get(name), latest.get(name)
+        failures = int((tally or {}).get("failures") or 0)
+        marked = last is None or last.get("dryRun") is True
+        if tally is None:
+            detail = f"no dryRun tally for it; tallies: {sorted(str(k) for k in tallies)}"
+        else:
+            detail = (f"{tally.get('checks', 0)} checks, {failures} failed, would have breached "
+                      f"{tally.get('wouldBreach', 0)}x ({tally.get('onBreach')}); latest "
+                      + (f"{last.get('verdict')} marked dryRun={last.get('dryRun')}" if last else "verdict: none"))
+        out.append(Check(f"dryRunFailed {name}", tally is not None and failures >= 1 and marked, detail))
+    return out
+
+
 @checks("path_absent")
 def _path_absent(want: tuple[str, ...], s: Seen) -> list[Check]:
     out = []

@@ -213,6 +213,17 @@ class LoadIn(Strict):
     preview_rps: Annotated[float, Field(ge=0, le=100)] = 0.0  # extension: blueGreen's preview Service
 
 
+# extension `resourceQuota`: a ResourceQuota's spec.hard, by resource name (pods, requests.cpu, count/deployments.apps)
+QuotaResource = Annotated[str, Field(pattern=r"^[a-z0-9]([-a-z0-9./]*[a-z0-9])?$", max_length=253)]
+QuotaValue = Annotated[int, Field(ge=0)] | Annotated[str, Field(pattern=r"^[0-9]+(\.[0-9]+)?(m|k|M|G|T|Ki|Mi|Gi|Ti)?$")]
+
+
+def _some_quota(hard: dict[str, int | str]) -> dict[str, int | str]:
+    if not hard:
+        raise fail("empty: give at least one resource, such as pods: 1")
+    return hard
+
+
 class TargetIn(Strict):
     """Extension: what the target runs before the rollout."""
 
@@ -542,6 +553,7 @@ class Expect(Strict):
     notifications: Annotated[NotificationExpect, Via(NotificationsIn, NotificationsIn.wanted)] | None = None
     incident_report_contains: list[str] | None = None
     path_absent: Annotated[tuple[str, ...], Via(one_or_list(Annotated[str, AfterValidator(_under_tmp)]), _paths)] | None = None
+    dry_run_failed: list[Annotated[str, Field(min_length=1)]] | None = None
 
     _order: tuple[str, ...] = PrivateAttr(default=())  # the fields given, in the file's order
 
@@ -756,6 +768,8 @@ class ScenarioFile(Strict):
     expect: Expect
     cases: Annotated[list[CaseIn], AfterValidator(_not_empty)] | None = None  # bad-manifest files
     target: TargetIn | None = None  # extension
+    # extension: a ResourceQuota (spec.hard) in the namespace, made once the target's pods run, before the apply
+    resource_quota: Annotated[dict[QuotaResource, QuotaValue], AfterValidator(_some_quota)] | None = None
 
     @field_validator("name")
     @classmethod
@@ -809,6 +823,7 @@ class Scenario:
     target_images: dict[str, str] = field(default_factory=dict)
     target_replicas: int = 1
     preview_rps: float = 0.0  # extension: blueGreen's test load through the preview Service
+    resource_quota: dict[str, str] = field(default_factory=dict)  # extension: spec.hard of a ResourceQuota
 
     # ---- facts read from the rollout manifest (only what the harness needs to build the world around it)
     @property
@@ -968,7 +983,8 @@ def parse(data: object, path: Path) -> Scenario:
     target = f.target or TargetIn()
     scenario = Scenario(path, f.name, f.description, f.rollout, f.app.stable.spec(), f.app.canary.spec(), f.load.rps,
                         f.database, tuple(x.fault(i) for i, x in enumerate(f.faults)),
-                        f.expect.as_dict(), (), dict(target.images), target.replicas, f.load.preview_rps)
+                        f.expect.as_dict(), (), dict(target.images), target.replicas, f.load.preview_rps,
+                        {k: str(v) for k, v in (f.resource_quota or {}).items()})
     _cross_check(scenario, f.expect, where)
     return scenario
 

@@ -129,6 +129,9 @@ class Kube:
     def get_configmap(self, ns: str, name: str) -> dict[str, Any] | None:
         return get_or_none(lambda: self.core.read_namespaced_config_map(name, ns), self.api)
 
+    def get_resource_quota(self, ns: str, name: str) -> dict[str, Any] | None:
+        return get_or_none(lambda: self.core.read_namespaced_resource_quota(name, ns), self.api)
+
     def events(self, ns: str) -> list[dict[str, Any]]:
         out = self.core.list_namespaced_event(ns)
         items = self.api.sanitize_for_serialization(out).get("items") or []

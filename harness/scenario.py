@@ -52,6 +52,7 @@ SETTLE = 2.0  # keep observing after the finish, for events and clean-up the ope
 TERMINAL_GRACE = 10.0  # a terminal phase other than the expected one, held this long with no fault pending, ends it
 API_OUTAGE_LIMIT = 30.0  # seconds without an answer from the API server before a run gives up
 RATE_WINDOW = "10s"
+QUOTA_NAME = "harness-quota"  # extension `resourceQuota`
 BASE_MANIFEST = Path(__file__).with_name("base-manifest.yaml")
 GATEWAY_CRD = "httproutes.gateway.networking.k8s.io"
 
@@ -524,6 +525,8 @@ class _RolloutRun(_BaseRun):
                 raise RuntimeError(f"the target Deployment {self.target} did not become available in 90s")
             time.sleep(0.5)
         tl.add("harness", f"target Deployment {self.target} available")
+        if s.resource_quota:
+            self._quota(s.resource_quota)
         sources = traffic_sources(self.refs, self.ns, self.target, self.kube.new_api())
         ports = {"stable": self.stable.port, "canary": self.canary.port}
         main = sources["main"]
@@ -539,6 +542,23 @@ class _RolloutRun(_BaseRun):
             self.preview.start()
         self._warm_up(prom)
         self.start_operator(self.ns)
+
+    def _quota(self, hard: dict[str, str]) -> None:
+        """Extension `resourceQuota`: a ResourceQuota in the namespace, made once the target's pods run. The quota
+        admission refuses every pod while the quota's usage is not yet counted, so the rollout is applied only once
+        it is (`pods: 1` beside a target of one replica leaves no room for the canary's pods)."""
+        self.kube.apply([{"apiVersion": "v1", "kind": "ResourceQuota",
+                          "metadata": {"name": QUOTA_NAME, "namespace": self.ns}, "spec": {"hard": hard}}])
+        deadline = time.monotonic() + 30
+        while True:
+            quota = self.kube.get_resource_quota(self.ns, QUOTA_NAME) or {}
+            used = (quota.get("status") or {}).get("used")
+            if used is not None and set(hard) <= set(used):
+                break
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"ResourceQuota {QUOTA_NAME}: its usage was not counted within 30s")
+            time.sleep(0.25)
+        self.tl.add("harness", f"ResourceQuota {QUOTA_NAME}: hard {hard}, used {used}")
 
     def _clear_paths(self) -> None:
         """`expect.pathAbsent`: a file left by an earlier run must neither fail nor pass this one."""

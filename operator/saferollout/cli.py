@@ -122,10 +122,13 @@ def render_status(obj: dict[str, Any], now: datetime | None = None) -> str:
     if metrics:
         lines.append(f"Analysis:  last run {_age((st.get('analysis') or {}).get('lastRun'), now)} ago")
         rows = [[m["name"], "no data" if m.get("value") is None else f"{m['value']:.4g}", m.get("threshold", ""),
-                 m.get("verdict", ""), str(m.get("consecutiveFailures", 0)), (m.get("message") or "")[:50]]
+                 m.get("verdict", "") + (" (dry run)" if m.get("dryRun") else ""), str(m.get("consecutiveFailures", 0)),
+                 (m.get("message") or "")[:50]]
                 for m in metrics]
         lines += ["  " + line for line in table(rows, ["METRIC", "VALUE", "THRESHOLD", "VERDICT", "FAILS", "NOTE"]
                                                 ).splitlines()]
+    lines += render_dry_run(st)
+    lines += render_deadline(st, spec, now)
     if source:
         refused = source.get("refused")
         lines.append(f"Target:    stable template {source.get('stableTemplateHash') or '-'}; "
@@ -140,12 +143,49 @@ def render_status(obj: dict[str, Any], now: datetime | None = None) -> str:
                      + (" verified" if snap.get("verified") else ""))
     inc = st.get("incident")
     if inc:
-        lines.append(f"Incident:  {inc.get('reason')} on {inc.get('metric') or '-'}; report "
-                     f"{inc.get('reportRef') or '(being written)'}")
+        on = f" on {inc['metric']}" if inc.get("metric") else ""
+        lines.append(f"Incident:  {inc.get('reason')}{on}; report {inc.get('reportRef') or '(being written)'}")
     conds = st.get("conditions") or []
     if conds:
         lines.append("Conditions: " + ", ".join(f"{c['type']}={c['status']} ({c['reason']})" for c in conds))
     return "\n".join(lines)
+
+
+def render_dry_run(st: dict[str, Any]) -> list[str]:
+    """dryRun metrics over the whole rollout: shown, never acted on."""
+    tallies = (st.get("analysis") or {}).get("dryRun") or []
+    if not tallies:
+        return []
+    lines = ["Dry run:   judged, never acted on"]
+    for t in tallies:
+        would = (f"would have breached {t['wouldBreach']}x ({t.get('onBreach')}; first at stage "
+                 f"{t.get('firstBreachStage')}, {t.get('firstBreachWeight')}%)") if t.get("wouldBreach") else \
+            "never would have breached"
+        value = "no data" if t.get("lastValue") is None else f"{t['lastValue']:.4g}"
+        lines.append(f"  {t['name']}: {t.get('checks', 0)} checks, {t.get('passes', 0)} pass, {t.get('failures', 0)} "
+                     f"fail, {t.get('inconclusive', 0)} inconclusive; {would}; latest {t.get('lastVerdict') or '-'} "
+                     f"{value}")
+    return lines
+
+
+def render_deadline(st: dict[str, Any], spec: dict[str, Any], now: datetime) -> list[str]:
+    """spec.progressDeadlineSeconds: what the rollout waits on the cluster for, and how long it has left; or, once
+    it ran out, what it waited for and what was done."""
+    rec = st.get("progressDeadline")
+    if not rec:
+        return []
+    if rec.get("exceededAt"):
+        return [f"Deadline:  {rec.get('message') or 'progress deadline exceeded'}; then {rec.get('action')}"]
+    limit = int(spec.get("progressDeadlineSeconds") or 600)
+    failures = f"; {rec['failures']} failed attempt(s), the last: {rec.get('lastError')}" if rec.get("failures") else ""
+    if rec.get("pausedAt"):
+        return [f"Deadline:  waiting for {rec.get('waitingFor')}; the clock stands while paused{failures}"]
+    left = "-"
+    if rec.get("deadlineAt"):
+        at = datetime.fromisoformat(rec["deadlineAt"].replace("Z", "+00:00"))
+        left = format_duration(max(0.0, (at - now).total_seconds()))
+    return [f"Deadline:  waiting {_age(rec.get('since'), now)} for {rec.get('waitingFor')}; {left} left of "
+            f"progressDeadlineSeconds {limit} (then {spec.get('onProgressDeadline') or 'rollback'}){failures}"]
 
 
 def render_history(obj: dict[str, Any]) -> str:

@@ -8,6 +8,7 @@ import dataclasses
 import gc
 import logging
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -162,6 +163,12 @@ _wakeups: dict[str, asyncio.Event] = {}  # uid -> set when the object changed in
 _written: dict[str, SafeRolloutStatus] = {}  # uid -> the status this process wrote last (the watch may lag it)
 _seen: dict[str, tuple[Any, ...]] = {}  # uid -> what of the object, when it changes, wakes its rollout
 _uids: dict[tuple[str, str], str] = {}  # (namespace, name) -> uid: the admission webhook wakes a rollout by name
+# uid -> when its object was deleted. A decision in flight at that moment (a thread of POOL) finishes first; the
+# release of the target waits for it (_turns), so no late decision labels the target again after the release, which
+# would leave a Deployment that the webhook holds with no SafeRollout to release it.
+_gone: dict[str, float] = {}
+_turns: dict[str, threading.Lock] = {}  # uid -> held while a decision for it runs
+GONE_KEEP = 3600.0  # seconds a deleted uid is remembered (a late event of it is at most a resync away)
 
 
 # a run in progress (a snapshot may take minutes) finishes before the daemon exits; only then is it cancelled
@@ -205,7 +212,8 @@ async def rollout(name: str, namespace: str | None, uid: str, spec: kopf.Spec, s
             woken.cancel()
     finally:
         stop.cancel()
-        for table in (_wakeups, _written, _seen):
+        observability.forget_analysis(f"{namespace}/{name}")  # deleted, or a peer works it now
+        for table in (_wakeups, _written, _seen, _turns):
             table.pop(uid, None)
         if _uids.get((namespace, name)) == uid:
             del _uids[namespace, name]
@@ -225,8 +233,12 @@ async def changed(event: kopf.RawEvent, uid: str, name: str, namespace: str | No
                   spec: kopf.Spec, **_: Any) -> None:
     """A new generation (spec) or new annotations (commands) wake the rollout now; its own status writes do not."""
     if event.get("type") == "DELETED":
-        observability.set_phase(f"{namespace}/{name}", None)
+        observability.forget(f"{namespace}/{name}")
         forget((namespace or "", name))
+        now = time.monotonic()
+        for old in [u for u, t in _gone.items() if now - t > GONE_KEEP]:
+            del _gone[old]
+        _gone[uid] = now
         target = (spec.get("targetRef") or {}).get("name")
         if "template" not in spec and namespace and isinstance(target, str):
             # no SafeRollout releases it any more: the webhook must not hold it, and a hold of ours ends (Git wins)
@@ -255,6 +267,14 @@ class Reconciled(NamedTuple):
 
 
 def reconcile(ref: RolloutRef, spec: dict[str, Any], status: dict[str, Any], meta: dict[str, Any]) -> Reconciled:
+    """One decision at a time per rollout, and none after its object is gone."""
+    with _turns.setdefault(ref.uid, threading.Lock()):
+        if ref.uid in _gone:
+            return Reconciled(None, time.monotonic(), False)
+        return _reconcile(ref, spec, status, meta)
+
+
+def _reconcile(ref: RolloutRef, spec: dict[str, Any], status: dict[str, Any], meta: dict[str, Any]) -> Reconciled:
     """Read the object, run the core's loop with the executor."""
     generation = meta.get("generation")
     try:
@@ -322,6 +342,12 @@ def reconcile(ref: RolloutRef, spec: dict[str, Any], status: dict[str, Any], met
 
 
 def _let_go(ref: RolloutRef, target: str) -> None:
+    with _turns.setdefault(ref.uid, threading.Lock()):  # after the decision in flight, if any
+        _turns.pop(ref.uid, None)
+        _release(ref, target)
+
+
+def _release(ref: RolloutRef, target: str) -> None:
     try:
         if workloads.let_go(ref, target):
             log.info("%s/%s deleted: Deployment %s is no longer held by SafeRollout", ref.namespace, ref.name, target)

@@ -196,6 +196,7 @@ def metric_dicts(draw: st.DrawFn, pick: Pick, name: Any) -> dict[str, Any]:
     d["warnAfter"] = pick.optional(pick.value(1, st.sampled_from([0, 2, 3, 100, 101])))
     if d["warnAfter"] is not OMIT and limit is OMIT:
         d["warnAfter"] = OMIT if draw(st.booleans()) else d["warnAfter"]
+    d["dryRun"] = OMIT if draw(st.integers(0, 3)) else pick.one([True, False], ["yes", 1, None])
     return _clean(d)
 
 

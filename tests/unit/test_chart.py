@@ -605,7 +605,9 @@ def test_grafana_dashboard_configmap() -> None:
 # The metrics the dashboard is about (docs/dashboard.md); the operator may export more.
 DASHBOARD_METRICS = {"saferollout_rollouts", "saferollout_analysis_results", "saferollout_rollbacks",
                      "saferollout_time_to_detect_seconds", "saferollout_time_to_revert_seconds",
-                     "saferollout_reconcile_errors", "saferollout_reconcile_duration_seconds"}
+                     "saferollout_reconcile_errors", "saferollout_reconcile_duration_seconds",
+                     "saferollout_analysis_value", "saferollout_analysis_verdict", "saferollout_prevented_incidents",
+                     "saferollout_aborts"}
 
 
 def _exprs(panel: Obj) -> list[str]:

@@ -76,3 +76,23 @@ def test_status_of_a_rollout_without_template_names_the_pod_template_and_revisio
     assert "web=web:2.0 (pod template 31c134e73967f318, generation 3, revision 9f2c1e)" in text
     assert "stable template c3f049494cb3dd6c; 0 write(s)" in text
     assert "Refused:   pod template 31c134e73967f318 (generation 3, revision 9f2c1e)" in text
+
+
+def test_status_shows_the_progress_deadline_while_waiting_and_once_exceeded() -> None:
+    waiting = obj(phase="Preflight", message="waiting for the canary workload to become available",
+                  progressDeadline={"key": "canary", "waitingFor": "the canary workload to become available",
+                                    "since": "2026-01-01T11:59:48Z", "deadlineAt": "2026-01-01T12:00:08Z"})
+    waiting["spec"]["progressDeadlineSeconds"] = 20
+    text = render_status(waiting, NOW)
+    assert ("Deadline:  waiting 12s for the canary workload to become available; 8s left of progressDeadlineSeconds "
+            "20 (then rollback)") in text
+    said = "progress deadline exceeded: waited 20s for the canary workload to become available"
+    done = obj(phase="RolledBack", incident={"reason": "ProgressDeadlineExceeded", "reportRef": "web-incident-1"},
+               progressDeadline={"key": "canary", "waitingFor": "the canary workload to become available",
+                                 "since": "2026-01-01T11:59:00Z", "exceededAt": "2026-01-01T11:59:20Z",
+                                 "message": said, "action": "rollback"},
+               conditions=[{"type": "Progressing", "status": "False", "reason": "ProgressDeadlineExceeded"}])
+    text = render_status(done, NOW)
+    assert f"Deadline:  {said}; then rollback" in text
+    assert "Incident:  ProgressDeadlineExceeded; report web-incident-1" in text
+    assert "Progressing=False (ProgressDeadlineExceeded)" in text

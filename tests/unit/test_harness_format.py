@@ -149,6 +149,17 @@ def test_target_images_default_to_repo_1_0() -> None:
     assert image_repo("registry:5000/web") == "registry:5000/web"
 
 
+def test_resource_quota_is_a_resource_quotas_hard_limits() -> None:
+    """Extension `resourceQuota`: how a scenario leaves no room for the canary's pods (progress-deadline)."""
+    assert parse(scenario(), Path("t.yaml")).resource_quota == {}
+    s = parse(scenario(resourceQuota={"pods": 1, "requests.cpu": "500m", "count/deployments.apps": "3"}), Path("t.yaml"))
+    assert s.resource_quota == {"pods": "1", "requests.cpu": "500m", "count/deployments.apps": "3"}
+    assert "resourceQuota" in error_of(scenario(resourceQuota={}))
+    assert "resourceQuota.pods" in error_of(scenario(resourceQuota={"pods": -1}))
+    assert "resourceQuota.pods" in error_of(scenario(resourceQuota={"pods": "lots"}))
+    assert "resourceQuota" in error_of(scenario(resourceQuota={"Pods!": 1}))
+
+
 def test_merge_patch_rfc7386() -> None:
     target = {"a": "b", "c": {"d": "e", "f": "g"}, "l": [1, 2]}
     patch = {"a": "z", "c": {"f": None}, "l": [3], "n": {"x": 1}}

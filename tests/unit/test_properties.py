@@ -104,8 +104,10 @@ def stage_weight(spec: SafeRolloutSpec, engine: Settings, stage: int | None) -> 
 
 
 def applicable(spec: SafeRolloutSpec, target: str) -> list[Metric]:
-    """As engine.metrics_for: comparative metrics (baseline, judge) sit out where there is no canary beside stable."""
-    return [m for m in spec.analysis.metrics if target != "stable" or m.kind not in ("baseline", "judge")]
+    """As engine.metrics_for: comparative metrics (baseline, judge) sit out where there is no canary beside stable;
+    dryRun metrics have no say in anything."""
+    return [m for m in spec.analysis.metrics
+            if (target != "stable" or m.kind not in ("baseline", "judge")) and not m.dry_run]
 
 
 def recorded_verdicts(spec: SafeRolloutSpec, prev: SafeRolloutStatus, inputs: Inputs,

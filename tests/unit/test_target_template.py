@@ -429,3 +429,56 @@ def failing_version_of(bad: set[str]) -> Any:
         runs = w.canary_hash if target == "canary" else w.running
         return 0.5 if name == "error-rate" and runs in bad else 0.001
     return fn
+
+
+def test_a_decision_in_flight_at_deletion_cannot_label_the_target_after_its_release(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Seen on the real cluster: a decision running when the SafeRollout was deleted labelled the target again right
+    after the deletion had released it, and the webhook would then hold the next commit with no one to release it."""
+    import asyncio
+    import threading
+
+    import kopf
+
+    from saferollout import handlers
+    from saferollout.adapters import workloads
+    from saferollout.adapters.kube import RolloutRef
+
+    order: list[str] = []
+    deciding, may_finish = threading.Event(), threading.Event()
+
+    def slow_decision(*_: Any) -> handlers.Reconciled:
+        order.append("decision starts")
+        deciding.set()
+        may_finish.wait(5)
+        order.append("decision labels the target")
+        return handlers.Reconciled(None, 0.0, True)
+
+    monkeypatch.setattr(handlers, "_reconcile", slow_decision)
+    def release(ref: RolloutRef, target: str) -> bool:
+        order.append("release")
+        return True
+
+    monkeypatch.setattr(workloads, "let_go", release)
+    ref = RolloutRef("shop", "web", "uid-1")
+    spec = {"targetRef": {"name": "web"}}
+    first = threading.Thread(target=handlers.reconcile, args=(ref, spec, {}, {}))
+    first.start()
+    assert deciding.wait(5)
+
+    async def delete() -> None:
+        event: kopf.RawEvent = {"type": "DELETED", "object": {}}
+        changed: Any = handlers.changed  # called as kopf would, with only the arguments it reads
+        deleted = asyncio.ensure_future(changed(event=event, uid=ref.uid, name=ref.name, namespace=ref.namespace,
+                                                meta={}, spec=spec))
+        await asyncio.sleep(0.2)
+        assert "release" not in order, "the release did not wait for the decision in flight"
+        may_finish.set()
+        await deleted
+
+    asyncio.run(delete())
+    first.join(5)
+    late = handlers.reconcile(ref, spec, {}, {})
+    assert order == ["decision starts", "decision labels the target", "release"]
+    assert late.after is None and not late.wrote  # a decision after the deletion does nothing
+    handlers._gone.pop(ref.uid, None)

@@ -86,6 +86,7 @@ def make_spec(**overrides: Any) -> SafeRolloutSpec:
 class World:
     spec: SafeRolloutSpec
     metrics: MetricFn = healthy
+    metric_errors: dict[str, str] = field(default_factory=dict)  # metric -> its query's error (no value)
     target_images: dict[str, str] = field(default_factory=lambda: {"web": "demo/web:1.0"})
     weight: int = 0
     canary: dict[str, str] | None = None
@@ -104,6 +105,9 @@ class World:
     restores: int = 0
     restore_fails: int = 0
     fail_set_weight: int = 0
+    fail_ensure_canary: int = 0  # EnsureCanary calls that fail (the API server refusing the canary's writes)
+    canary_available_at: float = 0.0  # seconds from T0 at which the canary's pods are available (inf: never)
+    target_available_at: float = 0.0  # the same for the target's pods (spec.template rollouts)
     crash_after: type | None = None  # raise after executing this action type once (operator killed)
     writes: int = 0
     reports: dict[str, str] = field(default_factory=dict)
@@ -202,7 +206,7 @@ class World:
             if self.deployment is not None:
                 v = self.view()
                 return a.TargetState(dict(v.images), v.available and not v.paused, "1", v)
-            return a.TargetState(dict(self.target_images), True, "1")
+            return a.TargetState(dict(self.target_images), self.t >= self.target_available_at, "1")
         if isinstance(act, a.TARGET_WRITES):
             return self._target_write(act)
         if isinstance(act, a.SetWeight):
@@ -221,7 +225,12 @@ class World:
                 if template_hash_of(template) != act.template_hash:
                     return a.Outcome(act, False, "the target's pod template changed")
                 self.canary_hash, self.canary_template = act.template_hash, copy.deepcopy(template)
+            if self.fail_ensure_canary:
+                self.fail_ensure_canary -= 1
+                return a.Outcome(act, False, "deployments.apps is forbidden: exceeded quota")
             self.canary = dict(act.images)
+            if self.t < self.canary_available_at:
+                return a.CanaryState(False, "c1")
             self.db_state = self.migration or self.db_state
             return a.CanaryState(True, "c1")
         if isinstance(act, a.DeleteCanary):
@@ -232,8 +241,10 @@ class World:
             self.target_images = dict(act.images)
             return a.Outcome(act, True)
         if isinstance(act, a.QueryMetrics):
-            values = {n: self.metrics(n, act.target, self.weight, self.t) for n in act.metrics}
-            return a.MetricValues(act.target, act.purpose, values, asked_at=iso(self.now))
+            values = {n: None if n in self.metric_errors else self.metrics(n, act.target, self.weight, self.t)
+                      for n in act.metrics}
+            errors = {n: self.metric_errors[n] for n in act.metrics if n in self.metric_errors}
+            return a.MetricValues(act.target, act.purpose, values, errors, asked_at=iso(self.now))
         if isinstance(act, a.CheckDatabase):
             return a.Outcome(act, self.database_up, "" if self.database_up else "connection refused")
         if isinstance(act, a.TakeSnapshot):

@@ -18,6 +18,7 @@ from saferollout.core.models import (
     PHASE_STEPS,
     Baseline,
     BreachAction,
+    DryRunStatus,
     IncidentStatus,
     InconclusiveAction,
     Metric,
@@ -60,8 +61,22 @@ def metrics_for(run: Run, to: a.AnalysisTarget) -> list[Metric]:
     return [m for m in run.spec.analysis.metrics if both or m.kind not in ("baseline", "judge")]
 
 
-def metric_names(run: Run, to: a.AnalysisTarget | None = None) -> tuple[str, ...]:
-    return tuple(m.name for m in metrics_for(run, to or target(run)))
+def metric_names(run: Run, to: a.AnalysisTarget | None = None, with_dry_run: bool = True) -> tuple[str, ...]:
+    """The metrics to query; the pre-flight gate and the rollback's verification ask without the dryRun ones,
+    which could say nothing there that counts."""
+    return tuple(m.name for m in metrics_for(run, to or target(run)) if with_dry_run or not m.dry_run)
+
+
+def dry(run: Run, name: str) -> bool:
+    """A dryRun metric, by the spec as it is now."""
+    return any(m.name == name and m.dry_run for m in run.spec.analysis.metrics)
+
+
+def acts(run: Run, ms: MetricStatus) -> bool:
+    """Whether a recorded verdict may act: dryRun verdicts only ever go to reporting (the status, the plugin, the
+    report, the operator's metrics). A verdict recorded as dryRun never acts, even once the spec says otherwise:
+    a metric made real starts its counters afresh (see _count), it does not act on what it saw as a dry run."""
+    return not ms.dry_run and not dry(run, ms.name)
 
 
 def query(run: Run, to: a.AnalysisTarget) -> a.QueryMetrics:
@@ -117,14 +132,18 @@ def verdicts(run: Run, r: a.MetricValues, record: bool) -> Bad:
     for name, raw in r.values.items():
         verdict, threshold, value, note = _verdict(run, r, name, raw)
         message = r.errors.get(name) or note or ("no data" if verdict == Verdict.inconclusive else None)
-        if verdict != Verdict.passed:
+        is_dry = dry(run, name)
+        if verdict != Verdict.passed and not is_dry:  # a dryRun verdict is never a reason for anything
             bad.append((name, verdict, message or f"{fmt(value)} not {threshold}"))
         ms = MetricStatus(name=name, value=value if value is not None and math.isfinite(value) else None,
                           threshold=threshold, verdict=verdict, samples=round(_requests(r, name) or 0),
-                          message=message)
+                          message=message, dry_run=is_dry)
         _count(run, ms, previous.get(name) if r.purpose == "analysis" else None)
         out.append(ms)
-        if r.purpose == "analysis":
+        if r.purpose == "analysis" and is_dry:
+            if record:
+                _tally(run, ms)
+        elif r.purpose == "analysis":
             _warn(run, name, ms, message)
     if record:
         run.s.analysis.metrics = out
@@ -132,7 +151,7 @@ def verdicts(run: Run, r: a.MetricValues, record: bool) -> Bad:
 
 
 def _count(run: Run, ms: MetricStatus, prev: MetricStatus | None) -> None:
-    if prev is not None:
+    if prev is not None and prev.dry_run == ms.dry_run:  # a metric whose dryRun changed starts afresh
         ms.consecutive_failures = prev.consecutive_failures
         ms.consecutive_inconclusive = prev.consecutive_inconclusive
         ms.failing_since = prev.failing_since
@@ -160,16 +179,48 @@ def _warn(run: Run, name: str, ms: MetricStatus, message: str | None) -> None:
                f"{run.inp.name}: {text}")
 
 
+def _tally(run: Run, ms: MetricStatus) -> None:
+    """A dryRun metric's verdict over the rollout, and an Event (never a warning, never a notification) when it
+    would have breached: what it would have done, and that it was not done."""
+    metric = run.metric(ms.name)
+    tally = next((t for t in run.s.analysis.dry_run if t.name == ms.name), None)
+    if tally is None:
+        tally = DryRunStatus(name=ms.name)
+        run.s.analysis.dry_run.append(tally)
+    tally.checks += 1
+    tally.on_breach = metric.on_breach.value
+    tally.last_verdict, tally.last_value, tally.last_message = ms.verdict, ms.value, ms.message
+    if ms.verdict == Verdict.passed:
+        tally.passes += 1
+    elif ms.verdict == Verdict.inconclusive:
+        tally.inconclusive += 1
+        return
+    else:
+        tally.failures += 1
+        tally.first_failed_at = tally.first_failed_at or iso(run.now)
+    limit = failure_limit(run, metric)
+    if ms.verdict != Verdict.fail or ms.consecutive_failures != limit:
+        return
+    tally.would_breach += 1
+    if tally.first_breach_at is None:
+        tally.first_breach_at, tally.first_breach_stage, tally.first_breach_weight = iso(run.now), run.s.stage, \
+            run.s.weight
+    shown = fmt(ms.value) if ms.value is not None else ms.message or "no data"
+    run.event("DryRunBreach", f"dry-run metric {ms.name} = {shown}, threshold {ms.threshold}, failed {limit}x: "
+              f"its onBreach ({metric.on_breach.value}) was not taken")
+
+
 def breaches(run: Run) -> bool:
-    """Apply the strongest breach action due, or the inconclusive one; True when the phase or stage changed."""
+    """Apply the strongest breach action due, or the inconclusive one; True when the phase or stage changed.
+    dryRun metrics take no part: neither their failures nor their missing data."""
     names = metric_names(run)
-    breached = [(run.metric(ms.name), ms) for ms in run.s.analysis.metrics if ms.name in names
+    breached = [(run.metric(ms.name), ms) for ms in run.s.analysis.metrics if ms.name in names and acts(run, ms)
                 and ms.consecutive_failures >= failure_limit(run, run.metric(ms.name))]
     if breached:
         metric, ms = max(breached, key=lambda x: (_ORDER[x[0].on_breach], x[0].severity.rank))
         return _respond(run, metric, ms)
     limit = run.spec.analysis.inconclusive_limit
-    stuck = [ms for ms in run.s.analysis.metrics if ms.consecutive_inconclusive >= limit]
+    stuck = [ms for ms in run.s.analysis.metrics if ms.consecutive_inconclusive >= limit and acts(run, ms)]
     if stuck and run.s.phase != Phase.paused:
         _inconclusive(run, stuck, limit)
         return True
@@ -246,7 +297,9 @@ def stage_done(run: Run, stage: Stage) -> bool:
 
 
 def all_pass(run: Run, metrics: list[Metric]) -> bool:
-    """Never advance on what we could not see; a failure of a notify-only metric does not hold the rollout."""
-    latest = {m.name: m.verdict for m in run.s.analysis.metrics}
+    """Never advance on what we could not see; a failure of a notify-only metric does not hold the rollout, and a
+    dryRun metric has no say (a verdict recorded as dryRun is no verdict of a metric that acts now)."""
+    latest = {m.name: m.verdict for m in run.s.analysis.metrics if not m.dry_run}
     return all(latest.get(m.name) == Verdict.passed or
-               (latest.get(m.name) == Verdict.fail and m.on_breach == BreachAction.notify) for m in metrics)
+               (latest.get(m.name) == Verdict.fail and m.on_breach == BreachAction.notify)
+               for m in metrics if not m.dry_run)

@@ -21,7 +21,7 @@ from typing import Protocol
 from pydantic import BaseModel
 
 from saferollout.core import actions as a
-from saferollout.core import commands, source
+from saferollout.core import commands, deadline, source
 from saferollout.core import transitions as go
 from saferollout.core.clock import iso, parse_time
 from saferollout.core.models import (
@@ -100,15 +100,17 @@ def _step(run: Run) -> None:
     _clamp_stage(run)
     if verb in ("abort", "promote", "resume"):
         commands.carry_out(run, verb)
+    deadline.check(run)  # a wait past spec.progressDeadlineSeconds ends before the phase issues anything more
     for _ in range(MAX_ENTRIES):
         module = _module(run)
         if module is None:
-            return
+            break
         before = (run.s.phase, run.s.stage)
         module.step(run)
         after = run.s.phase
         if (after, run.s.stage) == before or after is None or after.terminal or after == Phase.paused:
-            return  # a pause waits; only a phase or stage entered just now takes its step in this decision
+            break  # a pause waits; only a phase or stage entered just now takes its step in this decision
+    deadline.account(run)
 
 
 def _spec_version(run: Run) -> tuple[str, str, bool] | None:
@@ -143,12 +145,14 @@ def _apply(run: Run, r: a.Result) -> None:
             run.failure_is_news = message != run.s.message
             run.s.message = message
             run.polled.add(type(act))
+            deadline.failed(run, act, r.message)
     elif isinstance(r, a.CanaryState):
         run.s.canary_ready = r.ready
         if r.revision:
             run.s.canary_revision = r.revision
         if not r.ready:
             run.polled.add(a.EnsureCanary)
+    deadline.progressed(run, r)
     if module is not None:
         module.apply(run, r)  # before the bookkeeping below: a stage sees the weight it is leaving
     if isinstance(r, a.Outcome) and r.ok and isinstance(r.action, a.SetWeight):

@@ -21,12 +21,14 @@ def _between(a: str | None, b: str | None) -> str:
 def incident_report(name: str, spec: SafeRolloutSpec, s: SafeRolloutStatus, now: datetime) -> str:
     inc = s.incident
     assert inc is not None
-    lines = _summary(name, s, inc) + _timeline(s, inc) + _metrics(inc) + _database(spec, s)
+    lines = _summary(name, s, inc) + _timeline(s, inc) + _metrics(inc) + _dry_run(s) + _database(spec, s)
     lines += ["", f"_Written by SafeRollout at {now.strftime('%Y-%m-%dT%H:%M:%SZ')}._", ""]
     return "\n".join(lines)
 
 
 def _outcome(s: SafeRolloutStatus, inc: IncidentStatus) -> str:
+    if s.progress_deadline is not None and s.progress_deadline.action == "fail" and s.failure:
+        return "failed, not rolled back: " + s.failure
     if s.failure:
         return "rollback incomplete: " + s.failure
     if inc.verified_at:
@@ -43,6 +45,7 @@ def _summary(name: str, s: SafeRolloutStatus, inc: IncidentStatus) -> list[str]:
         f"- **Outcome:** {_outcome(s, inc)}",
         f"- **Reason:** {inc.reason}" + (f" — `{inc.metric}` = {fmt(inc.value)} (threshold {inc.threshold})"
                                           if inc.metric else ""),
+        *_deadline(s),
         f"- **New version:** {images_new}",
         f"- **Restored version:** {images_old}",
         f"- **At breach:** stage {inc.stage_at_breach}, canary weight {inc.weight_at_breach}%",
@@ -52,15 +55,28 @@ def _summary(name: str, s: SafeRolloutStatus, inc: IncidentStatus) -> list[str]:
     ]
 
 
+def _deadline(s: SafeRolloutStatus) -> list[str]:
+    """spec.progressDeadlineSeconds ran out: what was waited for, and how long."""
+    rec = s.progress_deadline
+    if rec is None or rec.exceeded_at is None:
+        return []
+    return [f"- **Progress deadline:** {rec.message or rec.waiting_for} (the wait began {rec.since}; time paused "
+            f"is not counted); then: {rec.action}"]
+
+
 def _timeline(s: SafeRolloutStatus, inc: IncidentStatus) -> list[str]:
     lines = ["", "## Timeline", "", "| time (UTC) | event |", "|---|---|"]
+    rec = s.progress_deadline if s.progress_deadline is not None and s.progress_deadline.exceeded_at else None
     timeline: list[tuple[str, str]] = [
         (t, what) for t, what in (
             (s.started_at, "rollout started"),
             (s.snapshot.taken_at if s.snapshot else None, f"snapshot `{s.snapshot.id}` taken" if s.snapshot else ""),
             (inc.first_failed_at, f"breach first seen: `{inc.metric}` failed its threshold"),
+            (rec.since if rec else None, f"began waiting for {rec.waiting_for}" if rec else ""),
+            (rec.exceeded_at if rec else None, "progress deadline exceeded"),
             (inc.detected_at, "failure limit reached"),
-            (inc.decided_at, "decision: roll back"),
+            (inc.decided_at, "decision: fail (weight 0, canary kept)" if rec and rec.action == "fail"
+             else "decision: roll back"),
             (inc.traffic_reverted_at, "traffic reverted: canary weight 0"),
             (inc.images_reverted_at, "images reverted on the target, canary removed"),
             (s.restore.started_at if s.restore else None, "database restore started"),
@@ -76,10 +92,28 @@ def _timeline(s: SafeRolloutStatus, inc: IncidentStatus) -> list[str]:
 def _metrics(inc: IncidentStatus) -> list[str]:
     lines = ["", "## Metrics at the breach", "", "| metric | value | threshold | verdict | consecutive failures |",
              "|---|---|---|---|---|"]
-    lines += [f"| {m.name} | {fmt(m.value)} | {m.threshold} | {m.verdict.value} | {m.consecutive_failures} |"
-              for m in inc.metrics]
+    lines += [f"| {m.name} | {fmt(m.value)} | {m.threshold} | {m.verdict.value}{' (dry run)' if m.dry_run else ''} | "
+              f"{m.consecutive_failures} |" for m in inc.metrics]
     if not inc.metrics:
         lines.append("| (no analysis had run) | | | | |")
+    return lines
+
+
+def _dry_run(s: SafeRolloutStatus) -> list[str]:
+    """dryRun metrics over the whole rollout: judged and shown, never a cause of anything in it."""
+    if not s.analysis.dry_run:
+        return []
+    lines = ["", "## Dry-run metrics", "",
+             "Judged at every analysis and never acted on: none of these caused, hastened or delayed this rollback.",
+             "", "| metric | checks | pass | fail | inconclusive | would have breached | first failure | latest |",
+             "|---|---|---|---|---|---|---|---|"]
+    for t in s.analysis.dry_run:
+        would = (f"{t.would_breach}x ({t.on_breach}; first at stage {t.first_breach_stage}, "
+                 f"{t.first_breach_weight}%, {t.first_breach_at})") if t.would_breach else "no"
+        latest = f"{t.last_verdict.value if t.last_verdict else '-'} {fmt(t.last_value)}" + (
+            f" ({t.last_message[:200]})".replace("|", "\\|") if t.last_message else "")
+        lines.append(f"| {t.name} | {t.checks} | {t.passes} | {t.failures} | {t.inconclusive} | {would} | "
+                     f"{t.first_failed_at or '-'} | {latest} |")
     return lines
 
 

@@ -54,7 +54,9 @@ def finish(run: Run, phase: Phase, reason: str, text: str) -> None:
         run.condition("Degraded", "False", reason, "")
         run.event("RolloutSucceeded", text)
         return
-    run.condition("Progressing", "False", reason, text)
+    # a rollout that ran out of spec.progressDeadlineSeconds says so on Progressing to the end, as a Deployment does
+    deadline = run.s.incident is not None and run.s.incident.reason == "ProgressDeadlineExceeded"
+    run.condition("Progressing", "False", "ProgressDeadlineExceeded" if deadline else reason, text)
     run.condition("Ready", "False", reason, text)
     run.event(reason, text, warning=phase == Phase.failed)
     sev = Severity.critical if phase == Phase.failed else Severity(run.s.incident_severity or "high")
@@ -83,7 +85,9 @@ def resume(run: Run, text: str) -> None:
     run.event("RolloutResumed", text)
 
 
-def rollback(run: Run, reason: str, text: str, severity: Severity) -> None:
+def rollback(run: Run, reason: str, text: str, severity: Severity, keep_canary: bool = False) -> None:
+    """`keep_canary` (onProgressDeadline: fail): the same first write, weight 0, retried until it holds; then the
+    rollout ends Failed with the canary left for inspection (core.phases.rollback)."""
     run.s.phase, run.s.step, run.s.pause_reason = Phase.rolling_back, Step.revert_traffic, None
     run.s.incident = run.s.incident or IncidentStatus(reason=reason, weight_at_breach=run.s.weight,
                                                       stage_at_breach=run.s.stage, decided_at=iso(run.now))
@@ -94,6 +98,9 @@ def rollback(run: Run, reason: str, text: str, severity: Severity) -> None:
     run.condition("Progressing", "False", "RollingBack", text)
     run.condition("Degraded", "True", reason, text)
     run.act(a.SetWeight(0))  # traffic first, in this very call, before anything else
+    if keep_canary:
+        run.notify(severity, "rollout failing: canary weight 0, canary kept", f"{run.inp.name}: {text}")
+        return
     run.event("RollbackStarted", text, warning=True)
     run.notify(severity, "rolling back", f"{run.inp.name}: {text}")
 

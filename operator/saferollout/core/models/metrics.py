@@ -125,6 +125,10 @@ class Metric(Model):
     failure_limit: int | None = Field(default=None, ge=1, le=100, description="Overrides analysis.failureLimit.")
     warn_after: int | None = Field(default=None, ge=1, le=100,
                                    description="A warning Event and notification after this many consecutive failures.")
+    dry_run: bool = Field(default=False, description=(
+        "Queried, judged and shown (status.analysis, the plugin, the incident report, the operator's metrics) but "
+        "never acted on: no breach action, no pause, no inconclusive hold, no say in a stage's end, the pre-flight "
+        "gate or the rollback's verification. onBreach and failureLimit only say what it would have done."))
 
     @model_validator(mode="after")
     def _source_and_threshold(self) -> Metric:
@@ -186,6 +190,10 @@ class Metric(Model):
         return " and ".join(parts)
 
 
+ONLY_DRY_RUN = ("every metric is dryRun: nothing would guard the rollout; at least one metric must act "
+                "(dryRun: false)")
+
+
 def default_metrics() -> list[Metric]:
     return [
         Metric(name="error-rate", template="error-rate", max=0.01, severity=Severity.critical,
@@ -196,6 +204,9 @@ def default_metrics() -> list[Metric]:
 
 
 class Analysis(Model):
+    model_config = ConfigDict(json_schema_extra={"x-kubernetes-validations": [
+        cel("!has(self.metrics) || self.metrics.exists(m, !has(m.dryRun) || !m.dryRun)", ONLY_DRY_RUN, ".metrics")
+    ]})
     prometheus: PrometheusSource | None = None
     interval: Annotated[str, Bounded("1s", "1h")] = "30s"
     failure_limit: int = Field(default=3, ge=1, le=100,
@@ -211,6 +222,8 @@ class Analysis(Model):
         dup = {n for n in names if names.count(n) > 1}
         if dup:
             raise ValueError(f"metric names must be unique, repeated: {', '.join(sorted(dup))}")
+        if all(m.dry_run for m in metrics):
+            raise ValueError(ONLY_DRY_RUN)
         return metrics
 
     @property

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from enum import StrEnum
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -106,6 +107,16 @@ class Rollback(Model):
     verify: RollbackVerify = Field(default_factory=RollbackVerify)
 
 
+class ProgressDeadlineAction(StrEnum):
+    """What `progressDeadlineSeconds` running out does. Both put all traffic on the stable version first."""
+
+    rollback = "rollback"  # the whole rollback: canary removed, images back, database restored when asked, verified
+    fail = "fail"  # canary weight 0 and nothing else: the canary workload is kept for inspection; ends Failed
+
+
+PROGRESS_DEADLINE_MIN, PROGRESS_DEADLINE_MAX = 10, 86400  # below 10 s, a few slow polls (1-4 s) would trip it
+
+
 class Webhook(Model):
     url: Url
     min_severity: Severity = Severity.high
@@ -138,6 +149,16 @@ class SafeRolloutSpec(Model):
     rollback: Rollback = Field(default_factory=Rollback)
     notifications: list[Notification] = Field(default_factory=list, max_length=16)
     paused: bool = False
+    progress_deadline_seconds: int = Field(
+        default=600, ge=PROGRESS_DEADLINE_MIN, le=PROGRESS_DEADLINE_MAX, description=(
+            "How long the rollout may wait on the cluster without progress before onProgressDeadline: for the "
+            "canary workload to become available (from when the wait began), and for an action that keeps "
+            "failing, such as a router write or the canary's scaling (from its first failure). Time paused "
+            f"does not count. Between {PROGRESS_DEADLINE_MIN} and {PROGRESS_DEADLINE_MAX} (24h)."))
+    on_progress_deadline: ProgressDeadlineAction = Field(
+        default=ProgressDeadlineAction.rollback, description=(
+            "rollback: the whole rollback. fail: canary weight 0 (retried until it holds), the canary workload "
+            "kept for inspection, phase Failed. Both send all traffic to the stable version first."))
 
     @model_validator(mode="after")
     def _gates_need_sources(self) -> SafeRolloutSpec:

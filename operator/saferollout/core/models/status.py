@@ -90,6 +90,26 @@ class MetricStatus(Model):
     samples: int = 0
     failing_since: str | None = None
     message: str | None = None
+    dry_run: bool = Field(default=False, description="A dryRun metric: shown, never acted on.")
+
+
+class DryRunStatus(Model):
+    """A dryRun metric over the whole rollout: its verdicts counted, and when it would first have acted."""
+
+    name: str
+    checks: int = 0
+    passes: int = 0
+    failures: int = 0
+    inconclusive: int = 0
+    would_breach: int = Field(default=0, description="Times its consecutive failures reached its failure limit.")
+    on_breach: str | None = Field(default=None, description="What it would have done then (its onBreach).")
+    first_failed_at: str | None = None
+    first_breach_at: str | None = None
+    first_breach_stage: int | None = None
+    first_breach_weight: int | None = None
+    last_verdict: Verdict | None = None
+    last_value: float | None = None
+    last_message: str | None = None
 
 
 class AnalysisStatus(Model):
@@ -97,6 +117,7 @@ class AnalysisStatus(Model):
     next_run: str | None = None  # the grid's next slot (a late run does not move it)
     runs: int = 0
     metrics: list[MetricStatus] = Field(default_factory=list)
+    dry_run: list[DryRunStatus] = Field(default_factory=list, description="dryRun metrics over this rollout.")
 
 
 class SnapshotStatus(Model):
@@ -174,6 +195,24 @@ class SourceStatus(Model):
     refused: RefusedVersion | None = None
 
 
+class ProgressDeadlineStatus(Model):
+    """What the rollout is waiting on the cluster for, and since when: spec.progressDeadlineSeconds counts from
+    `since` (moved on by the time spent paused, which does not count). Kept here so a restarted operator keeps the
+    same deadline; cleared by progress (the canary available, the failing action succeeding)."""
+
+    key: str = Field(description="What is waited for: canary (its workload available) or the failing action's type.")
+    waiting_for: str = Field(description="The same, in words, for events and the plugin.")
+    since: str = Field(description="When the wait began (the first failure of an action).")
+    deadline_at: str | None = Field(default=None, description="since + progressDeadlineSeconds, as of the last "
+                                    "decision (a pause moves it on).")
+    paused_at: str | None = Field(default=None, description="Set while paused: the clock stands.")
+    failures: int = Field(default=0, description="Failed attempts of the action in this wait.")
+    last_error: str | None = None
+    exceeded_at: str | None = Field(default=None, description="When the deadline was hit; the record is then kept.")
+    message: str | None = Field(default=None, description="What was said then: waited for what, how long.")
+    action: Literal["rollback", "fail"] | None = Field(default=None, description="What was done at the deadline.")
+
+
 class SafeRolloutStatus(Model):
     """Everything the operator needs to resume after a restart lives here."""
 
@@ -214,6 +253,7 @@ class SafeRolloutStatus(Model):
     restore: RestoreStatus | None = None
     analysis: AnalysisStatus = Field(default_factory=AnalysisStatus)
     incident: IncidentStatus | None = None
+    progress_deadline: ProgressDeadlineStatus | None = None
     history: list[HistoryEntry] = Field(default_factory=list)
     conditions: list[Condition] = Field(default_factory=list)
     model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="ignore")

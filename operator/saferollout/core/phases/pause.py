@@ -23,7 +23,8 @@ def step(run: Run) -> None:
         return
     if why == "inconclusive":
         latest = run.s.analysis.metrics
-        if run.analysed_now and latest and all(m.verdict != Verdict.inconclusive for m in latest):
+        if run.analysed_now and latest and all(m.verdict != Verdict.inconclusive for m in latest
+                                               if analysis.acts(run, m)):  # a dryRun metric's no data holds nothing
             go.resume(run, "analysis is conclusive again")
             return
         if analysis.breaches(run):

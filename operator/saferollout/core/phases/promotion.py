@@ -4,7 +4,7 @@ watched for the last stage's duration; a breach then rolls back like any other."
 from __future__ import annotations
 
 from saferollout.core import actions as a
-from saferollout.core import analysis
+from saferollout.core import analysis, deadline
 from saferollout.core import transitions as go
 from saferollout.core.clock import iso
 from saferollout.core.durations import format_duration
@@ -65,6 +65,7 @@ def apply(run: Run, r: a.Result) -> None:
             run.s.step = Step.route_to_target
         else:
             run.polled.add(a.ReadTarget)
+            deadline.waiting(run, "target", f"Deployment {run.spec.target_ref.name} to run the promoted version")
     elif isinstance(act, a.SetWeight) and act.weight == 0 and run.s.step == Step.route_to_target:
         run.s.step = Step.remove_canary
     elif isinstance(act, a.DeleteCanary) and run.s.step == Step.remove_canary:

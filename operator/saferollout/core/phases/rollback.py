@@ -10,7 +10,7 @@ from __future__ import annotations
 from datetime import timedelta
 
 from saferollout.core import actions as a
-from saferollout.core import analysis, source
+from saferollout.core import analysis, deadline, source
 from saferollout.core import transitions as go
 from saferollout.core.clock import iso, parse_time
 from saferollout.core.durations import format_duration, parse_duration
@@ -109,7 +109,8 @@ def _verify(run: Run) -> None:
         run.s.step = Step.report
         _report(run)
         return
-    names = ("error-rate",) if v.max_error_rate is not None else analysis.metric_names(run, "stable")
+    names = ("error-rate",) if v.max_error_rate is not None else analysis.metric_names(run, "stable",
+                                                                                        with_dry_run=False)
     if not names:  # every metric compares canary with stable: there is nothing to check the stable version by
         run.s.verify_successes = v.successes
         run.s.message = "no metric applies to the stable version alone; rollback verification skipped"
@@ -144,7 +145,8 @@ def _report(run: Run) -> None:
             run.condition("Degraded", "True", "RolledBack", text)
         else:
             text = run.s.failure or f"rolled back to {images(run.s.stable_images)}{unproven}"
-        go.finish(run, phase, "RollbackFailed" if run.s.failure else "RolledBack", text)
+        reason = "RollbackFailed" if run.s.failure else "RolledBack"
+        go.finish(run, phase, "RolloutFailed" if deadline.keeps_canary(run) else reason, text)
         return
     name = f"{run.inp.name}-incident-{run.s.attempt}"
     run.act(a.WriteReport(name, incident_report(run.inp.name, run.spec, run.s, run.now)))
@@ -160,6 +162,12 @@ def apply(run: Run, r: a.Result) -> None:
         run.s.incident.traffic_reverted_at = iso(run.now)
         run.event("TrafficReverted", "all traffic is back on the stable version")
         run.s.step = Step.revert_workload
+        if deadline.keeps_canary(run):  # onProgressDeadline: fail: the weight only; the canary stays to be inspected
+            said = run.s.progress_deadline.message if run.s.progress_deadline else None
+            run.s.failure = (f"{said or 'progress deadline exceeded'}; all traffic is on the stable version, and the "
+                             f"canary workload (Deployment {run.spec.target_ref.name}-canary) is kept for inspection "
+                             "(onProgressDeadline: fail)")
+            run.s.step = Step.report
     elif isinstance(act, a.DeleteCanary) and run.s.step == Step.revert_workload:
         run.s.step = Step.revert_images
     elif isinstance(act, a.SetTargetImages) and act.reason == "revert" and run.s.step == Step.revert_images:

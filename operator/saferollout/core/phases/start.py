@@ -6,7 +6,7 @@ Nothing here moves traffic: a failed gate blocks the rollout with all traffic st
 from __future__ import annotations
 
 from saferollout.core import actions as a
-from saferollout.core import analysis
+from saferollout.core import analysis, deadline
 from saferollout.core import transitions as go
 from saferollout.core.clock import iso
 from saferollout.core.durations import parse_duration
@@ -53,7 +53,7 @@ def _gate_database(run: Run) -> None:
 def _gate_stable(run: Run) -> None:
     if run.spec.preflight.stable_healthy:
         if run.analysis_due():
-            run.act(a.QueryMetrics("stable", "preflight", analysis.metric_names(run, "stable")))
+            run.act(a.QueryMetrics("stable", "preflight", analysis.metric_names(run, "stable", with_dry_run=False)))
         return
     run.s.step = Step.snapshot
 
@@ -87,10 +87,12 @@ def _canary(run: Run) -> None:
         run.s.phase, run.s.step, run.s.stage = Phase.progressing, None, 0 if run.blue_green else 1
         run.reset_analysis()
         run.event("CanaryReady", f"canary workload available with {images(run.s.canary_images)}")
-    elif a.EnsureCanary not in run.polled:
-        run.act(a.EnsureCanary(dict(run.s.canary_images or {}), run.stages[0].weight,
-                               run.s.template_hash if run.spec.target_template else None))
-        run.s.message = "waiting for the canary workload to become available"
+    else:
+        deadline.waiting(run, deadline.CANARY, deadline.CANARY_WORDS)  # from the first wait, kept in status
+        if a.EnsureCanary not in run.polled:
+            run.act(a.EnsureCanary(dict(run.s.canary_images or {}), run.stages[0].weight,
+                                   run.s.template_hash if run.spec.target_template else None))
+            run.s.message = "waiting for the canary workload to become available"
 
 
 # ------------------------------------------------------------------------------------------------- results
