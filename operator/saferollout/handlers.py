@@ -159,6 +159,8 @@ def _masked(value: Any) -> Any:
 MAX_POLL = 4.0  # seconds: the slowest a rollout that waits on the cluster looks again
 POOL = ThreadPoolExecutor(CFG.workers, thread_name_prefix="rollout")
 WRITES = ThreadPoolExecutor(CFG.workers, thread_name_prefix="status")  # a decision's last write, off POOL
+# what a deletion undoes waits for the decision in flight (a snapshot may take minutes): never on POOL's threads
+RELEASES = ThreadPoolExecutor(2, thread_name_prefix="deleted")
 _wakeups: dict[str, asyncio.Event] = {}  # uid -> set when the object changed in a way the core must see now
 _written: dict[str, SafeRolloutStatus] = {}  # uid -> the status this process wrote last (the watch may lag it)
 _seen: dict[str, tuple[Any, ...]] = {}  # uid -> what of the object, when it changes, wakes its rollout
@@ -212,9 +214,12 @@ async def rollout(name: str, namespace: str | None, uid: str, spec: kopf.Spec, s
             woken.cancel()
     finally:
         stop.cancel()
-        observability.forget_analysis(f"{namespace}/{name}")  # deleted, or a peer works it now
-        for table in (_wakeups, _written, _seen, _turns):
+        observability.forget(f"{namespace}/{name}")  # deleted, or a peer works it now: this replica counts it no more
+        for table in (_wakeups, _written, _seen):
             table.pop(uid, None)
+        turn = _turns.get(uid)
+        if turn is not None and not turn.locked():  # a decision kopf gave up waiting for may still hold it
+            del _turns[uid]
         if _uids.get((namespace, name)) == uid:
             del _uids[namespace, name]
 
@@ -239,10 +244,10 @@ async def changed(event: kopf.RawEvent, uid: str, name: str, namespace: str | No
         for old in [u for u, t in _gone.items() if now - t > GONE_KEEP]:
             del _gone[old]
         _gone[uid] = now
-        target = (spec.get("targetRef") or {}).get("name")
-        if "template" not in spec and namespace and isinstance(target, str):
-            # no SafeRollout releases it any more: the webhook must not hold it, and a hold of ours ends (Git wins)
-            await asyncio.get_running_loop().run_in_executor(POOL, _let_go, RolloutRef(namespace, name, uid), target)
+        if namespace:
+            last = _written.get(uid) or (event.get("object") or {}).get("status") or {}
+            await asyncio.get_running_loop().run_in_executor(
+                RELEASES, _deleted, RolloutRef(namespace, name, uid), dict(spec), last)
         return
     seen = (meta.get("generation"), tuple(sorted((meta.get("annotations") or {}).items())))
     if _seen.get(uid, seen) != seen and uid in _wakeups:
@@ -341,10 +346,27 @@ def _reconcile(ref: RolloutRef, spec: dict[str, Any], status: dict[str, Any], me
                           last_write if unwritten else None)
 
 
-def _let_go(ref: RolloutRef, target: str) -> None:
-    with _turns.setdefault(ref.uid, threading.Lock()):  # after the decision in flight, if any
+def _deleted(ref: RolloutRef, spec: dict[str, Any], last: SafeRolloutStatus | dict[str, Any]) -> None:
+    """After the decision in flight, if any: a rollout deleted mid-way sends its traffic back to the stable version
+    (the canary it owns is garbage-collected, and a weight left on the route would go nowhere), and a target whose
+    template is the version is released (no SafeRollout releases it any more: the webhook must not hold it)."""
+    with _turns.setdefault(ref.uid, threading.Lock()):
+        try:
+            parsed = SafeRolloutSpec.model_validate(spec)
+            status = last if isinstance(last, SafeRolloutStatus) else SafeRolloutStatus.model_validate(last)
+        except ValueError:
+            return  # an invalid spec never moved traffic
+        if status.phase is not None and not status.phase.terminal:
+            with naming(ref.namespace, ref.name):
+                result = Executor(ref, parsed, CFG, lambda: status)(a.SetWeight(0))
+            if isinstance(result, a.Outcome) and result.ok:
+                log.info("%s/%s deleted during %s: canary weight 0", ref.namespace, ref.name, status.phase.value)
+            else:
+                log.error("%s/%s deleted during %s: setting canary weight 0 FAILED: %s", ref.namespace, ref.name,
+                          status.phase.value, result.message if isinstance(result, a.Outcome) else result)
+        if parsed.target_template:
+            _release(ref, parsed.target_ref.name)
         _turns.pop(ref.uid, None)
-        _release(ref, target)
 
 
 def _release(ref: RolloutRef, target: str) -> None:

@@ -72,7 +72,7 @@ def observe(key: str, old: SafeRolloutStatus, new: SafeRolloutStatus, interval: 
     if new.phase == Phase.rolling_back and old.phase != Phase.rolling_back:
         reason = (new.incident.reason if new.incident else None) or "unknown"
         ROLLBACKS.labels(reason).inc()
-        if any(h.action == "abort" for h in new.history[len(old.history):]):  # also after a breach paused it
+        if reason == "Aborted":  # the abort command, also after a breach paused it (history is capped: not it)
             ABORTS.inc()
         if prevented(old, new):
             assert new.incident is not None

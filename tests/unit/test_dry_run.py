@@ -281,7 +281,7 @@ def test_the_report_names_the_dry_run_metrics_and_says_they_did_nothing() -> Non
              "lastMessage": "query | failed"}]}}).analysis.dry_run[0]]
     text = incident_report("web", with_metrics(REAL, DRY_FAILING), status, T0)
     assert "| strict-errors | no data |  | inconclusive (dry run) |" in text
-    assert "none of these caused, hastened or delayed this rollback" in text
+    assert "none of these caused or hastened this rollback" in text
     assert "| strict-errors | 3 | 0 | 0 | 3 | no | - | inconclusive no data (query \\| failed) |" in text
     assert "**Reason:** AnalysisFailed — `error-rate`" in text  # the breach is the real metric's
 

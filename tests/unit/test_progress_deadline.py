@@ -208,3 +208,43 @@ def test_a_promoted_target_that_never_becomes_available_rolls_back_whatever_on_p
     assert rec is not None and rec.key == "target" and rec.action == "rollback"
     assert "Deployment web to run the promoted version" in _event(w, "ProgressDeadlineExceeded")
     assert w.target_images == {"web": "demo/web:1.0"} and w.weight == 0 and w.canary is None
+
+
+def test_a_deadline_passed_while_the_operator_was_away_is_acted_on_only_after_a_fresh_look() -> None:
+    """Down for 15 minutes while the canary came up: the first decision looks at the canary instead of rolling back
+    on the status's word; a canary still not available at that look rolls back."""
+    from saferollout.core import actions as a
+    from saferollout.core.engine import Inputs, decide, template_hash
+
+    spec = _spec(600)
+    status = SafeRolloutStatus.model_validate({
+        "phase": "Preflight", "step": "Canary", "templateHash": template_hash(spec), "attempt": 1,
+        "observedGeneration": 1, "startedAt": iso(T0), "canaryImages": {"web": "demo/web:2.0"},
+        "stableImages": {"web": "demo/web:1.0"},
+        "progressDeadline": {"key": "canary", "waitingFor": "the canary workload to become available",
+                             "since": iso(T0)}})
+    now = T0 + timedelta(seconds=900)
+    first = decide(spec, status, Inputs(now=now, name="web", generation=1))
+    assert first.status.phase == "Preflight" and not any(isinstance(x, a.SetWeight) for x in first.actions)
+    assert any(isinstance(x, a.EnsureCanary) for x in first.actions)
+    ready = decide(spec, first.status, Inputs(now=now, name="web", generation=1, results=[a.CanaryState(True)]))
+    assert ready.status.phase == "Progressing" and ready.status.progress_deadline is None
+    still = decide(spec, first.status, Inputs(now=now, name="web", generation=1, results=[a.CanaryState(False)]))
+    assert still.status.phase == "RollingBack" and a.SetWeight(0) in still.actions
+
+
+def test_an_unrelated_success_does_not_end_the_wait_on_a_failing_router_write() -> None:
+    from saferollout.core import actions as a
+    from saferollout.core import deadline
+    from saferollout.core.models import ProgressDeadlineStatus
+
+    status = SafeRolloutStatus.model_validate({"phase": "Progressing", "stage": 1})
+    status.progress_deadline = ProgressDeadlineStatus(key="SetWeight", waiting_for="the router", since=iso(T0))
+
+    class Run:  # what progressed() reads of a run
+        s = status
+
+    deadline.progressed(Run, a.Outcome(a.LabelTarget(), True))  # type: ignore[arg-type]
+    assert status.progress_deadline is not None
+    deadline.progressed(Run, a.Outcome(a.SetWeight(5), True))  # type: ignore[arg-type]
+    assert status.progress_deadline is None

@@ -7,6 +7,7 @@ controller rolling out a template only while the Deployment is not paused. `Worl
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -460,14 +461,22 @@ def test_a_decision_in_flight_at_deletion_cannot_label_the_target_after_its_rele
         return True
 
     monkeypatch.setattr(workloads, "let_go", release)
+    def executor(*_: Any) -> Callable[[a.Action], a.Outcome]:
+        def run(act: a.Action) -> a.Outcome:
+            order.append(f"{act}")
+            return a.Outcome(act, True)
+        return run
+
+    monkeypatch.setattr(handlers, "Executor", executor)
     ref = RolloutRef("shop", "web", "uid-1")
-    spec = {"targetRef": {"name": "web"}}
+    spec = yaml.safe_load(BASE)
+    del spec["template"]  # the target's own template is the version
     first = threading.Thread(target=handlers.reconcile, args=(ref, spec, {}, {}))
     first.start()
     assert deciding.wait(5)
 
     async def delete() -> None:
-        event: kopf.RawEvent = {"type": "DELETED", "object": {}}
+        event: kopf.RawEvent = {"type": "DELETED", "object": {"status": {"phase": "Progressing", "weight": 5}}}
         changed: Any = handlers.changed  # called as kopf would, with only the arguments it reads
         deleted = asyncio.ensure_future(changed(event=event, uid=ref.uid, name=ref.name, namespace=ref.namespace,
                                                 meta={}, spec=spec))
@@ -479,6 +488,7 @@ def test_a_decision_in_flight_at_deletion_cannot_label_the_target_after_its_rele
     asyncio.run(delete())
     first.join(5)
     late = handlers.reconcile(ref, spec, {}, {})
-    assert order == ["decision starts", "decision labels the target", "release"]
+    # mid-rollout: the canary (owned, garbage-collected) gets no traffic any more, then the target is released
+    assert order == ["decision starts", "decision labels the target", f"{a.SetWeight(0)}", "release"]
     assert late.after is None and not late.wrote  # a decision after the deletion does nothing
     handlers._gone.pop(ref.uid, None)

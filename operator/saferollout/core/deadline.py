@@ -25,13 +25,15 @@ from saferollout.core.run import Run
 
 REASON = "ProgressDeadlineExceeded"
 CANARY = "canary"
+TARGET = "target"  # the promoted target running the new version
 CANARY_WORDS = "the canary workload to become available"
 # the phases in which a rollout waits for progress; a rollback (and anything terminal) has no deadline
 GUARDED = (Phase.preflight, Phase.progressing, Phase.paused, Phase.promoting)
 # failures that are not a stall of the rollout: a failed query is inconclusive analysis (inconclusiveLimit); pruning
 # is housekeeping; the canary's removal after a promotion is clean-up once no traffic goes to it (a rollback for it
-# would undo a verified promotion, and would need the same removal)
-NOT_COUNTED = (a.QueryMetrics, a.PruneSnapshots, a.DeleteCanary)
+# would undo a verified promotion, and would need the same removal); the target's label and hold are bookkeeping of
+# the webhook's, retried every poll, and a healthy canary is not rolled back because the label is refused
+NOT_COUNTED = (a.QueryMetrics, a.PruneSnapshots, a.DeleteCanary, a.LabelTarget, a.HoldTarget)
 
 
 def _key(act: a.Action) -> str:
@@ -64,19 +66,40 @@ def failed(run: Run, act: a.Action, message: str) -> None:
     if rec is None:
         rec = run.s.progress_deadline = ProgressDeadlineStatus(key=_key(act), waiting_for=_words(act),
                                                                since=iso(run.now))
-    if rec.exceeded_at is None:
+    if rec.exceeded_at is None and rec.key == _key(act):  # another action's failures wait for this wait to end
         rec.failures += 1
         rec.last_error = f"{type(act).__name__}: {message}"[:300]
 
 
 def progressed(run: Run, r: a.Result) -> None:
-    """Progress ends the wait: the canary available, or an action that succeeded."""
+    """Progress of the thing waited for ends the wait: the canary available, or the failing action succeeding. The
+    promoted target's wait ends in the promotion phase (`done`), which knows what it waits for."""
     rec = run.s.progress_deadline
     if rec is None or rec.exceeded_at is not None:
         return
-    if (isinstance(r, a.CanaryState) and r.ready) or (
-            isinstance(r, a.Outcome) and r.ok and not isinstance(r.action, NOT_COUNTED)):
+    if (rec.key == CANARY and isinstance(r, a.CanaryState) and r.ready) or (
+            isinstance(r, a.Outcome) and r.ok and _key(r.action) == rec.key):
         run.s.progress_deadline = None
+
+
+def done(run: Run, key: str) -> None:
+    """The wait for `key` ended with progress."""
+    rec = run.s.progress_deadline
+    if rec is not None and rec.exceeded_at is None and rec.key == key:
+        run.s.progress_deadline = None
+
+
+def _observed(run: Run, key: str) -> bool:
+    """This decision saw the thing waited for still not there: the deadline acts on a fresh look at the cluster,
+    never on what the status said before a restart or an outage (the canary may be available by now)."""
+    for r in run.inp.results:
+        if key == CANARY and isinstance(r, a.CanaryState) and not r.ready:
+            return True
+        if key == TARGET and isinstance(r, a.TargetState):
+            return True
+        if isinstance(r, a.Outcome) and not r.ok and _key(r.action) == key:
+            return True
+    return False
 
 
 def _paused(run: Run) -> bool:
@@ -99,9 +122,14 @@ def _clock(run: Run, rec: ProgressDeadlineStatus) -> float | None:
 
 
 def account(run: Run) -> None:
-    """After a decision's step: the clock's bookkeeping, and a wake-up at the deadline."""
+    """After a decision's step: the clock's bookkeeping, and a wake-up at the deadline. A wait that did not run out
+    ends with its phase (a rollback decided by analysis, an abort): the status shows no deadline for a finished
+    rollout."""
     rec = run.s.progress_deadline
-    if rec is None or rec.exceeded_at is not None or run.s.phase not in GUARDED:
+    if rec is None or rec.exceeded_at is not None:
+        return
+    if run.s.phase not in GUARDED:
+        run.s.progress_deadline = None
         return
     left = _clock(run, rec)
     if left is not None:
@@ -114,8 +142,8 @@ def check(run: Run) -> None:
     if rec is None or rec.exceeded_at is not None or run.s.phase not in GUARDED:
         return
     left = _clock(run, rec)
-    if left is None or left > 1e-6:
-        return
+    if left is None or left > 1e-6 or not _observed(run, rec.key):
+        return  # not yet; or past it, and the phase looks at the cluster once more first (acted on in the next turn)
     limit = run.spec.progress_deadline_seconds
     fail = run.spec.on_progress_deadline == ProgressDeadlineAction.fail and run.s.phase != Phase.promoting
     rec.exceeded_at, rec.action = iso(run.now), "fail" if fail else "rollback"
@@ -124,8 +152,12 @@ def check(run: Run) -> None:
     if rec.failures:
         text += f"; {rec.failures} failed attempt(s), the last: {rec.last_error}"
     rec.message = text
-    then = ("canary weight 0, the canary workload kept for inspection (onProgressDeadline: fail)" if fail
-            else "rolling back (onProgressDeadline: rollback)")
+    if fail:
+        then = "canary weight 0, the canary workload kept for inspection (onProgressDeadline: fail)"
+    elif run.s.phase == Phase.promoting and run.spec.on_progress_deadline == ProgressDeadlineAction.fail:
+        then = "rolling back (onProgressDeadline: fail does not apply after the promotion)"
+    else:
+        then = "rolling back (onProgressDeadline: rollback)"
     run.event(REASON, f"{text}; {then}", warning=True)
     run.history("fail" if fail else "rollback", message=text)
     go.rollback(run, REASON, text, Severity.high, keep_canary=fail)  # traffic first: weight 0 in this decision

@@ -104,7 +104,8 @@ def _dry_run(s: SafeRolloutStatus) -> list[str]:
     if not s.analysis.dry_run:
         return []
     lines = ["", "## Dry-run metrics", "",
-             "Judged at every analysis and never acted on: none of these caused, hastened or delayed this rollback.",
+             "Judged at every analysis and never acted on: none of these caused or hastened this rollback "
+             "(their queries run in the same analysis: a slow one delays it by up to its timeout).",
              "", "| metric | checks | pass | fail | inconclusive | would have breached | first failure | latest |",
              "|---|---|---|---|---|---|---|---|"]
     for t in s.analysis.dry_run:

@@ -62,10 +62,11 @@ def apply(run: Run, r: a.Result) -> None:
     elif isinstance(r, a.TargetState) and run.s.step == Step.wait_target:
         view_ok = r.view is None or (not r.view.paused and r.view.template_hash == run.s.template_hash)
         if view_ok and r.available and all(r.images.get(k) == v for k, v in (run.s.canary_images or {}).items()):
+            deadline.done(run, deadline.TARGET)
             run.s.step = Step.route_to_target
         else:
             run.polled.add(a.ReadTarget)
-            deadline.waiting(run, "target", f"Deployment {run.spec.target_ref.name} to run the promoted version")
+            deadline.waiting(run, deadline.TARGET, f"Deployment {run.spec.target_ref.name} to run the promoted version")
     elif isinstance(act, a.SetWeight) and act.weight == 0 and run.s.step == Step.route_to_target:
         run.s.step = Step.remove_canary
     elif isinstance(act, a.DeleteCanary) and run.s.step == Step.remove_canary:
