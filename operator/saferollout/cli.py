@@ -20,7 +20,7 @@ from typing import Any
 
 from saferollout.core.durations import format_duration, parse_duration
 from saferollout.core.engine import DEFAULT_STAGES
-from saferollout.core.models import GROUP, PLURAL, VERSION
+from saferollout.core.models import GROUP, PLURAL, VERSION, SafeRolloutSpec
 
 OK, API_ERROR, USAGE, ENDED_BADLY, NOT_FOUND, TIMEOUT = 0, 1, 2, 3, 4, 5
 TERMINAL = {"Succeeded", "RolledBack", "Failed", "Blocked"}
@@ -176,7 +176,7 @@ def render_deadline(st: dict[str, Any], spec: dict[str, Any], now: datetime) -> 
         return []
     if rec.get("exceededAt"):
         return [f"Deadline:  {rec.get('message') or 'progress deadline exceeded'}; then {rec.get('action')}"]
-    limit = int(spec.get("progressDeadlineSeconds") or 600)
+    limit = int(spec.get("progressDeadlineSeconds") or SafeRolloutSpec.model_fields["progress_deadline_seconds"].default)
     failures = f"; {rec['failures']} failed attempt(s), the last: {rec.get('lastError')}" if rec.get("failures") else ""
     if rec.get("pausedAt"):
         return [f"Deadline:  waiting for {rec.get('waitingFor')}; the clock stands while paused{failures}"]

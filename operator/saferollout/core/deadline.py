@@ -23,7 +23,7 @@ from saferollout.core.durations import format_duration
 from saferollout.core.models import Phase, ProgressDeadlineAction, ProgressDeadlineStatus, Severity
 from saferollout.core.run import Run
 
-REASON = "ProgressDeadlineExceeded"
+REASON = go.PROGRESS_DEADLINE_EXCEEDED
 CANARY = "canary"
 TARGET = "target"  # the promoted target running the new version
 CANARY_WORDS = "the canary workload to become available"

@@ -11,6 +11,8 @@ from saferollout.core.clock import iso
 from saferollout.core.models import PHASE_STEPS, IncidentStatus, PauseReason, Phase, SafeRolloutStatus, Severity, Step
 from saferollout.core.run import Run, images
 
+PROGRESS_DEADLINE_EXCEEDED = "ProgressDeadlineExceeded"  # the reason of a rollout that ran out of its deadline
+
 
 def start(run: Run, template_hash: str, why: str, revert: bool = False) -> None:
     """A new attempt. `revert` (spec.template omitted: the target's template is the stable one again) starts no
@@ -55,8 +57,8 @@ def finish(run: Run, phase: Phase, reason: str, text: str) -> None:
         run.event("RolloutSucceeded", text)
         return
     # a rollout that ran out of spec.progressDeadlineSeconds says so on Progressing to the end, as a Deployment does
-    deadline = run.s.incident is not None and run.s.incident.reason == "ProgressDeadlineExceeded"
-    run.condition("Progressing", "False", "ProgressDeadlineExceeded" if deadline else reason, text)
+    deadline = run.s.incident is not None and run.s.incident.reason == PROGRESS_DEADLINE_EXCEEDED
+    run.condition("Progressing", "False", PROGRESS_DEADLINE_EXCEEDED if deadline else reason, text)
     run.condition("Ready", "False", reason, text)
     run.event(reason, text, warning=phase == Phase.failed)
     sev = Severity.critical if phase == Phase.failed else Severity(run.s.incident_severity or "high")

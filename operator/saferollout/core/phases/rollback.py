@@ -14,7 +14,7 @@ from saferollout.core import analysis, deadline, source
 from saferollout.core import transitions as go
 from saferollout.core.clock import iso, parse_time
 from saferollout.core.durations import format_duration, parse_duration
-from saferollout.core.models import IncidentStatus, Phase, RestoreStatus, Severity, Step, Verdict
+from saferollout.core.models import CANARY_SUFFIX, IncidentStatus, Phase, RestoreStatus, Severity, Step, Verdict
 from saferollout.core.report import incident_report
 from saferollout.core.run import Run, images
 
@@ -165,7 +165,7 @@ def apply(run: Run, r: a.Result) -> None:
         if deadline.keeps_canary(run):  # onProgressDeadline: fail: the weight only; the canary stays to be inspected
             said = run.s.progress_deadline.message if run.s.progress_deadline else None
             run.s.failure = (f"{said or 'progress deadline exceeded'}; all traffic is on the stable version, and the "
-                             f"canary workload (Deployment {run.spec.target_ref.name}-canary) is kept for inspection "
+                             f"canary workload (Deployment {run.spec.target_ref.name}{CANARY_SUFFIX}) is kept for inspection "
                              "(onProgressDeadline: fail)")
             run.s.step = Step.report
     elif isinstance(act, a.DeleteCanary) and run.s.step == Step.revert_workload:
