@@ -21,11 +21,8 @@ Each run prints a timeline and the writes to the target by manager (from managed
 
 from __future__ import annotations
 
-import base64
 import copy
 import json
-import socket
-import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -34,18 +31,18 @@ from typing import Any
 
 import pytest
 import yaml
-from kubernetes import client, watch
 
 from harness.format import Behaviour, TrafficRefs
 from harness.kube import world
 from harness.router import Router
-from harness.scenario import DemoProcess, OperatorProcess, Session, operator_launch
-from harness.services import ScrapeTarget, free_port
+from harness.scenario import DemoProcess, OperatorProcess, Session
+from harness.services import ScrapeTarget
 from harness.timeline import Timeline
 from harness.traffic import traffic_sources
 from saferollout.adapters.certs import write_self_signed
 from saferollout.core.templates import HELD_ANNOTATION, STABLE_ANNOTATION, TARGET_LABEL, template_hash_of
 from tests.e2e.cluster import REPO, ensure_cluster, tools_dir
+from tests.e2e.gitops import TargetWatch, start_operator_with_webhook
 
 pytestmark = pytest.mark.e2e
 
@@ -122,23 +119,15 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
 
 
 @dataclass
-class TargetWrite:
-    t: float
-    manager: str
-    what: str
-
-
-@dataclass
 class Run:
     env: Env
     ns: str
     canary: Behaviour
     tl: Timeline = field(default_factory=Timeline)
-    writes: list[TargetWrite] = field(default_factory=list)
+    watch: TargetWatch | None = None
     procs: list[Any] = field(default_factory=list)
     operator: OperatorProcess | None = None
     router: Router | None = None
-    _stop: threading.Event = field(default_factory=threading.Event)
 
     @property
     def kube(self) -> Any:
@@ -181,39 +170,13 @@ class Run:
         tl.add("apply", "SafeRollout web without spec.template")
 
     def _webhook_and_operator(self) -> None:
-        port = free_port()
-        config = {
-            "apiVersion": "admissionregistration.k8s.io/v1", "kind": "MutatingWebhookConfiguration",
-            "metadata": {"name": f"saferollout-{self.ns}"},
-            "webhooks": [{
-                "name": "hold-template.saferollout.dev", "admissionReviewVersions": ["v1"], "sideEffects": "None",
-                "failurePolicy": "Fail", "timeoutSeconds": 5, "matchPolicy": "Equivalent",
-                "reinvocationPolicy": "IfNeeded",
-                "rules": [{"apiGroups": ["apps"], "apiVersions": ["v1"], "resources": ["deployments"],
-                           "operations": ["UPDATE"], "scope": "Namespaced"}],
-                "objectSelector": {"matchExpressions": [{"key": TARGET_LABEL, "operator": "Exists"}]},
-                "namespaceSelector": {"matchExpressions": [{"key": "kubernetes.io/metadata.name", "operator": "In",
-                                                            "values": [self.ns]}]},
-                "clientConfig": {"url": f"https://127.0.0.1:{port}/hold-template",
-                                 "caBundle": base64.b64encode(self.env.cert.read_bytes()).decode()},
-            }]}
-        self.kube.apply([config])
-        launch = operator_launch(self.ns, self.env.operator_kubeconfig, self.env.session.prometheus.url,
-                                 self.run_dir / "snapshots")
-        launch.env.update({"SAFEROLLOUT_WEBHOOK_PORT": str(port), "SAFEROLLOUT_WEBHOOK_ADDR": "127.0.0.1",
-                           "SAFEROLLOUT_WEBHOOK_HOSTS": "127.0.0.1", "SAFEROLLOUT_WEBHOOK_CERT_FILE": str(self.env.cert),
-                           "SAFEROLLOUT_WEBHOOK_KEY_FILE": str(self.env.key), "SAFEROLLOUT_SOURCE_POLL_SECONDS": "2"})
-        self.operator = OperatorProcess(launch, self.run_dir / "operator.log", self.tl)
-        self.operator.start()
-
-        def listening() -> bool:
-            with socket.socket() as s:
-                s.settimeout(0.5)
-                return s.connect_ex(("127.0.0.1", port)) == 0
-        self.wait(listening, 60, "the operator serves the webhook")
+        self.operator = start_operator_with_webhook(self.kube, [self.ns], self.env.operator_kubeconfig,
+                                                    self.env.session.prometheus.url, self.run_dir, self.env.cert,
+                                                    self.env.key, self.tl)
 
     def stop(self) -> None:
-        self._stop.set()
+        if self.watch is not None:
+            self.watch.stop()
         if self.router is not None:
             self.router.stop()
         steps: list[Callable[[], Any]] = [
@@ -277,42 +240,11 @@ class Run:
 
     def _watch_target(self) -> None:
         """Every write to the target's spec or metadata, with the manager that made it (managedFields)."""
-        api = client.AppsV1Api(self.kube.new_api())
-
-        def loop() -> None:
-            last: tuple[Any, ...] | None = None
-            while not self._stop.is_set():
-                w = watch.Watch()
-                try:
-                    for ev in w.stream(api.list_namespaced_deployment, self.ns,
-                                       field_selector=f"metadata.name={TARGET}", timeout_seconds=5):
-                        if self._stop.is_set():
-                            break
-                        obj = client.ApiClient().sanitize_for_serialization(ev["object"])
-                        meta = obj["metadata"]
-                        ann = {k: v for k, v in (meta.get("annotations") or {}).items()
-                               if k != "deployment.kubernetes.io/revision"}
-                        key = (json.dumps(obj["spec"], sort_keys=True), json.dumps(meta.get("labels"), sort_keys=True),
-                               json.dumps(ann, sort_keys=True))
-                        if last is not None and key != last:
-                            entries = [m for m in meta.get("managedFields") or [] if not m.get("subresource")]
-                            newest = max(entries, key=lambda m: str(m.get("time")))
-                            what = f"generation {meta.get('generation')}, paused={obj['spec'].get('paused')}"
-                            self.writes.append(TargetWrite(time.monotonic(), str(newest.get("manager")), what))
-                            self.tl.add("write", f"{newest.get('manager')}: {what}")
-                        last = key
-                except Exception as e:  # a watch that broke is started again
-                    if not self._stop.is_set():
-                        time.sleep(0.5)
-                        self.tl.add("harness", f"target watch restarted: {type(e).__name__}")
-        threading.Thread(target=loop, daemon=True, name="target-watch").start()
+        self.watch = TargetWatch(self.kube.new_api(), self.ns, TARGET, self.tl)
+        self.watch.start()
 
     def writes_by(self, since: float = 0.0) -> dict[str, int]:
-        out: dict[str, int] = {}
-        for w in self.writes:
-            if w.t >= since:
-                out[w.manager] = out.get(w.manager, 0) + 1
-        return out
+        return self.watch.writes_by(since) if self.watch is not None else {}
 
     def report(self) -> str:
         return f"-- timeline ({self.ns})\n{self.tl.render()}\n-- writes to the target: {self.writes_by()}\n" \
@@ -321,11 +253,13 @@ class Run:
     # -------------------------------------------------------------------------------------------- observing
     def stable_untouched(self, pods: dict[str, str], sets: set[str], held_only: bool = True) -> Callable[[], None]:
         """While the target is held (paused), its pods and ReplicaSets do not change; with held_only=False, not at
-        all. (Reading the Deployment first: a promotion's unpause between the reads is not a violation.)"""
+        all. (The Deployment is read before and after: a promotion's unpause between the reads is not a violation.)"""
         def check() -> None:
             if held_only and not self.target()["spec"].get("paused"):
                 return
             now_pods, now_sets = self.target_pods(), self.replica_sets()
+            if held_only and not self.target()["spec"].get("paused"):
+                return  # promoted meanwhile: the new ReplicaSet may be the promotion's
             assert now_pods == pods, f"the stable pods changed: {pods} -> {now_pods}\n{self.report()}"
             assert now_sets == sets, f"a ReplicaSet of the new template appeared: {now_sets - sets}\n{self.report()}"
         return check
