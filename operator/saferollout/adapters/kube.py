@@ -15,6 +15,7 @@ from saferollout.core.models import GROUP, KIND, PLURAL, VERSION
 T = TypeVar("T")
 _api: client.ApiClient | None = None
 on_request: Callable[[str], None] | None = None  # set by the operator to count requests (a metric)
+FIELD_MANAGER = "saferollout"
 pool_size = 16  # connections kept to the API server: one per thread that runs rollouts, or they churn
 
 
@@ -35,6 +36,9 @@ def api() -> client.ApiClient:
         conf = client.Configuration.get_default_copy()
         conf.connection_pool_maxsize = pool_size
         _api = _CountingApiClient(conf)
+        # the API server names the field manager after the user agent: managedFields (and Argo CD's diff, and
+        # `kubectl get -o yaml --show-managed-fields`) then say which writes are the operator's
+        _api.user_agent = FIELD_MANAGER
     return _api
 
 
