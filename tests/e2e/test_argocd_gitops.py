@@ -232,6 +232,18 @@ class RouteSample:
 
 
 @dataclass
+class Released:
+    """V2 committed, synced, held, canaried, and its rollout ended: the samples of each step."""
+
+    sha: str
+    t_commit: float
+    held: str
+    synced: Sample
+    canary: Sample
+    end: Sample
+
+
+@dataclass
 class Env:
     session: Session
     operator_kubeconfig: Path
@@ -464,6 +476,20 @@ class Flow:
             except Exception as e:  # clean-up goes on
                 self.log("error", f"clean-up: {e}")
 
+    def release(self, message: str) -> Released:
+        """Commit V2 and follow it: Synced at it, held, the canary on the held template, no new ReplicaSet, the end."""
+        sets = self.replica_sets()
+        sha, t_commit = self.commit(V2, message)
+        held = self.held_after(t_commit)
+        synced = self.wait_sample(lambda s: s.sync == "Synced" and s.revision == sha and s.operation != "Running",
+                                  t_commit, 90, "Application Synced at v2")
+        canary = self.wait_sample(lambda s: s.canary_hash == held, t_commit, 60,
+                                  "the canary Deployment runs the held template")
+        assert self.replica_sets() == sets, "a ReplicaSet of the new template appeared while the Deployment is held"
+        end = self.wait_sample(lambda s: s.phase in ("Succeeded", "RolledBack", "Failed") and s.template_hash == held,
+                               t_commit, 240, "the rollout ended")
+        return Released(sha, t_commit, held, synced, canary, end)
+
     # ----------------------------------------------------------------------------------------- observing
     def held_after(self, since: float) -> str:
         """The commit arrived: the Deployment came back paused from Argo CD's write, holding a new template."""
@@ -525,14 +551,8 @@ def flow_promote(f: Flow) -> None:
     sha1 = f.start()
     ops0, hist0 = f.sync_ops(), len(acd.history(acd.get_application(f.app)))
     sets = f.replica_sets()
-    sha2, t_commit = f.commit(V2, "web v2: image, args and env")
-    held = f.held_after(t_commit)
-    synced = f.wait_sample(lambda s: s.sync == "Synced" and s.revision == sha2 and s.operation != "Running", t_commit,
-                           90, "Application Synced at v2")
-    canary = f.wait_sample(lambda s: s.canary_hash == held, t_commit, 60, "the canary Deployment runs the held template")
-    assert f.replica_sets() == sets, "a ReplicaSet of the new template appeared while the Deployment is held"
-    end = f.wait_sample(lambda s: s.phase in ("Succeeded", "RolledBack", "Failed") and s.template_hash == held,
-                        t_commit, 240, "the rollout ended")
+    r = f.release("web v2: image, args and env")
+    sha2, t_commit, held, synced, canary, end = r.sha, r.t_commit, r.held, r.synced, r.canary, r.end
     st = f.status()
     assert st["phase"] == "Succeeded", f.report()
     app = acd.wait_for_app(f.app, lambda a: acd.is_synced(a, sha2) and acd.app_health(a) == "Healthy",
@@ -591,13 +611,8 @@ def flow_rollback(f: Flow) -> None:
     f.start()
     ops0 = f.sync_ops()
     sets = f.replica_sets()
-    sha2, t_commit = f.commit(V2, "web v2: image, args and env (a bad one)")
-    held = f.held_after(t_commit)
-    synced = f.wait_sample(lambda s: s.sync == "Synced" and s.revision == sha2 and s.operation != "Running", t_commit,
-                           90, "Application Synced at v2")
-    canary = f.wait_sample(lambda s: s.canary_hash == held, t_commit, 60, "the canary Deployment runs the held template")
-    end = f.wait_sample(lambda s: s.phase in ("Succeeded", "RolledBack", "Failed") and s.template_hash == held,
-                        t_commit, 240, "the rollout ended")
+    r = f.release("web v2: image, args and env (a bad one)")
+    sha2, t_commit, held, synced, canary, end = r.sha, r.t_commit, r.held, r.synced, r.canary, r.end
     st = f.status()
     assert st["phase"] == "RolledBack", f.report()
     degraded_app = acd.wait_for_app(f.app, lambda a: acd.app_health(a) == "Degraded", "Application Degraded", 30)
