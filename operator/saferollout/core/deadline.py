@@ -54,7 +54,8 @@ def waiting(run: Run, key: str, words: str) -> None:
     if run.s.phase not in GUARDED:
         return
     if run.s.progress_deadline is None:
-        run.s.progress_deadline = ProgressDeadlineStatus(key=key, waiting_for=words, since=iso(run.now))
+        run.s.progress_deadline = ProgressDeadlineStatus(key=key, waiting_for=words, since=iso(run.now),
+                                                         began=iso(run.now))
     account(run)
 
 
@@ -65,7 +66,7 @@ def failed(run: Run, act: a.Action, message: str) -> None:
     rec = run.s.progress_deadline
     if rec is None:
         rec = run.s.progress_deadline = ProgressDeadlineStatus(key=_key(act), waiting_for=_words(act),
-                                                               since=iso(run.now))
+                                                               since=iso(run.now), began=iso(run.now))
     if rec.exceeded_at is None and rec.key == _key(act):  # another action's failures wait for this wait to end
         rec.failures += 1
         rec.last_error = f"{type(act).__name__}: {message}"[:300]

@@ -60,7 +60,7 @@ def _deadline(s: SafeRolloutStatus) -> list[str]:
     rec = s.progress_deadline
     if rec is None or rec.exceeded_at is None:
         return []
-    return [f"- **Progress deadline:** {rec.message or rec.waiting_for} (the wait began {rec.since}; time paused "
+    return [f"- **Progress deadline:** {rec.message or rec.waiting_for} (the wait began {rec.began or rec.since}; time paused "
             f"is not counted); then: {rec.action}"]
 
 
@@ -72,7 +72,7 @@ def _timeline(s: SafeRolloutStatus, inc: IncidentStatus) -> list[str]:
             (s.started_at, "rollout started"),
             (s.snapshot.taken_at if s.snapshot else None, f"snapshot `{s.snapshot.id}` taken" if s.snapshot else ""),
             (inc.first_failed_at, f"breach first seen: `{inc.metric}` failed its threshold"),
-            (rec.since if rec else None, f"began waiting for {rec.waiting_for}" if rec else ""),
+            ((rec.began or rec.since) if rec else None, f"began waiting for {rec.waiting_for}" if rec else ""),
             (rec.exceeded_at if rec else None, "progress deadline exceeded"),
             (inc.detected_at, "failure limit reached"),
             (inc.decided_at, "decision: fail (weight 0, canary kept)" if rec and rec.action == "fail"

@@ -202,7 +202,9 @@ class ProgressDeadlineStatus(Model):
 
     key: str = Field(description="What is waited for: canary (its workload available) or the failing action's type.")
     waiting_for: str = Field(description="The same, in words, for events and the plugin.")
-    since: str = Field(description="When the wait began (the first failure of an action).")
+    since: str = Field(description="When the wait's clock started, moved on by the time paused.")
+    began: str | None = Field(default=None, description="When the wait began (the first failure of an action); "
+                              "never moved, for the report.")
     deadline_at: str | None = Field(default=None, description="since + progressDeadlineSeconds, as of the last "
                                     "decision (a pause moves it on).")
     paused_at: str | None = Field(default=None, description="Set while paused: the clock stands.")
