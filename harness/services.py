@@ -1,5 +1,8 @@
 """Real Prometheus and PostgreSQL servers on loopback, started and stopped by the harness.
 
+`TcpForwarder` makes one of them reachable from the real node's pods at the bridge's gateway address, while the
+server itself stays on loopback.
+
 Both keep their data directory across stop/start, because the faults `stopPrometheus`/`startPrometheus` and
 `stopDatabase`/`startDatabase` are outages, not resets: the operator must see the same server come back.
 """
@@ -8,16 +11,20 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import ipaddress
 import json
 import os
+import selectors
 import shutil
 import signal
 import socket
 import subprocess
+import threading
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -63,6 +70,7 @@ class ScrapeTarget:
     port: int
     service: str
     namespace: str
+    host: str = "127.0.0.1"  # e.g. a ClusterIP, reached through kube-proxy's rules on the host (the real node)
 
 
 class Prometheus:
@@ -94,7 +102,7 @@ class Prometheus:
             "scrape_configs": [
                 # honor_labels: the demo app's own `service` label (the Service a request came through) wins
                 {"job_name": t.job, "honor_labels": True, "static_configs": [
-                    {"targets": [f"127.0.0.1:{t.port}"], "labels": {"service": t.service, "namespace": t.namespace}}
+                    {"targets": [f"{t.host}:{t.port}"], "labels": {"service": t.service, "namespace": t.namespace}}
                 ]} for t in self._targets
             ],
         }
@@ -332,3 +340,141 @@ def stop_process(proc: subprocess.Popen[bytes] | None, timeout: float = 10, grou
             else:
                 proc.kill()
         proc.wait(5)
+
+
+# ------------------------------------------------------------------------------------------------ TCP forwarder
+
+
+class TcpForwarder:
+    """Forwards TCP from one address to a server on loopback, so the server itself stays on 127.0.0.1.
+
+    The real node's pods reach the host only at the bridge's gateway address (10.240.0.1 by default), which is how
+    they reach the API server too (cluster/node: a socat on that address). A forwarder on that address, for the
+    duration of a test, makes Prometheus or PostgreSQL reachable from pods without either listening anywhere but
+    loopback. It is bounded: at most `max_connections` at once (more are closed on accept), each closed after
+    `idle_timeout` seconds without a byte either way. It refuses a wildcard listen address (0.0.0.0, ::), which
+    would expose the server on every interface of the machine.
+
+        with TcpForwarder("10.240.0.1", prometheus.port) as fwd:
+            url = f"http://{fwd.address}"
+    """
+
+    def __init__(self, listen_host: str, target_port: int, *, listen_port: int = 0, target_host: str = "127.0.0.1",
+                 max_connections: int = 32, idle_timeout: float = 300) -> None:
+        if ipaddress.ip_address(listen_host).is_unspecified:
+            raise ValueError(f"refusing to listen on the wildcard address {listen_host}: name one address")
+        self.listen_host = listen_host
+        self.port = listen_port
+        self.target = (target_host, target_port)
+        self.max_connections = max_connections
+        self.idle_timeout = idle_timeout
+        self.accepted = 0
+        self.refused = 0
+        self._server: socket.socket | None = None
+        self._lock = threading.Lock()
+        self._active = 0
+        self._sockets: set[socket.socket] = set()
+        self._threads: list[threading.Thread] = []
+
+    @property
+    def address(self) -> str:
+        """host:port where clients connect."""
+        return f"[{self.listen_host}]:{self.port}" if ":" in self.listen_host else f"{self.listen_host}:{self.port}"
+
+    def __enter__(self) -> TcpForwarder:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def start(self) -> None:
+        server = socket.socket(socket.AF_INET6 if ":" in self.listen_host else socket.AF_INET, socket.SOCK_STREAM)
+        server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        server.bind((self.listen_host, self.port))
+        server.listen(64)
+        self.port = int(server.getsockname()[1])
+        self._server = server
+        self._spawn(self._accept, server)
+
+    def stop(self) -> None:
+        """Stops listening and cuts every open connection; returns once the threads are gone."""
+        server, self._server = self._server, None
+        if server is not None:
+            with contextlib.suppress(OSError):
+                server.shutdown(socket.SHUT_RDWR)
+            server.close()
+        with self._lock:
+            open_sockets = list(self._sockets)
+        for sock in open_sockets:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+        for t in list(self._threads):
+            t.join(5)
+
+    @property
+    def active(self) -> int:
+        with self._lock:
+            return self._active
+
+    def _spawn(self, target: Callable[[socket.socket], None], sock: socket.socket) -> None:
+        t = threading.Thread(target=target, args=(sock,), name=f"forward-{self.address}", daemon=True)
+        self._threads = [x for x in self._threads if x.is_alive()] + [t]
+        t.start()
+
+    def _accept(self, server: socket.socket) -> None:
+        while self._server is server:
+            try:
+                client, _ = server.accept()
+            except OSError:
+                return
+            with self._lock:
+                full = self._active >= self.max_connections
+                if not full:
+                    self._active += 1
+                    self._sockets.add(client)
+            if full:
+                self.refused += 1
+                client.close()
+                continue
+            self.accepted += 1
+            self._spawn(self._pump, client)
+
+    def _pump(self, client: socket.socket) -> None:
+        """Copies bytes both ways until both sides have closed (a half-close is passed on), or idle_timeout."""
+        upstream: socket.socket | None = None
+        try:
+            upstream = socket.create_connection(self.target, timeout=5)
+            upstream.settimeout(None)
+            with self._lock:
+                self._sockets.add(upstream)
+            peer = {client: upstream, upstream: client}
+            with selectors.DefaultSelector() as sel:
+                sel.register(client, selectors.EVENT_READ)
+                sel.register(upstream, selectors.EVENT_READ)
+                open_ends = 2
+                while open_ends:
+                    events = sel.select(self.idle_timeout)
+                    if not events:
+                        return
+                    for key, _ in events:
+                        src = client if key.fileobj is client else upstream
+                        data = src.recv(65536)
+                        if data:
+                            peer[src].sendall(data)
+                            continue
+                        sel.unregister(src)
+                        open_ends -= 1
+                        with contextlib.suppress(OSError):
+                            peer[src].shutdown(socket.SHUT_WR)
+        except OSError:
+            return
+        finally:
+            with self._lock:
+                self._active -= 1
+                self._sockets.discard(client)
+                if upstream is not None:
+                    self._sockets.discard(upstream)
+            client.close()
+            if upstream is not None:
+                upstream.close()
