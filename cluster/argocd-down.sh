@@ -67,4 +67,8 @@ for c in argocd-application-controller argocd-repo-server redis-server; do
 done
 if [ ${#stopped[@]} -gt 0 ]; then log "stopped ${stopped[*]}"; else log "no component was running"; fi
 
+# the rule argocd-up.sh added for the controller's metrics port (it listens on every address)
+metrics_port=$(sed -n 's/^SR_ARGOCD_METRICS_PORT=//p' "$state/env" 2>/dev/null)
+[ "$(id -u)" != 0 ] || guard_port remove "${metrics_port:-${SR_ARGOCD_METRICS_PORT:-28082}}"
+
 if $keep_state; then log "kept $state"; else rm -rf "$state"; log "removed $state"; fi

@@ -154,7 +154,12 @@ start argocd-repo-server --address 127.0.0.1 --port "$repo_port" --disable-tls \
 wait_for "the repo-server on 127.0.0.1:$repo_port" argocd-repo-server -- \
   curl -sf "http://127.0.0.1:$repo_metrics_port/healthz?full=true"
 
-# The controller's metrics and /healthz listener binds 0.0.0.0 (hard-coded upstream); everything else is loopback.
+# The controller's metrics and /healthz listener binds 0.0.0.0 (hard-coded upstream, no flag in v3.2.11); everything
+# else is loopback. What reaches that port from anywhere but loopback is dropped before the controller starts
+# (argocd-down.sh removes the rule).
+[ "$(id -u)" = 0 ] || die "the application controller listens on every address for its metrics (hard-coded \
+upstream): root is needed to drop what reaches port $metrics_port from off the machine"
+guard_port add "$metrics_port" || die "could not add the iptables rule that keeps port $metrics_port to loopback"
 start argocd-application-controller --kubeconfig "$kubeconfig" --namespace "$namespace" \
   --repo-server "127.0.0.1:$repo_port" --repo-server-plaintext --redis "127.0.0.1:$redis_port" \
   --metrics-port "$metrics_port" --app-resync "$app_resync" --app-resync-jitter 0 \

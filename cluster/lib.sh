@@ -57,3 +57,16 @@ wait_for() {
     sleep 0.2
   done
 }
+
+# guard_port add|remove <port>: drop TCP to the port from anything but loopback, for a server that binds every
+# address (no flag to bind loopback only). Needs root; `remove` takes out every copy of the rule.
+guard_port() {
+  local op=$1 port=$2 ipt
+  local rule=(-p tcp --dport "$port" ! -i lo -m comment --comment "saferollout-guard-$port" -j DROP)
+  for ipt in iptables ip6tables; do
+    case $op in
+      add) "$ipt" -w -C INPUT "${rule[@]}" 2>/dev/null || "$ipt" -w -I INPUT "${rule[@]}" || return 1 ;;
+      remove) while "$ipt" -w -D INPUT "${rule[@]}" 2>/dev/null; do :; done ;;
+    esac
+  done
+}
