@@ -382,6 +382,16 @@ def _run_rollout(name: str, image: str, timeout: float = 120, **kw: Any) -> tupl
         time.sleep(0.2)
 
 
+def _fresh_target(image: str) -> None:
+    """One rollout per target: the previous test's goes first (its finalizer run by the operator); the target is
+    made with `image` if an earlier test did not leave it, and is rolled out."""
+    kubectl("delete", "saferollouts.saferollout.dev", "--all", "-n", WORKLOAD_NS, "--ignore-not-found",
+            "--timeout=30s")
+    if kubectl("get", "deployment", TARGET, "-n", WORKLOAD_NS, check=False).returncode != 0:
+        _apply(*_workload(image))
+    kubectl("rollout", "status", "-n", WORKLOAD_NS, f"deployment/{TARGET}", "--timeout=60s")
+
+
 def test_rollout_reconciled_in_cluster_succeeds_and_its_metrics_reach_prometheus(scraped: Installed,
                                                                                 servers: Servers) -> None:
     _apply(*_workload("demo/web:1.0"))
@@ -423,11 +433,7 @@ def test_postgres_snapshot_taken_by_pg_dump_inside_the_image(scraped: Installed,
     dsn = f"postgresql://app:{urllib.parse.quote(password, safe='')}@{servers.pg_forward.address}/app"
     _apply({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "web-db"}, "type": "Opaque",
             "stringData": {"dsn": dsn}})
-    # One rollout per target: the previous test's (Succeeded) goes first, its finalizer run by the operator.
-    kubectl("delete", "saferollouts.saferollout.dev", "web", "-n", WORKLOAD_NS, "--ignore-not-found", "--timeout=30s")
-    if kubectl("get", "deployment", TARGET, "-n", WORKLOAD_NS, check=False).returncode != 0:
-        _apply(*_workload("demo/web:2.0"))
-    kubectl("rollout", "status", "-n", WORKLOAD_NS, f"deployment/{TARGET}", "--timeout=60s")
+    _fresh_target("demo/web:2.0")
     before = pg.checksum()
 
     sr, wall, _ = _run_rollout("web-db", "demo/web:3.0", database=True)
@@ -454,10 +460,7 @@ def test_postgres_snapshot_taken_by_pg_dump_inside_the_image(scraped: Installed,
 
 
 def test_breach_rolls_back_in_cluster(scraped: Installed, servers: Servers) -> None:
-    kubectl("delete", "saferollouts.saferollout.dev", "--all", "-n", WORKLOAD_NS, "--timeout=30s")
-    if kubectl("get", "deployment", TARGET, "-n", WORKLOAD_NS, check=False).returncode != 0:
-        _apply(*_workload("demo/web:3.0"))
-    kubectl("rollout", "status", "-n", WORKLOAD_NS, f"deployment/{TARGET}", "--timeout=60s")
+    _fresh_target("demo/web:3.0")
     stable = [c["image"] for c in _get("deployment", TARGET)["spec"]["template"]["spec"]["containers"]]
 
     sr, wall, weights = _run_rollout("web-bad", "demo/web:4.0", metric=BREACHED)
