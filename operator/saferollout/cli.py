@@ -7,6 +7,8 @@ Exit codes a script can rely on:
   3  the rollout ended RolledBack, Failed or Blocked (status --watch), or a command was refused
   4  not found
   5  status --watch timed out
+
+backtest needs Prometheus only: it reads no cluster and writes nothing.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import argparse
 import json
 import sys
 import time
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from saferollout.core.durations import format_duration, parse_duration
@@ -253,10 +255,13 @@ def main(argv: list[str] | None = None) -> int:
                                                                                       "rollout again"),
                        ("history", "breach actions and the incident report of the last attempt")):
         sub.add_parser(verb, help=text).add_argument("name")
+    backtest_parser(sub)
     try:
         args = p.parse_args(argv)
     except SystemExit as e:
         return USAGE if e.code else OK
+    if args.cmd == "backtest":
+        return backtest(args)
     try:
         api = Api(args.kubeconfig, args.context)
     except Exception as e:
@@ -274,6 +279,112 @@ def main(argv: list[str] | None = None) -> int:
     except (OSError, ConnectionError) as e:
         print(f"error: {e}", file=sys.stderr)
         return API_ERROR
+
+
+BACKTEST_HELP = """Replay a rollout's analysis over a past window of Prometheus history with the operator's own
+decision core, queries and label settings, on a simulated clock; print what it would have done.
+
+  kubectl saferollout backtest -f rollout.yaml --from 2026-11-30T10:00:00Z --to 2026-11-30T11:00:00Z
+  kubectl saferollout backtest -f rollout.yaml --from now-7d --to now --releases releases.yaml \\
+      --sweep error-rate.max=0.005,0.01,0.02
+
+Without --releases the rollout starts at --from. A releases file lists past releases, each labelled good or bad:
+  releases:
+    - {name: v41, at: "2026-11-24T09:00:00Z", label: good}
+    - {name: v42, at: "2026-11-26T14:30:00Z", label: bad}
+--sweep PARAM=V1,V2,... replays every release once per value and prints detections, false rollbacks and the
+median time to detect. PARAM: failureLimit, inconclusiveLimit, interval, or <metric>.<field> (error-rate.max,
+latency.judge.confidence, ...). Label names, the rate window and the default stages are the operator's: set them
+with the same SAFEROLLOUT_* environment variables the Helm chart sets (README: Operator settings)."""
+
+
+def backtest_parser(sub: Any) -> None:
+    b = sub.add_parser("backtest", help="replay a rollout's analysis over Prometheus history (writes nothing)",
+                       description=BACKTEST_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+    b.add_argument("-f", "--filename", required=True, help="a SafeRollout manifest (or its spec)")
+    b.add_argument("--from", dest="start", required=True, help="RFC 3339 time, or now-<duration> (now-7d, now-2h)")
+    b.add_argument("--to", dest="end", default="now", help="RFC 3339 time, or now-<duration>; default now")
+    b.add_argument("--prometheus", default=None, help="Prometheus URL; default: the rollout's "
+                   "analysis.prometheus.address, else SAFEROLLOUT_PROMETHEUS_URL, else the operator's default")
+    b.add_argument("--releases", default=None, help="a YAML file of labelled past releases")
+    b.add_argument("--sweep", default=None, help="PARAM=V1,V2,...: one replay of every release per value")
+
+
+def _when(text: str, now: datetime) -> datetime:
+    if text == "now":
+        return now
+    if text.startswith("now-"):
+        rest = text[4:]
+        days = float(rest[:-1]) * 86400 if rest.endswith("d") else parse_duration(rest)
+        return now - timedelta(seconds=days)
+    return datetime.fromisoformat(text.replace("Z", "+00:00")).astimezone(UTC)
+
+
+def _load_spec(path: str) -> tuple[SafeRolloutSpec, str, str]:
+    import yaml
+
+    with open(path) as f:
+        docs = [d for d in yaml.safe_load_all(f) if isinstance(d, dict)]
+    doc = next((d for d in docs if d.get("kind") == "SafeRollout"), docs[0] if docs else None)
+    if doc is None:
+        raise ValueError(f"{path}: no SafeRollout in it")
+    meta = doc.get("metadata") or {}
+    spec = doc.get("spec", doc) if "kind" in doc else doc
+    return SafeRolloutSpec.model_validate(spec), str(meta.get("name") or "rollout"), \
+        str(meta.get("namespace") or "default")
+
+
+def backtest(args: argparse.Namespace) -> int:
+    import yaml
+
+    from saferollout import backtest as bt
+    from saferollout.adapters.prometheus import PrometheusApi, QueryFailed
+    from saferollout.config import OperatorConfig
+
+    now = datetime.now(UTC)
+    try:
+        spec, name, namespace = _load_spec(args.filename)
+        start, end = _when(args.start, now), _when(args.end, now)
+        releases = None
+        if args.releases:
+            with open(args.releases) as f:
+                releases = bt.releases_from(yaml.safe_load(f))
+        if args.sweep and releases is None:
+            raise bt.BacktestError("--sweep needs --releases: a sweep is scored against labelled releases")
+        param, _, values = (args.sweep or "").partition("=")
+        if args.sweep and not (param and values):
+            raise bt.BacktestError("--sweep takes PARAM=V1,V2,...")
+        cfg = OperatorConfig.from_env()
+        url = args.prometheus or (spec.analysis.prometheus.address if spec.analysis.prometheus else None) \
+            or cfg.prometheus_url
+        run = bt.Backtest(spec, cfg, url, start, end, name, namespace)
+    except (OSError, ValueError) as e:  # pydantic's ValidationError is a ValueError
+        print(f"error: {e}", file=sys.stderr)
+        return USAGE
+    try:
+        PrometheusApi(url, cfg.prometheus_timeout, 1).query("1")
+    except QueryFailed as e:
+        print(f"error: {e}", file=sys.stderr)
+        return API_ERROR
+    for note in run.notes:
+        print(f"note: {note}")
+    try:
+        if args.sweep:
+            assert releases is not None
+            rows = run.sweep(param, [v.strip() for v in values.split(",") if v.strip()], releases)
+            print(bt.render_sweep(param, rows))
+        elif releases is not None:
+            for _, out in run.releases(releases):
+                print(out.summary())
+        else:
+            print(bt.render_timeline(run.once()))
+    except bt.BacktestError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return USAGE
+    print(f"history {start:%Y-%m-%dT%H:%M:%SZ} .. {end:%Y-%m-%dT%H:%M:%SZ} "
+          f"({format_duration((end - start).total_seconds())}) at {spec.analysis.interval}: "
+          f"{run.range_requests} range requests to Prometheus, {run.wall:.2f}s")
+    return OK
 
 
 def _current_namespace(kubeconfig: str | None, context: str | None) -> str:

@@ -13,19 +13,17 @@ from typing import Any, assert_never
 from saferollout import observability
 from saferollout.adapters import events, kube, notify, workloads
 from saferollout.adapters.kube import RolloutRef
-from saferollout.adapters.metrics import Measurement, provider_for
+from saferollout.adapters.metrics import context, measure_all
 from saferollout.adapters.prometheus import PrometheusProvider
 from saferollout.adapters.routers import router_for
 from saferollout.adapters.snapshots import provider_for as snapshot_provider
 from saferollout.adapters.snapshotting import SnapshotProvider
 from saferollout.config import OperatorConfig
 from saferollout.core import actions as a
-from saferollout.core.clock import iso
-from saferollout.core.models import Metric, SafeRolloutSpec, SafeRolloutStatus
+from saferollout.core.models import SafeRolloutSpec, SafeRolloutStatus
 from saferollout.redact import redact, register
 
 log = logging.getLogger("saferollout.executor")
-VERIFY_ERROR_RATE = "verify-error-rate"
 _providers: dict[str, PrometheusProvider] = {}
 
 
@@ -142,32 +140,7 @@ class Executor:
 
     def query_metrics(self, act: a.QueryMetrics) -> a.MetricValues:
         asked_at = datetime.now(UTC)
-        prom = prometheus(self.cfg, self.spec)
-        ctx = self.context(act.target)
-        values: dict[str, float | None] = {}
-        errors: dict[str, str] = {}
-        samples: dict[str, float] = {}
-        series: dict[str, tuple[list[float], list[float]]] = {}
-        pairs: dict[str, tuple[float | None, float | None]] = {}
-        if act.max_error_rate is not None:
-            wanted = [Metric(name=VERIFY_ERROR_RATE, template="error-rate", max=act.max_error_rate)]
-        else:
-            wanted = [m for m in self.spec.analysis.metrics if m.name in act.metrics]
-        for m in wanted:
-            try:
-                got = provider_for(m, prom).measure(m, ctx, act.since)
-            except Exception as e:  # one metric's failure is that metric's "no data", never the others'
-                got = Measurement(error=f"{type(e).__name__}: {str(e)[:200]}")
-            values[m.name] = got.value
-            if got.requests is not None:
-                samples[m.name] = got.requests
-            if got.series is not None:
-                series[m.name] = got.series
-            if got.pair is not None:
-                pairs[m.name] = got.pair
-            if got.error:
-                errors[m.name] = redact(got.error)
-        return a.MetricValues(act.target, act.purpose, values, errors, samples, series, pairs, iso(asked_at))
+        return measure_all(prometheus(self.cfg, self.spec), self.spec, act, self.context(act.target), asked_at)
 
     def take_snapshot(self, act: a.TakeSnapshot) -> a.SnapshotResult:
         info = self.snapshots().take(act.snapshot_id)
@@ -260,9 +233,4 @@ class Executor:
     # ---------------------------------------------------------------------------------------------------- helpers
 
     def context(self, target: str) -> dict[str, str]:
-        spec = self.spec
-        stable, canary = workloads.service_names(spec)
-        service = canary if target in ("canary", "preview") else stable
-        return {"service": service, "canaryService": service, "stableService": stable, "namespace": self.ref.namespace,
-                "window": self.cfg.rate_window, "interval": spec.analysis.interval, "name": self.ref.name,
-                "target": spec.target_ref.name}
+        return context(self.spec, self.ref.namespace, self.ref.name, target, self.cfg.rate_window)

@@ -406,7 +406,7 @@ def test_one_metrics_failure_is_that_metrics_inconclusive_result(monkeypatch: py
     assert out.asked_at is not None
     # rollback.verify: the error rate alone, under its own name
     out = run(a.QueryMetrics("stable", "verify", (), max_error_rate=0.05))
-    assert isinstance(out, a.MetricValues) and out.values == {ex.VERIFY_ERROR_RATE: 0.5}
+    assert isinstance(out, a.MetricValues) and out.values == {metrics.VERIFY_ERROR_RATE: 0.5}
 
 
 def test_every_database_provider_field_has_a_snapshot_provider() -> None:

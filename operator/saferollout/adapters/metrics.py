@@ -8,14 +8,20 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Protocol
 
 import requests
 
 from saferollout.adapters.prometheus import PrometheusProvider
-from saferollout.core.clock import parse_time
+from saferollout.adapters.workloads import service_names
+from saferollout.core import actions as a
+from saferollout.core.clock import iso, parse_time
 from saferollout.core.durations import parse_duration
-from saferollout.core.models import Metric
+from saferollout.core.models import Metric, SafeRolloutSpec
+from saferollout.redact import redact
+
+VERIFY_ERROR_RATE = "verify-error-rate"
 
 
 @dataclass(frozen=True)
@@ -107,3 +113,40 @@ PROVIDERS: dict[str, Callable[[PrometheusProvider], MetricProvider]] = {
 
 def provider_for(metric: Metric, prom: PrometheusProvider) -> MetricProvider:
     return PROVIDERS[metric.kind](prom)
+
+
+def context(spec: SafeRolloutSpec, namespace: str, name: str, target: str, rate_window: str) -> dict[str, str]:
+    """The placeholders of a query for the version analysed (`canary`/`preview`: the new one)."""
+    stable, canary = service_names(spec)
+    service = canary if target in ("canary", "preview") else stable
+    return {"service": service, "canaryService": service, "stableService": stable, "namespace": namespace,
+            "window": rate_window, "interval": spec.analysis.interval, "name": name, "target": spec.target_ref.name}
+
+
+def measure_all(prom: PrometheusProvider, spec: SafeRolloutSpec, act: a.QueryMetrics, ctx: dict[str, str],
+                asked_at: datetime) -> a.MetricValues:
+    """Every metric the core asked for, each by its provider: the operator and the back-test measure alike."""
+    values: dict[str, float | None] = {}
+    errors: dict[str, str] = {}
+    samples: dict[str, float] = {}
+    series: dict[str, tuple[list[float], list[float]]] = {}
+    pairs: dict[str, tuple[float | None, float | None]] = {}
+    if act.max_error_rate is not None:
+        wanted = [Metric(name=VERIFY_ERROR_RATE, template="error-rate", max=act.max_error_rate)]
+    else:
+        wanted = [m for m in spec.analysis.metrics if m.name in act.metrics]
+    for m in wanted:
+        try:
+            got = provider_for(m, prom).measure(m, ctx, act.since)
+        except Exception as e:  # one metric's failure is that metric's "no data", never the others'
+            got = Measurement(error=f"{type(e).__name__}: {str(e)[:200]}")
+        values[m.name] = got.value
+        if got.requests is not None:
+            samples[m.name] = got.requests
+        if got.series is not None:
+            series[m.name] = got.series
+        if got.pair is not None:
+            pairs[m.name] = got.pair
+        if got.error:
+            errors[m.name] = redact(got.error)
+    return a.MetricValues(act.target, act.purpose, values, errors, samples, series, pairs, iso(asked_at))

@@ -114,8 +114,9 @@ class PrometheusProvider:
         self.templates = {**builtin_templates(labels), **(user_templates or {})}
         self.grouped = GroupedQueries(self, grouped_templates(labels), group_ttl) if group_ttl > 0 else None
         self.on_query: Callable[[], None] | None = None
-        self.api = PrometheusApi(url, timeout, pool_size)
+        self.api: PrometheusApi = PrometheusApi(url, timeout, pool_size)
         self.queries = 0
+        self.clock: Callable[[], datetime] = lambda: datetime.now(UTC)  # a back-test replays history on its own
 
     def count_query(self) -> None:
         self.queries += 1
@@ -158,7 +159,7 @@ class PrometheusProvider:
             text = self.query_text(metric, context)
         except TemplateError as e:
             return [], str(e)
-        end = datetime.now(UTC)
+        end = self.clock()
         reach = longest_range(text)
         step = max(step, reach)
         start = end - timedelta(seconds=window)
