@@ -76,8 +76,10 @@ class ScrapeTarget:
 class Prometheus:
     """A real Prometheus (Debian's package) scraping the demo processes every second."""
 
-    def __init__(self, root: Path, binary: str = PROMETHEUS_BIN, port: int | None = None) -> None:
+    def __init__(self, root: Path, binary: str = PROMETHEUS_BIN, port: int | None = None,
+                 retention: str = "1d") -> None:
         self.root = root
+        self.retention = retention  # a back-filled history (bench/backtest.py) is older than a day
         self.binary = binary
         self.port = port or free_port()
         self.data = root / "data"
@@ -130,7 +132,7 @@ class Prometheus:
         self._proc = subprocess.Popen(
             [self.binary, f"--config.file={self.config}", f"--storage.tsdb.path={self.data}",
              f"--web.listen-address=127.0.0.1:{self.port}", "--web.enable-lifecycle",
-             "--storage.tsdb.retention.time=1d", "--log.level=warn"],
+             f"--storage.tsdb.retention.time={self.retention}", "--log.level=warn"],
             stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
         logf.close()
         if not wait_http(f"{self.url}/-/ready", timeout):
