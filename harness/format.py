@@ -211,6 +211,8 @@ class AppIn(Strict):
 class LoadIn(Strict):
     rps: Annotated[float, Field(ge=0, le=1000)] = 0.0
     preview_rps: Annotated[float, Field(ge=0, le=100)] = 0.0  # extension: blueGreen's preview Service
+    # extension: a data plane that does not apply the weights written: this percent goes to the canary whatever they say
+    canary_share: Annotated[int, Field(ge=0, le=100)] | None = None
 
 
 # extension `resourceQuota`: a ResourceQuota's spec.hard, by resource name (pods, requests.cpu, count/deployments.apps)
@@ -258,10 +260,37 @@ class Fault:
     signal: str = "TERM"
     patch: dict[str, Any] | None = None
     sql: str | None = None
+    obj: dict[str, Any] | None = None  # extension applyObject: the manifest
+    kind: str | None = None  # extension patchObject / deleteObject: the object, by kind and name
+    name: str | None = None
 
     def describe(self) -> str:
-        extra = {"killOperator": f" SIG{self.signal}", "patch": f" {self.patch}", "sql": f" {self.sql!r}"}
+        extra = {"killOperator": f" SIG{self.signal}", "patch": f" {self.patch}", "sql": f" {self.sql!r}",
+                 "applyObject": f" {object_name(self.obj or {})}", "patchObject": f" {self.kind} {self.name} {self.patch}",
+                 "deleteObject": f" {self.kind} {self.name}"}
         return f"fault {self.index} {self.do}{extra.get(self.do, '')}"
+
+
+def _manifest(value: dict[str, Any]) -> dict[str, Any]:
+    """Extension `objects` / `applyObject`: a Kubernetes object of any kind, put in the scenario's namespace (or,
+    cluster-scoped, in none): so it names no namespace of its own."""
+    meta = value.get("metadata")
+    for key in ("apiVersion", "kind"):
+        if not isinstance(value.get(key), str) or not value[key]:
+            raise fail(f"missing key {key!r} (an object needs apiVersion, kind and metadata.name)")
+    if not isinstance(meta, dict) or not isinstance(meta.get("name"), str):
+        raise fail("missing key 'metadata.name'")
+    if "namespace" in meta:
+        raise fail("metadata.namespace: objects go in the scenario's namespace (cluster-scoped ones in none); "
+                   "leave it out")
+    return value
+
+
+Manifest = Annotated[dict[str, Any], AfterValidator(_manifest)]
+
+
+def object_name(obj: Mapping[str, Any]) -> str:
+    return f"{obj.get('kind')} {(obj.get('metadata') or {}).get('name')}"
 
 
 class _AfterSeconds(Strict):
@@ -371,8 +400,43 @@ class SqlFault(_FaultIn):
         return Fault(index, self.at.at(), self.do, sql=self.sql)
 
 
-FaultIn = Annotated[PlainFault | KillFault | PatchFault | SqlFault, Field(discriminator="do")]
-FAULT_ACTIONS: tuple[str, ...] = tuple(action for model in (PlainFault, KillFault, PatchFault, SqlFault)
+class ApplyObjectFault(_FaultIn):
+    """Extension: apply a manifest (create or change an object of any kind) during the run."""
+
+    do: Literal["applyObject"]
+    object: Manifest
+
+    def fault(self, index: int) -> Fault:
+        return Fault(index, self.at.at(), self.do, obj=self.object)
+
+
+class PatchObjectFault(_FaultIn):
+    """Extension: a merge patch of an object by kind and name (a ClusterAnalysisTemplate edited mid-rollout)."""
+
+    do: Literal["patchObject"]
+    kind: Annotated[str, Field(min_length=1)]
+    name: Annotated[str, Field(min_length=1)]
+    patch: dict[str, Any]
+
+    def fault(self, index: int) -> Fault:
+        return Fault(index, self.at.at(), self.do, patch=self.patch, kind=self.kind, name=self.name)
+
+
+class DeleteObjectFault(_FaultIn):
+    """Extension: delete an object by kind and name."""
+
+    do: Literal["deleteObject"]
+    kind: Annotated[str, Field(min_length=1)]
+    name: Annotated[str, Field(min_length=1)]
+
+    def fault(self, index: int) -> Fault:
+        return Fault(index, self.at.at(), self.do, kind=self.kind, name=self.name)
+
+
+_FAULT_MODELS = (PlainFault, KillFault, PatchFault, SqlFault, ApplyObjectFault, PatchObjectFault, DeleteObjectFault)
+FaultIn = Annotated[PlainFault | KillFault | PatchFault | SqlFault | ApplyObjectFault | PatchObjectFault
+                    | DeleteObjectFault, Field(discriminator="do")]
+FAULT_ACTIONS: tuple[str, ...] = tuple(action for model in _FAULT_MODELS
                                        for action in get_args(model.model_fields["do"].annotation))
 DATABASE_FAULTS = ("sql", "stopDatabase", "startDatabase", "corruptSnapshot")
 
@@ -770,6 +834,8 @@ class ScenarioFile(Strict):
     target: TargetIn | None = None  # extension
     # extension: a ResourceQuota (spec.hard) in the namespace, made once the target's pods run, before the apply
     resource_quota: Annotated[dict[QuotaResource, QuotaValue], AfterValidator(_some_quota)] | None = None
+    # extension: objects applied before the rollout (in its namespace, or cluster-scoped), deleted after the run
+    objects: list[Manifest] | None = None
 
     @field_validator("name")
     @classmethod
@@ -824,6 +890,13 @@ class Scenario:
     target_replicas: int = 1
     preview_rps: float = 0.0  # extension: blueGreen's test load through the preview Service
     resource_quota: dict[str, str] = field(default_factory=dict)  # extension: spec.hard of a ResourceQuota
+    objects: tuple[dict[str, Any], ...] = ()  # extension: applied before the rollout
+    canary_share: int | None = None  # extension: the router sends this percent to the canary whatever the weights
+
+    @property
+    def made_objects(self) -> list[dict[str, Any]]:
+        """Every object the run may make (`objects` and the applyObject faults'): the clean-up deletes them."""
+        return [*self.objects, *(f.obj for f in self.faults if f.obj is not None)]
 
     # ---- facts read from the rollout manifest (only what the harness needs to build the world around it)
     @property
@@ -984,7 +1057,8 @@ def parse(data: object, path: Path) -> Scenario:
     scenario = Scenario(path, f.name, f.description, f.rollout, f.app.stable.spec(), f.app.canary.spec(), f.load.rps,
                         f.database, tuple(x.fault(i) for i, x in enumerate(f.faults)),
                         f.expect.as_dict(), (), dict(target.images), target.replicas, f.load.preview_rps,
-                        {k: str(v) for k, v in (f.resource_quota or {}).items()})
+                        {k: str(v) for k, v in (f.resource_quota or {}).items()}, tuple(f.objects or ()),
+                        f.load.canary_share)
     _cross_check(scenario, f.expect, where)
     return scenario
 

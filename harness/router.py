@@ -82,7 +82,8 @@ class Router:
 
     def __init__(self, read_weights: Callable[[], dict[str, int] | None], backends: dict[str, Backend],
                  ports: dict[str, int], rps: float, max_seconds: float,
-                 on_change: Callable[[str], None] | None = None, what: str = "weights") -> None:
+                 on_change: Callable[[str], None] | None = None, what: str = "weights",
+                 canary_share: int | None = None) -> None:
         self._read_weights = read_weights
         self.backends = dict(backends)
         roles = {b.role: k for k, b in backends.items()}
@@ -93,6 +94,8 @@ class Router:
         self.rps = rps
         self.max_seconds = max_seconds
         self.what = what
+        # a broken data plane: the weights are read (and shown) but not applied; this percent goes to the canary
+        self.canary_share = canary_share
         self._on_change = on_change or (lambda _text: None)
         self._lock = threading.Lock()
         self._weights: dict[str, int] = {}
@@ -170,6 +173,8 @@ class Router:
             stable = max(0, w.get(self.stable_key, 0))
             canary = max(0, w.get(self.canary_key, 0))
             other = sum(v for k, v in w.items() if k not in (self.stable_key, self.canary_key) and v > 0)
+        if self.canary_share is not None:
+            stable, canary, other = 100 - self.canary_share, self.canary_share, 0
         total = stable + canary + other
         if total <= 0:
             return None

@@ -37,6 +37,7 @@ from harness.format import (
     ScenarioError,
     load,
     merge_patch,
+    object_name,
     substitute,
 )
 from harness.kube import REPO, SR_PLURAL, Kube, available, default_kubeconfig, default_kubectl, images_of, world
@@ -527,11 +528,14 @@ class _RolloutRun(_BaseRun):
         tl.add("harness", f"target Deployment {self.target} available")
         if s.resource_quota:
             self._quota(s.resource_quota)
+        if s.objects:  # extension `objects`: before the rollout, which may name them
+            self._apply_objects(list(s.objects))
         sources = traffic_sources(self.refs, self.ns, self.target, self.kube.new_api())
         ports = {"stable": self.stable.port, "canary": self.canary.port}
         main = sources["main"]
         self.router = Router(main.read, main.backends, ports, s.rps, s.within_seconds + 120,
-                             on_change=lambda text: self.tl.add("router", text), what=main.what)
+                             on_change=lambda text: self.tl.add("router", text), what=main.what,
+                             canary_share=s.canary_share)
         self.router.start()
         if not self.router.first_read.wait(15):
             raise RuntimeError(f"the router could not read {self.refs.describe}: {self.router.last_error}")
@@ -559,6 +563,22 @@ class _RolloutRun(_BaseRun):
                 raise RuntimeError(f"ResourceQuota {QUOTA_NAME}: its usage was not counted within 30s")
             time.sleep(0.25)
         self.tl.add("harness", f"ResourceQuota {QUOTA_NAME}: hard {hard}, used {used}")
+
+    def _apply_objects(self, objs: list[dict[str, Any]]) -> None:
+        """kubectl apply -n <ns>: a namespaced object lands in the scenario's namespace, a cluster-scoped one in none."""
+        text = yaml.safe_dump_all(objs, sort_keys=False)
+        r = self.kube.kubectl("apply", "-n", self.ns, "-f", "-", input=text, check=False)
+        if r.returncode != 0:
+            raise RuntimeError(f"kubectl apply of {', '.join(object_name(o) for o in objs)} was refused: "
+                               f"{r.stderr.strip()}")
+        self.tl.add("harness", r.stdout.strip().replace("\n", "; "))
+
+    def _delete_objects(self) -> None:
+        """What `objects` and applyObject made: the namespace takes its own along, not the cluster-scoped ones."""
+        objs = self.s.made_objects
+        if objs:
+            self.kube.kubectl("delete", "-n", self.ns, "--ignore-not-found", "--wait=false", "-f", "-",
+                              input=yaml.safe_dump_all(objs, sort_keys=False), check=False)
 
     def _clear_paths(self) -> None:
         """`expect.pathAbsent`: a file left by an earlier run must neither fail nor pass this one."""
@@ -825,6 +845,15 @@ class _RolloutRun(_BaseRun):
             assert self.pg is not None
             self._outage("database", False, time.monotonic())
             self.pg.start()
+        elif f.do == "applyObject":
+            assert f.obj is not None
+            self._apply_objects([f.obj])
+        elif f.do == "patchObject":
+            assert f.kind is not None and f.name is not None
+            self.kube.kubectl("patch", f.kind, f.name, "-n", self.ns, "--type=merge", "-p", json.dumps(f.patch))
+        elif f.do == "deleteObject":
+            assert f.kind is not None and f.name is not None
+            self.kube.kubectl("delete", f.kind, f.name, "-n", self.ns, "--ignore-not-found")
         elif f.do == "corruptSnapshot":
             self.tl.add("fault", f"corrupted {corrupt_latest_snapshot(self.store, self.ns, self.name)}")
         else:  # format.FAULT_ACTIONS and this list must agree
@@ -915,6 +944,7 @@ class _RolloutRun(_BaseRun):
             ("operator", lambda: self.operator.stop() if self.operator else None),
             ("apps", self._stop_apps),
             ("webhook receiver", lambda: self.webhook.stop() if self.webhook else None),
+            ("objects", self._delete_objects),
             ("namespace", lambda: self.kube.delete_namespace(self.ns)),
             ("prometheus", lambda: self.sess.prometheus.set_targets([])),
             ("postgres", lambda: self.sess.postgres if self.pg is not None else None),

@@ -63,13 +63,18 @@ class HistoryApi(PrometheusApi):
         self.cache: dict[tuple[str, float], _Fetched] = {}
         self.requests = 0  # range requests sent to Prometheus
 
+    def origin(self, step: float) -> float:
+        """Steps fall on multiples of the step since the epoch, whatever the window: every release in it and every
+        back-test of it read the same evaluations."""
+        return math.floor(self.start.timestamp() / step) * step
+
     def fetch(self, text: str, step: float) -> _Fetched:
         key = (text, step)
         if key in self.cache:
             return self.cache[key]
         got: dict[str, tuple[dict[str, str], dict[float, str]]] = {}
         out = _Fetched([])
-        t0, end = self.start.timestamp(), self.end.timestamp()  # steps count from the window's start
+        t0, end = self.origin(step), self.end.timestamp()
         try:
             while t0 <= end:
                 t1 = min(end, t0 + step * (MAX_POINTS - 1))
@@ -90,7 +95,7 @@ class HistoryApi(PrometheusApi):
         fetched = self.fetch(text, self.step)
         if fetched.error:
             raise QueryFailed(fetched.error)
-        t0 = self.start.timestamp()
+        t0 = self.origin(self.step)
         at = round(t0 + math.floor((self.now.timestamp() - t0) / self.step + 1e-9) * self.step, 3)
         return [{"metric": labels, "value": [at, points[at]]} for labels, points in fetched.series if at in points]
 
@@ -205,6 +210,7 @@ class Replay:
     namespace: str
     rate_window: str
     settings: Settings
+    templates: list[a.TemplateRead] = field(default_factory=list)  # the shared analysis templates it names
     _images: dict[str, str] = field(default_factory=dict)  # the target's, as the replay's promotion left them
 
     def run(self, start: datetime, until: datetime, label: str | None = None) -> Outcome:
@@ -216,7 +222,8 @@ class Replay:
         seen: dict[str, Any] = {"runs": 0, "weight": 0, "phase": None}
 
         def inputs(results: list[a.Result]) -> Inputs:
-            return Inputs(now=now, name=self.name, generation=1, results=results)
+            return Inputs(now=now, name=self.name, generation=1, results=results, namespace=self.namespace,
+                          templates=self.templates)
 
         def execute(act: a.Action) -> a.Result | None:
             return self._execute(act, now, out)
@@ -298,10 +305,11 @@ class Replay:
 
     def first_bad(self, name: str, start: datetime, until: datetime, failing_since: str | None) -> datetime | None:
         """The first step of the window whose value breaches the metric's threshold; a comparison (baseline,
-        judge) has no one value to scan: the first analysis that failed stands for it."""
+        judge) has no one value to scan, and a shared template's is resolved inside the core: for those the first
+        analysis that failed stands for it."""
         metric = next((m for m in self.spec.analysis.metrics if m.name == name), None)
-        if metric is None or metric.kind != "value":
-            return parse_time(failing_since) if failing_since else None
+        if metric is None or metric.kind != "value" or (metric.query is None and metric.template is None):
+            return parse_time(failing_since) if failing_since else None  # a comparison, or a template's metric
         ctx = context(self.spec, self.namespace, self.name, "canary", self.rate_window)
         try:
             text = self.prom.query_text(metric, ctx)
@@ -336,6 +344,20 @@ class Release:
     name: str
     at: datetime
     label: str | None = None  # good | bad
+
+
+def templates_from(docs: list[dict[str, Any]], namespace: str) -> list[a.TemplateRead]:
+    """The AnalysisTemplates and ClusterAnalysisTemplates given in the rollout's file, as the handler would have
+    read them from the cluster; one named and not given is Blocked in the replay as it would be live."""
+    out = []
+    for d in docs:
+        kind = d.get("kind")
+        if kind in ("AnalysisTemplate", "ClusterAnalysisTemplate"):
+            meta = d.get("metadata") or {}
+            out.append(a.TemplateRead(str(kind), namespace if kind == "AnalysisTemplate" else None,
+                                      str(meta.get("name") or ""), d.get("spec") if isinstance(d.get("spec"), dict)
+                                      else None, str(meta.get("resourceVersion") or "given")))
+    return out
 
 
 def releases_from(doc: Any) -> list[Release]:
@@ -421,6 +443,7 @@ class Backtest:
     notes: list[str] = field(default_factory=list)
     wall: float = 0.0
     api: PrometheusApi | None = None  # where history is read from; None: Prometheus at `url`
+    templates: list[a.TemplateRead] = field(default_factory=list)  # given beside the rollout (no cluster is read)
     _hist: HistoryApi | None = None
 
     def __post_init__(self) -> None:
@@ -436,7 +459,7 @@ class Backtest:
                 hist.cache, hist.requests = self._hist.cache, self._hist.requests
             self._hist, self._prom = hist, prom
         return Replay(spec, self._prom, self._hist, self.name, self.namespace, self.cfg.rate_window,
-                      self.cfg.settings)
+                      self.cfg.settings, self.templates)
 
     @property
     def range_requests(self) -> int:

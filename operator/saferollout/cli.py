@@ -288,7 +288,9 @@ decision core, queries and label settings, on a simulated clock; print what it w
   kubectl saferollout backtest -f rollout.yaml --from now-7d --to now --releases releases.yaml \\
       --sweep error-rate.max=0.005,0.01,0.02
 
-Without --releases the rollout starts at --from. A releases file lists past releases, each labelled good or bad:
+Without --releases the rollout starts at --from. The AnalysisTemplates and ClusterAnalysisTemplates its metrics
+name are read from the same file (more YAML documents), not from a cluster.
+A releases file lists past releases, each labelled good or bad:
   releases:
     - {name: v41, at: "2026-11-24T09:00:00Z", label: good}
     - {name: v42, at: "2026-11-26T14:30:00Z", label: bad}
@@ -320,18 +322,20 @@ def _when(text: str, now: datetime) -> datetime:
     return datetime.fromisoformat(text.replace("Z", "+00:00")).astimezone(UTC)
 
 
-def _load_spec(path: str) -> tuple[SafeRolloutSpec, str, str]:
+def _load_spec(path: str) -> tuple[SafeRolloutSpec, str, str, list[dict[str, Any]]]:
+    """The SafeRollout (or a bare spec) of a file, and every document in it (the templates it may name)."""
     import yaml
 
     with open(path) as f:
         docs = [d for d in yaml.safe_load_all(f) if isinstance(d, dict)]
-    doc = next((d for d in docs if d.get("kind") == "SafeRollout"), docs[0] if docs else None)
+    doc = next((d for d in docs if d.get("kind") == "SafeRollout"), None if any("kind" in d for d in docs)
+               else docs[0] if docs else None)
     if doc is None:
         raise ValueError(f"{path}: no SafeRollout in it")
     meta = doc.get("metadata") or {}
     spec = doc.get("spec", doc) if "kind" in doc else doc
     return SafeRolloutSpec.model_validate(spec), str(meta.get("name") or "rollout"), \
-        str(meta.get("namespace") or "default")
+        str(meta.get("namespace") or "default"), docs
 
 
 def backtest(args: argparse.Namespace) -> int:
@@ -343,7 +347,7 @@ def backtest(args: argparse.Namespace) -> int:
 
     now = datetime.now(UTC)
     try:
-        spec, name, namespace = _load_spec(args.filename)
+        spec, name, namespace, docs = _load_spec(args.filename)
         start, end = _when(args.start, now), _when(args.end, now)
         releases = None
         if args.releases:
@@ -357,7 +361,8 @@ def backtest(args: argparse.Namespace) -> int:
         cfg = OperatorConfig.from_env()
         url = args.prometheus or (spec.analysis.prometheus.address if spec.analysis.prometheus else None) \
             or cfg.prometheus_url
-        run = bt.Backtest(spec, cfg, url, start, end, name, namespace)
+        run = bt.Backtest(spec, cfg, url, start, end, name, namespace,
+                          templates=bt.templates_from(docs, namespace))
     except (OSError, ValueError) as e:  # pydantic's ValidationError is a ValueError
         print(f"error: {e}", file=sys.stderr)
         return USAGE

@@ -20,11 +20,12 @@ import kopf
 from pydantic import ValidationError
 
 from saferollout import observability
-from saferollout.adapters import certs, events, kube, workloads
+from saferollout.adapters import analysis_templates, certs, events, kube, workloads
 from saferollout.adapters.kube import RolloutRef
 from saferollout.adapters.routers import router_for
 from saferollout.config import OperatorConfig
 from saferollout.core import actions as a
+from saferollout.core.analysis_templates import wanted
 from saferollout.core.engine import Inputs
 from saferollout.core.loop import drive
 from saferollout.core.models import (
@@ -297,6 +298,7 @@ def _reconcile(ref: RolloutRef, spec: dict[str, Any], status: dict[str, Any], me
 
     decided = [time.monotonic()]
     target: list[a.TargetView | None] = []  # spec.template omitted: read once, and again after a write to it
+    templates = analysis_templates.read(wanted(parsed, ref.namespace))  # the shared ones its metrics name
 
     def inputs(results: list[a.Result]) -> Inputs:
         if parsed.target_template and (not target or any(
@@ -304,7 +306,7 @@ def _reconcile(ref: RolloutRef, spec: dict[str, Any], status: dict[str, Any], me
             target[:] = [_target_view(ref, parsed)]
         decided[0] = time.monotonic()
         return Inputs(now=datetime.now(UTC), name=ref.name, generation=generation, command=command, results=results,
-                      target=target[0] if target else None)
+                      target=target[0] if target else None, namespace=ref.namespace, templates=templates)
 
     unwritten: list[SafeRolloutStatus] = []  # the decision's status, written before the next act or by the daemon
 

@@ -214,3 +214,19 @@ def test_the_cli_checks_its_input_before_it_reads_anything(tmp_path: Path, capsy
     assert cli.main(["backtest", "-f", str(good), "--from", "now-1h", "--prometheus", "http://127.0.0.1:9"]) \
         == cli.API_ERROR
     assert "unreachable" in capsys.readouterr().err
+
+
+def test_shared_templates_come_from_the_file_and_one_not_given_is_blocked_as_live() -> None:
+    spec = make_spec(**{"analysis.metrics": [{"name": "errors", "templateRef": {
+        "kind": "ClusterAnalysisTemplate", "name": "policy"}}]})
+    docs = [{"kind": "SafeRollout", "metadata": {"name": "web"}},
+            {"kind": "ClusterAnalysisTemplate", "metadata": {"name": "policy"},
+             "spec": {"template": "error-rate", "max": 0.01, "onBreach": "rollback"}}]
+    api = RangeApi(make_spec(), failing_from(7.0))  # the built-in error-rate's queries, as the template resolves
+    given = bt.Backtest(spec, CFG, "http://unused", T0, T0 + timedelta(minutes=5), "web", "default", api=api,
+                        templates=bt.templates_from(docs, "default")).once()
+    assert (given.phase, given.metric) == ("RolledBack", "errors")
+    missing = bt.Backtest(spec, CFG, "http://unused", T0, T0 + timedelta(minutes=5), "web", "default",
+                          api=api).once()
+    assert missing.phase == "Blocked"
+    assert any("ClusterAnalysisTemplate policy not found" in e.text for e in missing.timeline)

@@ -102,8 +102,10 @@ ALL_RENDERS = [DEFAULT, NAMESPACED, REPLICAS_2, SERVICE_MONITOR, NAMESPACED + RE
 # --- the CRD ------------------------------------------------------------------------------------------------
 
 
-def test_the_chart_crd_is_the_generated_one() -> None:
-    source = REPO / "crds" / "saferollout.dev_saferollouts.yaml"
+@pytest.mark.parametrize("name", ["saferollout.dev_saferollouts.yaml", "saferollout.dev_analysistemplates.yaml",
+                                  "saferollout.dev_clusteranalysistemplates.yaml"])
+def test_the_chart_crd_is_the_generated_one(name: str) -> None:
+    source = REPO / "crds" / name
     copy = CHART / "crds" / source.name
     assert copy.is_file(), "run: bash scripts/sync-chart-crds.sh"
     assert copy.read_text() == source.read_text(), "the chart's CRD differs from crds/: run bash scripts/sync-chart-crds.sh"
@@ -293,6 +295,7 @@ def test_rbac_never_grants_escalation_or_secret_listing(args: tuple[str, ...]) -
 NAMESPACED_VERBS: dict[tuple[str, str], set[str]] = {
     ("saferollout.dev", "saferollouts"): {"list", "watch", "patch"},  # kopf: watch, annotation storage, finalizers
     ("saferollout.dev", "saferollouts/status"): {"patch"},  # kube.write_status
+    ("saferollout.dev", "analysistemplates"): {"get"},  # adapters/analysis_templates.py, the rollout's namespace
     ("", "events"): {"create", "list"},  # events.emit; volume verify reads the scratch claim's warnings
     ("apps", "deployments"): {"get", "create", "patch", "delete"},  # target and <target>-canary (workloads, replicas)
     ("", "services"): {"get", "create", "patch"},  # canary Service, blue-green switch
@@ -307,6 +310,7 @@ NAMESPACED_VERBS: dict[tuple[str, str], set[str]] = {
 CLUSTER_SCOPED_VERBS: dict[tuple[str, str], set[str]] = {
     ("apiextensions.k8s.io", "customresourcedefinitions"): {"list", "watch"},  # kopf's resource observer
     ("storage.k8s.io", "storageclasses"): {"get"},  # VolumeSnapshotProvider.reachable
+    ("saferollout.dev", "clusteranalysistemplates"): {"get"},  # adapters/analysis_templates.py
 }
 NAMESPACES_VERBS = {("", "namespaces"): {"list", "watch"}}  # kopf's namespace observer, only with --namespace
 
@@ -414,7 +418,7 @@ def test_namespaced_scope_makes_a_role_per_namespace() -> None:
         assert b["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": FULLNAME}
     # the same namespaced grants as the cluster mode, minus the cluster-scoped CRD read
     cluster_grants = grants(rules_of(render()))
-    cluster_scoped = {"customresourcedefinitions", "namespaces", "storageclasses"}
+    cluster_scoped = {"customresourcedefinitions", "namespaces", "storageclasses", "clusteranalysistemplates"}
     for role in roles:
         assert grants(role["rules"]) == {g for g in cluster_grants if g[1] not in cluster_scoped}
     # cluster-wide: only what kopf needs to start (CRDs, namespace names) and the volume snapshot gate's StorageClass
@@ -422,6 +426,8 @@ def test_namespaced_scope_makes_a_role_per_namespace() -> None:
     assert cluster_role["rules"] == [{"apiGroups": ["apiextensions.k8s.io"], "resources": ["customresourcedefinitions"],
                                       "verbs": ["list", "watch"]},
                                      {"apiGroups": [""], "resources": ["namespaces"], "verbs": ["list", "watch"]},
+                                     {"apiGroups": ["saferollout.dev"], "resources": ["clusteranalysistemplates"],
+                                      "verbs": ["get"]},
                                      {"apiGroups": ["storage.k8s.io"], "resources": ["storageclasses"], "verbs": ["get"]}]
     assert one(objs, "ClusterRoleBinding")["roleRef"]["name"] == cluster_role["metadata"]["name"]
 

@@ -12,9 +12,10 @@ from typing import Any
 import yaml
 
 from saferollout.core import actions as a
+from saferollout.core.analysis_templates import wanted
 from saferollout.core.engine import Inputs, Settings, iso
 from saferollout.core.loop import drive
-from saferollout.core.models import SafeRolloutSpec, SafeRolloutStatus
+from saferollout.core.models import TRAFFIC_CHECK, SafeRolloutSpec, SafeRolloutStatus
 from saferollout.core.templates import (
     HELD_ANNOTATION,
     REVISION_ANNOTATION,
@@ -87,6 +88,8 @@ class World:
     spec: SafeRolloutSpec
     metrics: MetricFn = healthy
     metric_errors: dict[str, str] = field(default_factory=dict)  # metric -> its query's error (no value)
+    # (canary, stable) requests served in the rate window at a weight: by default a data plane that applies it
+    served: Callable[[int], tuple[float | None, float | None]] = lambda w: (4.0 * w, 4.0 * (100 - w))
     target_images: dict[str, str] = field(default_factory=lambda: {"web": "demo/web:1.0"})
     weight: int = 0
     canary: dict[str, str] | None = None
@@ -122,6 +125,10 @@ class World:
     ran: set[str] = field(default_factory=set)  # every template hash the stable pods ever ran
     canary_hash: str | None = None
     canary_template: dict[str, Any] | None = None
+    # shared analysis templates as the API server holds them: (kind, namespace or "", name) -> (spec, resourceVersion)
+    analysis_templates: dict[tuple[str, str, str], tuple[dict[str, Any], str]] = field(default_factory=dict)
+    template_errors: dict[tuple[str, str, str], str] = field(default_factory=dict)  # the read fails so
+    queried: list[dict[str, str | None]] = field(default_factory=list)  # each query's resolved metrics: name -> query
 
     def __post_init__(self) -> None:
         if self.deployment is not None:
@@ -241,10 +248,18 @@ class World:
             self.target_images = dict(act.images)
             return a.Outcome(act, True)
         if isinstance(act, a.QueryMetrics):
+            names = act.metrics
+            if act.definitions:  # as the executor: what the core resolved; an unresolved reference is not measured
+                self.queried.append({m.name: m.query or m.template for m in act.definitions})
+                names = tuple(n for n in act.metrics if n in {m.name for m in act.definitions})
             values = {n: None if n in self.metric_errors else self.metrics(n, act.target, self.weight, self.t)
-                      for n in act.metrics}
-            errors = {n: self.metric_errors[n] for n in act.metrics if n in self.metric_errors}
-            return a.MetricValues(act.target, act.purpose, values, errors, asked_at=iso(self.now))
+                      for n in names}
+            errors = {n: self.metric_errors[n] for n in names if n in self.metric_errors}
+            pairs: dict[str, tuple[float | None, float | None]] = {}
+            if TRAFFIC_CHECK in act.metrics:  # as the executor: both Services' request counts in the window
+                values[TRAFFIC_CHECK] = None
+                pairs[TRAFFIC_CHECK] = self.served(self.weight)
+            return a.MetricValues(act.target, act.purpose, values, errors, pairs=pairs, asked_at=iso(self.now))
         if isinstance(act, a.CheckDatabase):
             return a.Outcome(act, self.database_up, "" if self.database_up else "connection refused")
         if isinstance(act, a.TakeSnapshot):
@@ -280,7 +295,8 @@ class World:
 
         def inputs(results: list[a.Result]) -> Inputs:
             target = self.view() if self.deployment is not None else None
-            return Inputs(now=self.now, name="web", generation=1, command=command, results=results, target=target)
+            return Inputs(now=self.now, name="web", generation=1, command=command, results=results, target=target,
+                          namespace="shop", templates=self.template_reads())
 
         self.ticks += 1
         self.wake_after = self.settings.poll_seconds  # a crash: the operator comes back and looks at once
@@ -298,6 +314,19 @@ class World:
                 break  # asleep until the object changes
             self.now += timedelta(seconds=step if step is not None else max(self.wake_after or 0.0, 0.001))
         return self
+
+    def template_reads(self) -> list[a.TemplateRead]:
+        """What the handler reads for the rollout's templated metrics (core.analysis_templates.wanted)."""
+        out = []
+        for k in wanted(self.spec, "shop"):
+            if k in self.template_errors:
+                out.append(a.TemplateRead(k[0], k[1] or None, k[2], error=self.template_errors[k]))
+            elif k in self.analysis_templates:
+                body, version = self.analysis_templates[k]
+                out.append(a.TemplateRead(k[0], k[1] or None, k[2], copy.deepcopy(body), version))
+            else:
+                out.append(a.TemplateRead(k[0], k[1] or None, k[2]))
+        return out
 
     def phase(self) -> str | None:
         return self.status.phase.value if self.status.phase else None

@@ -100,6 +100,10 @@ unless noted. tests/unit/test_chart.py pins every verb; change it together with 
 - apiGroups: [""]
   resources: [events]
   verbs: [create, list]
+# Shared analysis templates a rollout's metrics name (templateRef), read by name in the rollout's own namespace.
+- apiGroups: [saferollout.dev]
+  resources: [analysistemplates]
+  verbs: [get]
 # The target Deployment: read, images and restored volume patched, scaled by the replica router; without
 # spec.template its label, spec.paused and two annotations patched. Its <target>-canary copy: created, patched,
 # deleted.
@@ -155,6 +159,10 @@ unless noted. tests/unit/test_chart.py pins every verb; change it together with 
   resources: [namespaces]
   verbs: [list, watch]
 {{- end }}
+# ClusterAnalysisTemplates (cluster-scoped, usable from every namespace), read by name: also for rbac.scope=namespaced.
+- apiGroups: [saferollout.dev]
+  resources: [clusteranalysistemplates]
+  verbs: [get]
 # Volume snapshots: reachable() reads the claim's StorageClass to accept Pending + WaitForFirstConsumer.
 - apiGroups: [storage.k8s.io]
   resources: [storageclasses]

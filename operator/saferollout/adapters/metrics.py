@@ -18,7 +18,8 @@ from saferollout.adapters.workloads import service_names
 from saferollout.core import actions as a
 from saferollout.core.clock import iso, parse_time
 from saferollout.core.durations import parse_duration
-from saferollout.core.models import Metric, SafeRolloutSpec
+from saferollout.core.models import TRAFFIC_CHECK, Metric, SafeRolloutSpec
+from saferollout.core.queries import REQUESTS
 from saferollout.redact import redact
 
 VERIFY_ERROR_RATE = "verify-error-rate"
@@ -134,7 +135,8 @@ def measure_all(prom: PrometheusProvider, spec: SafeRolloutSpec, act: a.QueryMet
     if act.max_error_rate is not None:
         wanted = [Metric(name=VERIFY_ERROR_RATE, template="error-rate", max=act.max_error_rate)]
     else:
-        wanted = [m for m in spec.analysis.metrics if m.name in act.metrics]
+        # shared analysis templates resolved by the core; a reference it could not resolve is never measured
+        wanted = [m for m in act.definitions or spec.analysis.metrics if m.name in act.metrics and not m.template_ref]
     for m in wanted:
         try:
             got = provider_for(m, prom).measure(m, ctx, act.since)
@@ -149,4 +151,10 @@ def measure_all(prom: PrometheusProvider, spec: SafeRolloutSpec, act: a.QueryMet
             pairs[m.name] = got.pair
         if got.error:
             errors[m.name] = redact(got.error)
+    if TRAFFIC_CHECK in act.metrics:  # both Services' request counts; the core compares the share with the weight
+        counter = Metric(name=REQUESTS, template=REQUESTS, min=0)
+        canary, stable = prom.read(counter, ctx), prom.read(counter, stable_context(ctx))
+        values[TRAFFIC_CHECK], pairs[TRAFFIC_CHECK] = None, (canary.value, stable.value)
+        if canary.error or stable.error:
+            errors[TRAFFIC_CHECK] = redact(f"request count: {canary.error or stable.error}")
     return a.MetricValues(act.target, act.purpose, values, errors, samples, series, pairs, iso(asked_at))

@@ -7,7 +7,7 @@ the core pure and lets a unit test play the world.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 AnalysisTarget = Literal["canary", "stable", "preview"]
 
@@ -29,6 +29,9 @@ class QueryMetrics:
     metrics: tuple[str, ...]
     max_error_rate: float | None = None  # rollback.verify.maxErrorRate: check that instead of the metrics
     since: str | None = None  # data older than this (the stage's weight was set then) belongs to another weight
+    # the metrics (core.models.Metric: actions sit beside the models, not above them) as resolved, shared analysis
+    # templates filled in; empty: as in the spec (no metric uses one)
+    definitions: tuple[Any, ...] = field(default=(), hash=False, repr=False)
 
 
 @dataclass(frozen=True)
@@ -157,6 +160,18 @@ class TargetView:
     revision: str | None = None  # the Git revision, when the Deployment names it (saferollout.dev/revision)
     application: str | None = None  # the Argo CD Application, from its tracking annotation
     available: bool = True
+
+
+@dataclass(frozen=True)
+class TemplateRead:
+    """A shared analysis template as the handler read it for this decision (an input, like TargetView)."""
+
+    kind: str  # AnalysisTemplate | ClusterAnalysisTemplate
+    namespace: str | None  # an AnalysisTemplate's: always the rollout's own
+    name: str
+    spec: dict[str, Any] | None = field(default=None, hash=False)  # None: not found (or not readable: error)
+    resource_version: str | None = None
+    error: str | None = None  # it could not be read (forbidden, the API server down): not the same as missing
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,7 @@ from saferollout.core.durations import parse_duration
 from saferollout.core.judge import judge
 from saferollout.core.models import (
     PHASE_STEPS,
+    TRAFFIC_CHECK,
     Baseline,
     BreachAction,
     DryRunStatus,
@@ -81,7 +82,37 @@ def acts(run: Run, ms: MetricStatus) -> bool:
 
 def query(run: Run, to: a.AnalysisTarget) -> a.QueryMetrics:
     """Samples from before the stage's weight was set belong to another weight: the query says since when."""
-    return a.QueryMetrics(to, "analysis", metric_names(run, to), since=run.s.stage_started_at)
+    names = metric_names(run, to) + ((TRAFFIC_CHECK,) if checks_split(run, to) else ())
+    return a.QueryMetrics(to, "analysis", names, since=run.s.stage_started_at)
+
+
+def checks_split(run: Run, to: a.AnalysisTarget) -> bool:
+    """The traffic split is measured on a canary below 100% once the rate window holds only this stage's weight
+    (a window that reaches back into the last stage mixes two weights)."""
+    return (run.spec.analysis.traffic_check is not None and to == "canary" and 0 < run.s.weight < 100
+            and run.stage_elapsed() >= run.settings.settle_seconds)
+
+
+def split(run: Run, pair: tuple[float | None, float | None] | None) -> tuple[Verdict, str, float | None, str]:
+    """The canary's measured share of requests against the weight asked of the router."""
+    check = run.spec.analysis.traffic_check
+    assert check is not None
+    weight = run.s.weight
+    low, high = weight * (1 - check.tolerance), weight * (1 + check.tolerance)
+    threshold = f"{low:.3g}%..{min(100.0, high):.3g}% of requests (weight {weight}%)"
+    canary, stable = pair or (None, None)
+    if canary is None or stable is None or not (math.isfinite(canary) and math.isfinite(stable)):
+        return Verdict.inconclusive, threshold, None, "no request count for the canary or the stable Service"
+    total = canary + stable
+    if total < check.min_requests:
+        return Verdict.inconclusive, threshold, None, f"{total:.0f} requests in the window; the split is measured " \
+            f"from {check.min_requests}"
+    share = 100 * canary / total
+    router = run.spec.strategy.canary.traffic.router() if run.spec.strategy.canary else "the router"
+    if low <= share <= high:
+        return Verdict.passed, threshold, share, f"the canary served {share:.3g}% of {total:.0f} requests"
+    return Verdict.inconclusive, threshold, share, f"router {router} was asked for {weight}% to the canary; the " \
+        f"canary served {share:.3g}% of {total:.0f} requests: the data plane did not apply the weight"
 
 
 def failure_limit(run: Run, metric: Metric) -> int:
@@ -106,6 +137,8 @@ def _requests(r: a.MetricValues, name: str) -> float | None:
 def _verdict(run: Run, r: a.MetricValues, name: str, value: float | None
              ) -> tuple[Verdict, str, float | None, str | None]:
     """(verdict, threshold, value shown, note) of one metric's reading."""
+    if name == TRAFFIC_CHECK and run.spec.analysis.traffic_check is not None:
+        return split(run, r.pairs.get(name))
     metric = run.metric(name) if name in {m.name for m in run.spec.analysis.metrics} else None
     if metric is not None and metric.judge is not None and r.purpose != "preflight":
         canary, stable = r.series.get(name, ([], []))
@@ -300,6 +333,8 @@ def all_pass(run: Run, metrics: list[Metric]) -> bool:
     """Never advance on what we could not see; a failure of a notify-only metric does not hold the rollout, and a
     dryRun metric has no say (a verdict recorded as dryRun is no verdict of a metric that acts now)."""
     latest = {m.name: m.verdict for m in run.s.analysis.metrics if not m.dry_run}
+    if latest.get(TRAFFIC_CHECK, Verdict.passed) != Verdict.passed:  # a split not applied holds the stage
+        return False
     return all(latest.get(m.name) == Verdict.passed or
                (latest.get(m.name) == Verdict.fail and m.on_breach == BreachAction.notify)
                for m in metrics if not m.dry_run)

@@ -21,7 +21,7 @@ from typing import Protocol
 from pydantic import BaseModel
 
 from saferollout.core import actions as a
-from saferollout.core import commands, deadline, source
+from saferollout.core import analysis_templates, commands, deadline, source
 from saferollout.core import transitions as go
 from saferollout.core.clock import iso, parse_time
 from saferollout.core.models import (
@@ -79,6 +79,7 @@ def decide(spec: SafeRolloutSpec, status: SafeRolloutStatus, inputs: Inputs,
     try:
         run = Run(spec, status.model_copy(deep=True), inputs, settings)
         _step(run)
+        run.actions = [analysis_templates.attach(run, x) for x in run.actions]
         del run.s.history[:-HISTORY_KEPT]
         finite(run.s)
         return Decision(run.s, run.actions, run.wake_after())
@@ -87,6 +88,7 @@ def decide(spec: SafeRolloutSpec, status: SafeRolloutStatus, inputs: Inputs,
 
 
 def _step(run: Run) -> None:
+    analysis_templates.resolve(run)  # shared templates filled in (pinned ones from status) before results are read
     for result in run.inp.results:
         _apply(run, result)
     verb = commands.take(run)
@@ -97,6 +99,8 @@ def _step(run: Run) -> None:
     elif new is not None:
         go.start(run, *new)
     run.s.observed_generation = run.inp.generation
+    analysis_templates.resolve(run)  # again: a rollout started just now pins its templates
+    analysis_templates.gate(run, _current_version(run))
     _clamp_stage(run)
     if verb in ("abort", "promote", "resume"):
         commands.carry_out(run, verb)
@@ -129,6 +133,7 @@ def _current_version(run: Run) -> str:
 
 def _apply(run: Run, r: a.Result) -> None:
     """What every result means whatever the phase, then the phase's own reading of it."""
+    r = analysis_templates.complete(run, r)
     source.apply(run, r)
     module = _module(run)
     if isinstance(r, a.Outcome) and not r.ok:

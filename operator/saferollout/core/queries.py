@@ -84,11 +84,20 @@ def escape_string(value: str) -> str:
     return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
 
 
-def render(query: str, values: dict[str, str]) -> str:
-    """Fill {{ name }} placeholders; unknown names are an error, never left in the query."""
+def render(query: str, values: dict[str, str], keep: frozenset[str] | tuple[str, ...] = ()) -> str:
+    """Fill {{ name }} placeholders; unknown names are an error, never left in the query.
+
+    `keep`: placeholders left as they are, for a second pass (a shared template's args are filled when the rollout
+    starts, the version's service and namespace when it is queried). A value that holds `{{` or `}}` is refused
+    then, so that nothing filled in the first pass becomes a placeholder of the second.
+    """
 
     def sub(m: re.Match[str]) -> str:
         key = m.group(1)
+        if key in keep and key not in values:
+            return m.group(0)
+        if keep and ("{{" in values.get(key, "") or "}}" in values.get(key, "")):
+            raise TemplateError(f"value of {{{{ {key} }}}} may not hold {{{{ or }}}}")
         if key not in values:
             raise TemplateError(f"unknown placeholder {{{{ {key} }}}}; known: {', '.join(sorted(values))}")
         value = values[key]

@@ -21,7 +21,7 @@ def _between(a: str | None, b: str | None) -> str:
 def incident_report(name: str, spec: SafeRolloutSpec, s: SafeRolloutStatus, now: datetime) -> str:
     inc = s.incident
     assert inc is not None
-    lines = _summary(name, s, inc) + _timeline(s, inc) + _metrics(inc) + _dry_run(s) + _database(spec, s)
+    lines = _summary(name, s, inc) + _timeline(s, inc) + _metrics(inc) + _dry_run(s) + _templates(s) + _database(spec, s)
     lines += ["", f"_Written by SafeRollout at {now.strftime('%Y-%m-%dT%H:%M:%SZ')}._", ""]
     return "\n".join(lines)
 
@@ -115,6 +115,19 @@ def _dry_run(s: SafeRolloutStatus) -> list[str]:
             f" ({t.last_message[:200]})".replace("|", "\\|") if t.last_message else "")
         lines.append(f"| {t.name} | {t.checks} | {t.passes} | {t.failures} | {t.inconclusive} | {would} | "
                      f"{t.first_failed_at or '-'} | {latest} |")
+    return lines
+
+
+def _templates(s: SafeRolloutStatus) -> list[str]:
+    """The shared analysis templates as this rollout judged by them: the versions pinned at its start."""
+    if not s.analysis_templates:
+        return []
+    lines = ["", "## Analysis templates", "", "Pinned when the rollout started; an edit since applies to the next "
+             "rollout.", "", "| template | resourceVersion | hash | changed since |", "|---|---|---|---|"]
+    for p in s.analysis_templates:
+        what = f"{p.kind} {p.namespace}/{p.name}" if p.namespace else f"{p.kind} {p.name}"
+        lines.append(f"| {what} | {p.resource_version or '-'} | {p.hash} | "
+                     f"{'deleted' if p.seen == 'deleted' else 'yes' if p.seen else 'no'} |")
     return lines
 
 

@@ -53,6 +53,9 @@ class Inputs:
     command: str | None = None  # "<verb>/<id>" from the saferollout.dev/command annotation
     results: list[a.Result] = field(default_factory=list)
     target: a.TargetView | None = None  # spec.template omitted: the target Deployment as read for this decision
+    namespace: str | None = None  # the rollout's: an AnalysisTemplate is looked up there, and only there
+    # the shared analysis templates the metrics name, as read for this decision (core.analysis_templates.wanted)
+    templates: list[a.TemplateRead] = field(default_factory=list)
 
 
 def set_condition(s: SafeRolloutStatus, type_: str, status: str, reason: str, message: str, inputs: Inputs) -> None:
@@ -90,6 +93,10 @@ class Run:
         self.analysed_now = False
         self.deadlines: list[float] = []  # seconds from now at which something waited for here becomes due
         self.failure_is_news = False  # the failed outcome being applied says something the status did not yet
+        self.declared = spec  # the spec as written; `spec` gets the metrics resolved (core.analysis_templates)
+        self.unresolved: dict[str, str] = {}  # metric -> why its shared template gives no definition
+        self.template_problems: list[tuple[str, str]] = []  # (reason, message) of each unresolved metric
+        self.recheck: float | None = None  # a terminal phase that looks again by itself (Blocked on a template)
 
     @property
     def blue_green(self) -> bool:
@@ -153,7 +160,7 @@ class Run:
         """
         phase = self.s.phase
         if phase is None or phase.terminal or (phase == Phase.paused and self.s.pause_reason != "inconclusive"):
-            return None
+            return self.recheck
         self.analysis_due()  # analysis goes on in every phase left: never sleep past the next one
         due = [*self.deadlines, self.interval]
         if self.polled or phase in (Phase.pending, Phase.preflight, Phase.rolling_back) or (

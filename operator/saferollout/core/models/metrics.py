@@ -97,14 +97,56 @@ class Judge(Model):
         return self
 
 
+TEMPLATE_KINDS = ("AnalysisTemplate", "ClusterAnalysisTemplate")
+ARG_PATTERN = r"^[a-zA-Z][a-zA-Z0-9_]*$"  # an arg is a {{ placeholder }} of the template's query
+NO_PLACEHOLDER = "an arg's value may not hold {{ or }}: it is filled into a query and must not become a placeholder"
+
+
+class ArgValue(Model):
+    """One argument of a shared template, filled into its query by the safe placeholder rendering."""
+
+    model_config = ConfigDict(json_schema_extra={"x-kubernetes-validations": [
+        cel("!self.value.contains('{{') && !self.value.contains('}}')", NO_PLACEHOLDER, ".value")]})
+    name: str = Field(pattern=ARG_PATTERN, max_length=63)
+    value: str = Field(max_length=1024)
+
+    @model_validator(mode="after")
+    def _no_placeholder(self) -> ArgValue:
+        if "{{" in self.value or "}}" in self.value:
+            raise ValueError(f"arg {self.name!r}: {NO_PLACEHOLDER}")
+        return self
+
+
+class TemplateRef(Model):
+    """A shared metric definition by name: an AnalysisTemplate of the rollout's own namespace (there is no namespace
+    field, so a tenant cannot name another's) or a ClusterAnalysisTemplate, which every namespace may use."""
+
+    model_config = ConfigDict(json_schema_extra={"x-kubernetes-validations": [
+        cel("!has(self.args) || self.args.all(a, self.args.exists_one(b, b.name == a.name))",
+            "templateRef.args: each arg may be given once", ".args")]})
+    kind: Literal["AnalysisTemplate", "ClusterAnalysisTemplate"] = "AnalysisTemplate"
+    name: str = Field(pattern=NAME_PATTERN, max_length=253)
+    args: list[ArgValue] = Field(default_factory=list, max_length=32)
+
+    @field_validator("args")
+    @classmethod
+    def _unique_args(cls, args: list[ArgValue]) -> list[ArgValue]:
+        names = [x.name for x in args]
+        if len(set(names)) != len(names):
+            raise ValueError("templateRef.args: each arg may be given once")
+        return args
+
+
 class Metric(Model):
     model_config = ConfigDict(
         json_schema_extra={
             "x-kubernetes-validations": [
-                cel("[has(self.query), has(self.template), has(self.httpGet)].filter(x, x).size() == 1",
-                    "a metric needs exactly one of query, template or httpGet"),
-                cel("has(self.max) || has(self.min) || has(self.baseline) || has(self.judge) || has(self.httpGet)",
-                    "a metric needs a threshold: max, min, baseline or judge"),
+                cel("[has(self.query), has(self.template), has(self.templateRef), has(self.httpGet)]"
+                    ".filter(x, x).size() == 1",
+                    "a metric needs exactly one of query, template, templateRef or httpGet"),
+                cel("has(self.templateRef) || has(self.max) || has(self.min) || has(self.baseline) || "
+                    "has(self.judge) || has(self.httpGet)",
+                    "a metric needs a threshold: max, min, baseline or judge (or a templateRef that gives one)"),
                 cel("!(has(self.baseline) && has(self.judge))", "baseline and judge are two ways to compare: pick one"),
                 cel("!has(self.warnAfter) || !has(self.failureLimit) || self.warnAfter < self.failureLimit",
                     "warnAfter must be below failureLimit", ".warnAfter"),
@@ -114,7 +156,12 @@ class Metric(Model):
     name: str = Field(pattern=NAME_PATTERN, max_length=63)
     query: str | None = Field(default=None, min_length=1, max_length=16384, description="PromQL with {{ placeholders }}.")
     template: str | None = Field(default=None, pattern=NAME_PATTERN,
-                                 description="A built-in template (error-rate, p95-latency) or a MetricTemplate.")
+                                 description="A built-in template: error-rate, p95-latency.")
+    template_ref: TemplateRef | None = Field(default=None, description=(
+        "A shared definition: an AnalysisTemplate of this namespace or a ClusterAnalysisTemplate. Its query, "
+        "threshold and response win where it sets them; this metric's own fields fill in the rest. The template "
+        "is read when the rollout starts and pinned in status.analysisTemplates: an edit mid-rollout applies "
+        "to the next rollout (an Event says so). Missing at the start: Blocked, naming it."))
     http_get: HttpCheck | None = None
     max: float | None = None
     min: float | None = None
@@ -132,11 +179,13 @@ class Metric(Model):
 
     @model_validator(mode="after")
     def _source_and_threshold(self) -> Metric:
-        if sum(x is not None for x in (self.query, self.template, self.http_get)) != 1:
-            raise ValueError(f"metric {self.name!r}: a metric needs exactly one of query, template or httpGet")
+        if sum(x is not None for x in (self.query, self.template, self.template_ref, self.http_get)) != 1:
+            raise ValueError(f"metric {self.name!r}: a metric needs exactly one of query, template, templateRef "
+                             "or httpGet")
         if self.max is None and self.min is None and self.baseline is None and self.judge is None \
-                and self.http_get is None:
-            raise ValueError(f"metric {self.name!r}: a metric needs a threshold: max, min, baseline or judge")
+                and self.http_get is None and self.template_ref is None:
+            raise ValueError(f"metric {self.name!r}: a metric needs a threshold: max, min, baseline or judge (or a "
+                             "templateRef that gives one)")
         if self.baseline is not None and self.judge is not None:
             raise ValueError(f"metric {self.name!r}: baseline and judge are two ways to compare: pick one")
         if self.warn_after is not None and self.failure_limit is not None and self.warn_after >= self.failure_limit:
@@ -203,9 +252,27 @@ def default_metrics() -> list[Metric]:
     ]
 
 
+TRAFFIC_CHECK = "traffic-split"  # the name the traffic split check is shown under, beside the metrics
+TRAFFIC_CHECK_NAME_TAKEN = f"a metric may not be named {TRAFFIC_CHECK} while trafficCheck is set: that is the check's name"
+
+
+class TrafficCheck(Model):
+    """Whether the data plane applied the weight written: the canary's share of the requests the canary and stable
+    Services served in the rate window, against the stage's weight. A mismatch is inconclusive (onInconclusive
+    decides), so a version no one actually used is never promoted on the strength of an empty window."""
+
+    tolerance: float = Field(default=0.5, gt=0, le=1, description=(
+        "How far the measured share may be from the weight, as a fraction of the weight: 0.5 passes a 20% stage "
+        "whose canary served 10% to 30% of the requests."))
+    min_requests: int = Field(default=50, ge=1, le=10_000_000, description=(
+        "Requests the two Services served in the window below which the share is not measured (inconclusive)."))
+
+
 class Analysis(Model):
     model_config = ConfigDict(json_schema_extra={"x-kubernetes-validations": [
-        cel("!has(self.metrics) || self.metrics.exists(m, !has(m.dryRun) || !m.dryRun)", ONLY_DRY_RUN, ".metrics")
+        cel("!has(self.metrics) || self.metrics.exists(m, !has(m.dryRun) || !m.dryRun)", ONLY_DRY_RUN, ".metrics"),
+        cel(f"!has(self.trafficCheck) || !has(self.metrics) || !self.metrics.exists(m, m.name == '{TRAFFIC_CHECK}')",
+            TRAFFIC_CHECK_NAME_TAKEN, ".metrics"),
     ]})
     prometheus: PrometheusSource | None = None
     interval: Annotated[str, Bounded("1s", "1h")] = "30s"
@@ -214,6 +281,16 @@ class Analysis(Model):
     inconclusive_limit: int = Field(default=3, ge=1, le=100)
     on_inconclusive: InconclusiveAction = InconclusiveAction.pause
     metrics: list[Metric] = Field(default_factory=default_metrics, min_length=1, max_length=32)
+    traffic_check: TrafficCheck | None = Field(default=None, description=(
+        "Check at every analysis of a canary stage below 100% that its measured share of requests matches the "
+        "weight written (from the request counter the built-in templates read), once the stage has run for the "
+        "rate window. Shown as the metric traffic-split."))
+
+    @model_validator(mode="after")
+    def _check_name_free(self) -> Analysis:
+        if self.traffic_check is not None and any(m.name == TRAFFIC_CHECK for m in self.metrics):
+            raise ValueError(TRAFFIC_CHECK_NAME_TAKEN)
+        return self
 
     @field_validator("metrics")
     @classmethod

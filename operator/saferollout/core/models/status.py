@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import ConfigDict, Field
 from pydantic.alias_generators import to_camel
@@ -215,6 +215,23 @@ class ProgressDeadlineStatus(Model):
     action: Literal["rollback", "fail"] | None = Field(default=None, description="What was done at the deadline.")
 
 
+class PinnedTemplate(Model):
+    """A shared analysis template as this rollout uses it, copied when the rollout started: the rollout keeps to it
+    whatever happens to the object meanwhile (an edit or a deletion applies to the next rollout)."""
+
+    kind: str
+    namespace: str | None = Field(default=None, description="An AnalysisTemplate's namespace (the rollout's own).")
+    name: str
+    resource_version: str | None = None
+    hash: str = Field(description="sha256 of its spec, 16 hex digits.")
+    pinned_at: str | None = None
+    spec: dict[str, Any] = Field(default_factory=dict, description="The template's spec as it was read.",
+                                 json_schema_extra={"type": "object", "additionalProperties": False,  # crdgen drops it
+                                                    "x-kubernetes-preserve-unknown-fields": True})
+    seen: str | None = Field(default=None, description="The newer version seen since (its hash, or 'deleted'), "
+                             "said once in an Event.")
+
+
 class SafeRolloutStatus(Model):
     """Everything the operator needs to resume after a restart lives here."""
 
@@ -254,6 +271,8 @@ class SafeRolloutStatus(Model):
     snapshot: SnapshotStatus | None = None
     restore: RestoreStatus | None = None
     analysis: AnalysisStatus = Field(default_factory=AnalysisStatus)
+    analysis_templates: list[PinnedTemplate] = Field(default_factory=list, description=(
+        "The shared analysis templates this rollout's metrics use, pinned at its start."))
     incident: IncidentStatus | None = None
     progress_deadline: ProgressDeadlineStatus | None = None
     history: list[HistoryEntry] = Field(default_factory=list)
