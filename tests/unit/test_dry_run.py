@@ -441,3 +441,26 @@ def test_the_harness_checks_that_a_dry_run_metric_failed_and_was_shown_as_one() 
     unmarked = [{"name": "strict", "verdict": "fail"}]  # shown as if it were a real metric
     assert not seen({"analysis": {"dryRun": tallies, "metrics": unmarked}})["dryRunFailed strict"]
     assert seen({}) == {"dryRunFailed strict": False, "dryRunFailed other": False}
+
+
+@pytest.mark.parametrize("where", ["_verdict", "_tally"])
+def test_an_internal_error_in_a_dry_run_metric_is_said_and_never_acts(where: str, monkeypatch: pytest.MonkeyPatch
+                                                                      ) -> None:
+    from saferollout.core import analysis
+
+    real = getattr(analysis, where)
+
+    def broken(run: Any, *rest: Any) -> Any:
+        name = rest[1] if where == "_verdict" else rest[0].name
+        if name == DRY_FAILING["name"]:
+            raise ZeroDivisionError("boom")
+        return real(run, *rest)
+
+    monkeypatch.setattr(analysis, where, broken)
+    w = World(with_metrics(REAL, DRY_FAILING), metrics=dry_value(0.001)).run(120, until=World.done)
+    assert w.phase() == "Succeeded" and w.status.history == [] and "InternalError" not in w.reasons()
+    if where == "_tally":
+        assert "DryRunError" in w.reasons()
+    else:
+        shown = next(m for m in w.status.analysis.metrics if m.name == DRY_FAILING["name"])
+        assert shown.verdict == Verdict.inconclusive and shown.message == "internal error: ZeroDivisionError"

@@ -163,9 +163,14 @@ def verdicts(run: Run, r: a.MetricValues, record: bool) -> Bad:
     previous = {m.name: m for m in run.s.analysis.metrics}
     out: list[MetricStatus] = []
     for name, raw in r.values.items():
-        verdict, threshold, value, note = _verdict(run, r, name, raw)
-        message = r.errors.get(name) or note or ("no data" if verdict == Verdict.inconclusive else None)
         is_dry = dry(run, name)
+        try:
+            verdict, threshold, value, note = _verdict(run, r, name, raw)
+        except Exception as e:  # a dry run never acts, not even by failing: only its own reading is lost
+            if not is_dry:
+                raise
+            verdict, threshold, value, note = Verdict.inconclusive, "-", None, f"internal error: {type(e).__name__}"
+        message = r.errors.get(name) or note or ("no data" if verdict == Verdict.inconclusive else None)
         if verdict != Verdict.passed and not is_dry:  # a dryRun verdict is never a reason for anything
             bad.append((name, verdict, message or f"{fmt(value)} not {threshold}"))
         ms = MetricStatus(name=name, value=value if value is not None and math.isfinite(value) else None,
@@ -175,7 +180,11 @@ def verdicts(run: Run, r: a.MetricValues, record: bool) -> Bad:
         out.append(ms)
         if r.purpose == "analysis" and is_dry:
             if record:
-                _tally(run, ms)
+                try:
+                    _tally(run, ms)
+                except Exception as e:  # the same: a dry run's bookkeeping failing is said, never acted on
+                    run.event("DryRunError", f"dry-run metric {name}: internal error {type(e).__name__}: "
+                              f"{str(e)[:200]}; it is not counted this time", warning=True)
         elif r.purpose == "analysis":
             _warn(run, name, ms, message)
     if record:
