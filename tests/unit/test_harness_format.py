@@ -241,6 +241,12 @@ def test_blue_green_and_its_preview_load() -> None:
     assert "one router" in error_of(with_strategy({"canary": {"traffic": {}}}))
 
 
+def test_a_data_plane_that_does_not_apply_the_weights() -> None:
+    assert parse(scenario(load={"rps": 10}), Path("t.yaml")).canary_share is None
+    assert parse(scenario(load={"rps": 10, "canaryShare": 50}), Path("t.yaml")).canary_share == 50
+    assert "100" in error_of(scenario(load={"rps": 10, "canaryShare": 101}))
+
+
 def test_behaviour_extensions_health_and_memory() -> None:
     s = parse(scenario(app={"canary": {"memoryMB": 130, "when": [{"canaryWeightAtLeast": 50, "healthy": False},
                                                                    {"afterSeconds": 30, "memoryMB": 200}]}}),

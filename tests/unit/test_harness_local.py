@@ -83,6 +83,24 @@ def test_router_follows_weights(apps: tuple[DemoApp, DemoApp]) -> None:
     assert len(seen) == 2
 
 
+def test_a_router_with_a_fixed_canary_share_reads_the_weights_and_ignores_them(apps: tuple[DemoApp, DemoApp]
+                                                                               ) -> None:
+    stable, canary = apps
+    route: dict[str, Any] = {"spec": {"rules": [{"backendRefs": [{"name": "web", "weight": 95},
+                                                                 {"name": "web-canary", "weight": 5}]}]}}
+    backends = {"web": Backend("stable", "web"), "web-canary": Backend("canary", "web-canary")}
+    r = Router(lambda: backend_weights(route), backends, {"stable": stable.port, "canary": canary.port}, rps=100,
+               max_seconds=3, canary_share=50)
+    r.start()
+    try:
+        time.sleep(2.0)
+    finally:
+        r.stop()
+    assert r.canary_weight == 5  # what the route says, as the timeline shows it
+    sent = r.stats.sent
+    assert sent["canary"] + sent["stable"] > 100 and 0.35 < sent["canary"] / (sent["canary"] + sent["stable"]) < 0.65
+
+
 def test_demoapp_labels_by_the_service_the_request_came_through(apps: tuple[DemoApp, DemoApp]) -> None:
     stable, _ = apps
     base = f"http://127.0.0.1:{stable.port}"
