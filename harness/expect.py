@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from harness.format import Bounds, Expect, NotificationExpect, named_field
+from harness.format import Bounds, Expect, NotificationExpect, RequestsExpect, named_field
 from harness.timeline import WeightChange, longest_hold, merged_intervals, weights_seen
 from harness.webhook import RANK, Received
 
@@ -46,6 +46,8 @@ class Observed:
     finished_in: float | None = None  # seconds from the apply to the finish condition, None when not reached
     phase: str | None = None
     router_changes: list[WeightChange] = field(default_factory=list)
+    # requests: (the router's plan: weight, match or mirror; carried load.tagged's headers; stable, canary, mirror)
+    requests_seen: dict[tuple[str, bool, str], int] = field(default_factory=dict)
     advances: list[Advance] = field(default_factory=list)
     outages: dict[str, tuple[list[float], list[float]]] = field(default_factory=dict)  # kind: (downs, ups)
     conditions_seen: set[tuple[str, str, str]] = field(default_factory=set)
@@ -181,6 +183,18 @@ def _final_weight(want: Bounds, s: Seen) -> list[Check]:
     weights = _weights(s.obs)
     last = weights[-1] if weights else 0
     return [Check("finalWeight", want.holds(last), f"final canary weight {last}, want {want.describe()}")]
+
+
+@checks("requests")
+def _requests(want: tuple[RequestsExpect, ...], s: Seen) -> list[Check]:
+    out = []
+    for r in want:
+        n = sum(count for (during, tagged, to), count in s.obs.requests_seen.items()
+                if r.during in ("any", during) and r.tagged in (None, tagged) and to == r.to)
+        which = "" if r.tagged is None else " tagged" if r.tagged else " untagged"
+        out.append(Check("requests", r.count.holds(n), f"{n}{which} requests to {r.to} while {r.during}, "
+                                                         f"want {r.count.describe()}"))
+    return out
 
 
 @checks("weights_seen")

@@ -208,11 +208,24 @@ class AppIn(Strict):
     canary: VersionIn = Field(default_factory=VersionIn)
 
 
+HeaderName = Annotated[str, Field(pattern=r"^[A-Za-z0-9!#$%&'*+.^_`|~-]+$", max_length=256)]
+
+
+class TaggedIn(Strict):
+    """Extension `load.tagged`: `percent` of the requests (spread evenly) carry `headers` (a cookie: `Cookie`)."""
+
+    percent: Annotated[int, Field(ge=1, le=100)]
+    headers: Annotated[dict[HeaderName, Annotated[str, Field(max_length=1024, pattern=r"^[^\r\n]*$")]],
+                       Field(min_length=1, max_length=8)]
+
+
 class LoadIn(Strict):
     rps: Annotated[float, Field(ge=0, le=1000)] = 0.0
     preview_rps: Annotated[float, Field(ge=0, le=100)] = 0.0  # extension: blueGreen's preview Service
     # extension: a data plane that does not apply the weights written: this percent goes to the canary whatever they say
     canary_share: Annotated[int, Field(ge=0, le=100)] | None = None
+    # extension: this percent of the requests carries these headers (a header or cookie match's audience)
+    tagged: TaggedIn | None = None
 
 
 # extension `resourceQuota`: a ResourceQuota's spec.hard, by resource name (pods, requests.cpu, count/deployments.apps)
@@ -543,6 +556,31 @@ class NotificationExpect:
     report_ref_present: bool | None = None
 
 
+@dataclass(frozen=True)
+class RequestsExpect:
+    """Extension `requests`: how many requests (or mirror copies) the router sent `to`, while its plan was
+    `during` (weight, match, mirror, or any), of those that carried load.tagged's headers (tagged), or not."""
+
+    during: str
+    tagged: bool | None
+    to: str
+    count: Bounds
+
+
+class RequestsIn(Strict):
+    during: Literal["weight", "match", "mirror", "any"] = Field(alias="while")
+    tagged: bool | None = None
+    to: Literal["stable", "canary", "mirror"]
+    count: Annotated[Bounds, Via(ExactlyIn, _BoundsIn.bounds)]
+
+    def wanted(self) -> RequestsExpect:
+        return RequestsExpect(self.during, self.tagged, self.to, self.count)
+
+
+def _requests(value: Any) -> tuple[RequestsExpect, ...]:
+    return tuple(r.wanted() for r in _as_tuple(value))
+
+
 class NotificationsIn(Strict):
     received: ExactBound | None = None
     severities: list[Severity] = Field(default_factory=list)
@@ -618,6 +656,7 @@ class Expect(Strict):
     incident_report_contains: list[str] | None = None
     path_absent: Annotated[tuple[str, ...], Via(one_or_list(Annotated[str, AfterValidator(_under_tmp)]), _paths)] | None = None
     dry_run_failed: list[Annotated[str, Field(min_length=1)]] | None = None
+    requests: Annotated[tuple[RequestsExpect, ...], Via(one_or_list(RequestsIn), _requests)] | None = None
 
     _order: tuple[str, ...] = PrivateAttr(default=())  # the fields given, in the file's order
 
@@ -892,6 +931,7 @@ class Scenario:
     resource_quota: dict[str, str] = field(default_factory=dict)  # extension: spec.hard of a ResourceQuota
     objects: tuple[dict[str, Any], ...] = ()  # extension: applied before the rollout
     canary_share: int | None = None  # extension: the router sends this percent to the canary whatever the weights
+    tagged: tuple[int, dict[str, str]] | None = None  # extension: (percent, headers) of the requests that carry them
 
     @property
     def made_objects(self) -> list[dict[str, Any]]:
@@ -1058,7 +1098,8 @@ def parse(data: object, path: Path) -> Scenario:
                         f.database, tuple(x.fault(i) for i, x in enumerate(f.faults)),
                         f.expect.as_dict(), (), dict(target.images), target.replicas, f.load.preview_rps,
                         {k: str(v) for k, v in (f.resource_quota or {}).items()}, tuple(f.objects or ()),
-                        f.load.canary_share)
+                        f.load.canary_share,
+                        (f.load.tagged.percent, dict(f.load.tagged.headers)) if f.load.tagged else None)
     _cross_check(scenario, f.expect, where)
     return scenario
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import http.client
 import random
+import re
 import threading
 import time
 from collections import Counter
@@ -52,6 +53,82 @@ def backend_weights(route: dict[str, Any]) -> dict[str, int]:
     return out
 
 
+Condition = tuple[str, str, bool]  # a header a request must carry: (lower-case name, value, value is a regex)
+
+
+def satisfies(headers: dict[str, str], conds: tuple[Condition, ...]) -> bool:
+    """The request's headers meet every condition: exact, or a regex matched against the whole value."""
+    lower = {k.lower(): v for k, v in headers.items()}
+    for name, value, regex in conds:
+        have = lower.get(name)
+        if have is None or not (re.fullmatch(value, have) if regex else have == value):
+            return False
+    return True
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What a data plane does with a request, beyond the weights: rules that match headers first (the most
+    conditions first, as the Gateway API orders them; Istio's order is kept by the reader), and a mirror."""
+
+    weights: dict[str, int]
+    matches: tuple[tuple[str, tuple[Condition, ...]], ...] = ()  # (weights key, every header it needs)
+    mirror: tuple[str, int] | None = None  # (weights key, percent) each request is copied to
+
+    @property
+    def label(self) -> str:
+        """How the expectations name it: `mirror`, `match` or `weight`."""
+        return "mirror" if self.mirror else "match" if self.matches else "weight"
+
+    def describe(self) -> str:
+        parts = []
+        for key, conds in self.matches:
+            shown = " ".join(n + ("~" if r else "=") + v for n, v, r in conds)
+            parts.append(f"match {shown} -> {key}")
+        if self.mirror:
+            parts.append(f"mirror {self.mirror[1]}% -> {self.mirror[0]}")
+        return "; ".join(parts)
+
+
+def rule_plan(route: dict[str, Any]) -> Plan:
+    """An HTTPRoute's rules as the harness's data plane applies them: the first rule without header matches
+    gives the weights (absent weights read as 0) and its RequestMirror filter the mirror; a rule whose every match
+    needs headers is a match rule to its backendRef of highest weight. Paths are not looked at: the load asks `/`."""
+    rules = (route.get("spec") or {}).get("rules") or []
+    weights: dict[str, int] | None = None
+    mirror: tuple[str, int] | None = None
+    matches: list[tuple[str, tuple[Condition, ...]]] = []
+    for rule in rules:
+        refs = [r for r in rule.get("backendRefs") or [] if isinstance(r.get("name"), str)]
+        header_sets = [tuple((str(h.get("name", "")).lower(), str(h.get("value", "")),
+                              h.get("type") == "RegularExpression") for h in m.get("headers") or [])
+                       for m in rule.get("matches") or [{}]]
+        if header_sets and all(header_sets) and refs:
+            best = max(refs, key=lambda r: r.get("weight", 1) if isinstance(r.get("weight", 1), int) else 0)
+            matches += [(str(best["name"]), conds) for conds in header_sets]
+            continue
+        if weights is not None:
+            continue
+        weights = {}
+        for ref in refs:
+            w = ref.get("weight")
+            weights[ref["name"]] = weights.get(ref["name"], 0) + (int(w) if isinstance(w, int) and w > 0 else 0)
+        for f in rule.get("filters") or []:
+            rm = f.get("requestMirror") or {}
+            name = (rm.get("backendRef") or {}).get("name")
+            if f.get("type") == "RequestMirror" and isinstance(name, str):
+                percent = rm.get("percent")
+                frac = rm.get("fraction") or {}
+                if isinstance(percent, int):
+                    mirror = (name, percent)
+                elif isinstance(frac.get("numerator"), int):
+                    mirror = (name, round(100 * frac["numerator"] / (frac.get("denominator") or 100)))
+                else:
+                    mirror = (name, 100)
+    matches.sort(key=lambda m: -len(m[1]))  # stable sort: more header matches first, then the route's order
+    return Plan(weights or {}, tuple(matches), mirror)
+
+
 @dataclass(frozen=True)
 class Backend:
     """Where requests for one weights key go: the process (role) and the Service they came through.
@@ -71,6 +148,10 @@ class RouterStats:
     failed: int = 0  # connection errors and timeouts
     dropped: int = 0  # no slot free (MAX_IN_FLIGHT) or no backend with weight
     unrouted: int = 0  # weight on a backendRef that is neither Service
+    # (the plan's label: weight, match or mirror; the request carried load.tagged's headers; stable, canary or
+    # mirror: where it, or for mirror its copy, went)
+    seen: Counter[tuple[str, bool, str]] = field(default_factory=Counter)
+    mirrored: int = 0  # copies sent to the mirror (their answers are counted as "mirror <code>" and dropped)
 
 
 class Router:
@@ -80,11 +161,14 @@ class Router:
     to a demo process, exactly one with role stable and one with role canary; `ports` maps roles to ports.
     """
 
-    def __init__(self, read_weights: Callable[[], dict[str, int] | None], backends: dict[str, Backend],
+    def __init__(self, read_weights: Callable[[], dict[str, int] | Plan | None], backends: dict[str, Backend],
                  ports: dict[str, int], rps: float, max_seconds: float,
                  on_change: Callable[[str], None] | None = None, what: str = "weights",
-                 canary_share: int | None = None) -> None:
+                 canary_share: int | None = None, tagged: tuple[int, dict[str, str]] | None = None) -> None:
         self._read_weights = read_weights
+        # load.tagged: this percent of the requests carries these headers (spread evenly, as the errors are)
+        self.tagged = tagged
+        self._plan = Plan({})
         self.backends = dict(backends)
         roles = {b.role: k for k, b in backends.items()}
         if set(roles) != {"stable", "canary"} or len(roles) != len(backends):
@@ -111,6 +195,7 @@ class Router:
         self._threads = [threading.Thread(target=self._poll_loop, name="router-poll", daemon=True),
                          threading.Thread(target=self._load_loop, name="router-load", daemon=True)]
         self._rng = random.Random()
+        self._mirror_count = 0
         self.first_read = threading.Event()
 
     # ------------------------------------------------------------------------------------------- lifecycle
@@ -152,10 +237,13 @@ class Router:
             return
         if weights is None:
             return
+        plan = weights if isinstance(weights, Plan) else Plan(dict(weights))
+        weights = plan.weights
         now = time.monotonic()
         with self._lock:
-            if self.raw_changes and weights == self._weights:
+            if self.raw_changes and plan == self._plan:
                 return
+            self._plan = plan
             self._weights = dict(weights)
             canary = canary_share(weights, self.stable_key, self.canary_key)
             self.raw_changes.append((now, dict(weights)))
@@ -163,13 +251,17 @@ class Router:
                 self.changes.append((now, canary))
         self.first_read.set()
         shown = ", ".join(f"{k}={v}" for k, v in weights.items()) or "no backends"
-        self._on_change(f"{self.what} {shown} (canary {canary}%)")
+        extra = f"; {plan.describe()}" if plan.describe() else ""
+        self._on_change(f"{self.what} {shown} (canary {canary}%){extra}")
 
     # ------------------------------------------------------------------------------------------------ load
-    def _pick(self) -> str | None:
+    def _pick(self, headers: dict[str, str] | None = None) -> str | None:
         """The weights key for one request, "other" for weight on a key that leads to no process, None for none."""
         with self._lock:
             w = self._weights
+            for key, conds in self._plan.matches:
+                if headers is not None and satisfies(headers, conds):
+                    return key if key in self.backends else "other"
             stable = max(0, w.get(self.stable_key, 0))
             canary = max(0, w.get(self.canary_key, 0))
             other = sum(v for k, v in w.items() if k not in (self.stable_key, self.canary_key) and v > 0)
@@ -198,7 +290,11 @@ class Router:
                 break
             if self._stop.wait(max(0.0, due - time.monotonic())):
                 break
-            key = self._pick()
+            tagged = self.tagged is not None and (i + 1) * self.tagged[0] // 100 > i * self.tagged[0] // 100
+            headers = dict(self.tagged[1]) if tagged and self.tagged else {}
+            with self._lock:
+                plan = self._plan
+            key = self._pick(headers)
             if key is None:
                 self.stats.dropped += 1
                 continue
@@ -209,10 +305,20 @@ class Router:
                 self.stats.dropped += 1
                 continue
             self.stats.sent[self.backends[key].role] += 1
-            self._pool.submit(self._send, self.backends[key])
+            self.stats.seen[(plan.label, tagged, self.backends[key].role)] += 1
+            self._pool.submit(self._send, self.backends[key], headers)
+            if plan.mirror and plan.mirror[0] in self.backends and self.canary_share is None:
+                percent = plan.mirror[1]
+                self._mirror_count += 1
+                n = self._mirror_count
+                if n * percent // 100 > (n - 1) * percent // 100 and self._slots.acquire(blocking=False):
+                    self.stats.mirrored += 1
+                    self.stats.seen[(plan.label, tagged, "mirror")] += 1
+                    self._pool.submit(self._send, self.backends[plan.mirror[0]], headers, True)
 
-    def _send(self, backend: Backend) -> None:
-        headers = {"Connection": "close"}
+    def _send(self, backend: Backend, extra: dict[str, str] | None = None, mirror: bool = False) -> None:
+        """One request; a mirror's copy is sent the same way and its answer only counted ("mirror 200")."""
+        headers = {**(extra or {}), "Connection": "close"}
         if backend.label:
             headers[SERVICE_HEADER] = backend.label
         try:
@@ -222,7 +328,7 @@ class Router:
                 resp = conn.getresponse()
                 resp.read()
                 with self._stats_lock:
-                    self.stats.codes[f"{backend.role} {resp.status}"] += 1
+                    self.stats.codes[f"{'mirror' if mirror else backend.role} {resp.status}"] += 1
             finally:
                 conn.close()
         except OSError:
@@ -234,5 +340,8 @@ class Router:
     def summary(self) -> str:
         s = self.stats
         codes = ", ".join(f"{k}: {v}" for k, v in sorted(s.codes.items()))
-        return (f"sent stable={s.sent['stable']} canary={s.sent['canary']}; answers {codes or 'none'}; "
+        seen = ", ".join(f"{label}/{'tagged' if tagged else 'untagged'}->{to}={n}"
+                         for (label, tagged, to), n in sorted(s.seen.items()) if label != "weight" or tagged)
+        return (f"sent stable={s.sent['stable']} canary={s.sent['canary']} mirrored={s.mirrored}"
+                f"{'; ' + seen if seen else ''}; answers {codes or 'none'}; "
                 f"failed={s.failed} dropped={s.dropped} unrouted={s.unrouted} route-read-errors={self.read_errors}")

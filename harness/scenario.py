@@ -40,6 +40,7 @@ from harness.format import (
     object_name,
     substitute,
 )
+from harness.jobrunner import JobRunner
 from harness.kube import REPO, SR_PLURAL, Kube, available, default_kubeconfig, default_kubectl, images_of, world
 from harness.router import POLL_SECONDS as ROUTER_POLL
 from harness.router import Router
@@ -440,6 +441,8 @@ class _RolloutRun(_BaseRun):
         self.fault_done: dict[int, float] = {}
         self.promoted_now = False
         self.migrated = False
+        # spec.migration's Job pods that ask for the harness's runner are run here (harness/jobrunner.py)
+        self.jobs = JobRunner(self.kube, self.ns, lambda text: self.tl.add("migration", text))
         self.poll_failing_since: float | None = None
         self.target_generation: int | None = None
 
@@ -535,7 +538,7 @@ class _RolloutRun(_BaseRun):
         main = sources["main"]
         self.router = Router(main.read, main.backends, ports, s.rps, s.within_seconds + 120,
                              on_change=lambda text: self.tl.add("router", text), what=main.what,
-                             canary_share=s.canary_share)
+                             canary_share=s.canary_share, tagged=s.tagged)
         self.router.start()
         if not self.router.first_read.wait(15):
             raise RuntimeError(f"the router could not read {self.refs.describe}: {self.router.last_error}")
@@ -718,6 +721,13 @@ class _RolloutRun(_BaseRun):
                 tl.add("history", f"{h.get('action')} at stage {h.get('stage')} weight {h.get('weight')} "
                                   f"{h.get('metric') or ''}: {h.get('message') or ''}", now)
         last["history"] = len(history)
+        migration = status.get("migration") or {}
+        if migration.get("state") != last.get("migration"):
+            if migration:
+                tl.add("migration", f"Job {migration.get('job')} {migration.get('state')}", now)
+            last["migration"] = migration.get("state")
+        if migration.get("state") in ("Creating", "Running"):
+            self.jobs.poll()
         self._target_unchanged(target, now)
         images = images_of(target)
         if images != last["images"]:
@@ -870,6 +880,7 @@ class _RolloutRun(_BaseRun):
         if self.router is not None:
             self.router.stop()
             obs.router_changes = list(self.router.changes)
+            obs.requests_seen = dict(self.router.stats.seen)
             prev: int | None = None
             for t, w in obs.router_changes:
                 if prev is not None and w > prev:

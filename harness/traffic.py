@@ -3,7 +3,8 @@
 Pure functions turn the objects into {key: weight}; `traffic_sources` binds them to the cluster. Each router's
 object is read the way its data plane would read it, so the harness's load follows what the operator really wrote:
 
-- gatewayAPI: the HTTPRoute's first rule's backendRefs (absent weight = 0).
+- gatewayAPI: the HTTPRoute's first rule without header matches: its backendRefs (absent weight = 0) and its
+  RequestMirror filter; rules that match headers send the requests that carry them (harness.router.rule_plan).
 - istio: the VirtualService's HTTP route (`route` by name, else the first): destination hosts that name the stable
   or canary Service, with their weights (a lone destination without a weight takes everything, as in Istio).
 - nginx: the stable Ingress sends everything to its backend unless a canary Ingress (annotation `canary: "true"`)
@@ -25,7 +26,7 @@ from kubernetes import client
 
 from harness.format import TrafficRefs
 from harness.kube import get_or_none
-from harness.router import Backend, backend_weights
+from harness.router import Backend, Condition, Plan, rule_plan
 
 CANARY = "nginx.ingress.kubernetes.io/canary"
 CANARY_WEIGHT = "nginx.ingress.kubernetes.io/canary-weight"
@@ -42,10 +43,48 @@ def host_names(host: str, service: str, namespace: str) -> bool:
     return host in (service, f"{service}.{namespace}") or host.startswith(f"{service}.{namespace}.")
 
 
-def istio_weights(vs: dict[str, Any], route: str | None, namespace: str, stable: str, canary: str) -> dict[str, int]:
-    """{Service name (or the raw host): weight} of the chosen HTTP route; {} when there is no such route."""
+def _header_routes(http: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """HTTP routes every one of whose matches needs headers (the operator's match route among them)."""
+    return [r for r in http if r.get("match") and all(m.get("headers") for m in r["match"])]
+
+
+def istio_plan(vs: dict[str, Any], route: str | None, namespace: str, stable: str, canary: str) -> Plan:
+    """The chosen route's weights and mirror, and before it the routes that match headers (in Istio's order:
+    the first route that matches wins), each to its destination of highest weight."""
     http = (vs.get("spec") or {}).get("http") or []
-    chosen = next((r for r in http if r.get("name") == route), None) if route else (http[0] if http else None)
+    weights = istio_weights(vs, route, namespace, stable, canary)
+    header_routes = _header_routes(http)
+    chosen = next((r for r in http if r.get("name") == route), None) if route else \
+        next((r for r in http if r not in header_routes), None)
+
+    def key(host: str) -> str:
+        return stable if host_names(host, stable, namespace) else canary if host_names(host, canary, namespace) else host
+
+    matches: list[tuple[str, tuple[Condition, ...]]] = []
+    for r in header_routes:
+        if chosen is not None and http.index(r) > http.index(chosen):
+            continue
+        dests = r.get("route") or []
+        if not dests:
+            continue
+        best = max(dests, key=lambda d: d.get("weight", 100) if isinstance(d.get("weight", 100), int) else 0)
+        for m in r["match"]:
+            conds = tuple((str(n).lower(), str(v.get("exact", v.get("regex", ""))), "regex" in v)
+                          for n, v in (m.get("headers") or {}).items() if isinstance(v, dict))
+            matches.append((key(str((best.get("destination") or {}).get("host", ""))), conds))
+    mirror = None
+    if chosen is not None and chosen.get("mirror"):
+        pct = (chosen.get("mirrorPercentage") or {}).get("value", 100)
+        mirror = (key(str(chosen["mirror"].get("host", ""))), round(float(pct)))
+    return Plan(weights, tuple(matches), mirror)
+
+
+def istio_weights(vs: dict[str, Any], route: str | None, namespace: str, stable: str, canary: str) -> dict[str, int]:
+    """{Service name (or the raw host): weight} of the chosen HTTP route (by name, else the first that does not
+    need headers); {} when there is no such route."""
+    http = (vs.get("spec") or {}).get("http") or []
+    plain = [r for r in http if r not in _header_routes(http)]
+    chosen = next((r for r in http if r.get("name") == route), None) if route else (plain[0] if plain else None)
     if chosen is None:
         return {}
     dests = chosen.get("route") or []
@@ -166,7 +205,7 @@ class ClusterView:
 class Source:
     """One stream of traffic: how to read its weights, where each key leads, and what to call it in the timeline."""
 
-    read: Callable[[], dict[str, int] | None]
+    read: Callable[[], dict[str, int] | Plan | None]
     backends: dict[str, Backend]
     what: str
 
@@ -182,19 +221,19 @@ def traffic_sources(refs: TrafficRefs, namespace: str, target: str, api: client.
     if refs.kind == "gatewayAPI":
         obj = str(refs.obj)
 
-        def read_route() -> dict[str, int] | None:
+        def read_route() -> Plan | None:
             route = get_or_none(lambda: custom.get_namespaced_custom_object(GATEWAY_GROUP, GATEWAY_VERSION, namespace,
                                                                             "httproutes", obj), api)
-            return None if route is None else backend_weights(route)
+            return None if route is None else rule_plan(route)
 
         return {"main": Source(read_route, by_service, f"HTTPRoute {obj} weights")}
     if refs.kind == "istio":
         obj = str(refs.obj)
 
-        def read_vs() -> dict[str, int] | None:
+        def read_vs() -> Plan | None:
             vs = get_or_none(lambda: custom.get_namespaced_custom_object(ISTIO_GROUP, ISTIO_VERSION, namespace,
                                                                          "virtualservices", obj), api)
-            return None if vs is None else istio_weights(vs, refs.route, namespace, stable, canary)
+            return None if vs is None else istio_plan(vs, refs.route, namespace, stable, canary)
 
         return {"main": Source(read_vs, by_service, f"VirtualService {obj} weights")}
     if refs.kind == "nginx":

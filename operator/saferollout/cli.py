@@ -39,12 +39,29 @@ def _age(ts: str | None, now: datetime) -> str:
     return format_duration(max(0.0, (now - t).total_seconds()))
 
 
-def stages_of(obj: dict[str, Any]) -> list[tuple[int, str]]:
+def stage_kind(stage: dict[str, Any]) -> str:
+    """What a stage sends the canary: ` 25%` (a weight), `header match x-canary, cookie beta`, `mirror 20%`."""
+    weight = int(stage.get("weight") or 0)
+    if stage.get("mirror") is not None:
+        return f"mirror {stage['mirror']}% (shadow)"
+    parts = []
+    match = stage.get("match") or {}
+    if match:
+        names = [str(h.get("name")) for h in match.get("headers") or []] + \
+            [f"cookie {c.get('name')}" for c in match.get("cookies") or []]
+        parts.append("header match " + ", ".join(names))
+    if weight or not parts:
+        parts.append(f"{weight:>3}%")
+    return " + ".join(parts) + (" sticky" if stage.get("sticky") else "")
+
+
+def stages_of(obj: dict[str, Any]) -> list[tuple[str, str]]:
+    """(kind, duration) of each stage: the kind is the weight (` 25%`), a header match or a mirror."""
     canary = ((obj.get("spec") or {}).get("strategy") or {}).get("canary") or {}
     stages = canary.get("stages")
     if stages:
-        return [(int(s["weight"]), str(s["duration"])) for s in stages]
-    return [(s.weight, s.duration) for s in DEFAULT_STAGES]
+        return [(stage_kind(s), str(s["duration"])) for s in stages]
+    return [(stage_kind({"weight": s.weight}), s.duration) for s in DEFAULT_STAGES]
 
 
 def progress(obj: dict[str, Any]) -> float:
@@ -106,7 +123,8 @@ def render_status(obj: dict[str, Any], now: datetime | None = None) -> str:
         f"Message:   {st.get('message') or '-'}",
         f"New:       {images}",
         f"Stable:    {', '.join(f'{k}={v}' for k, v in (st.get('stableImages') or {}).items()) or '-'}",
-        f"Weight:    {st.get('weight', 0)}% to the canary",
+        f"Weight:    {st.get('weight', 0)}% to the canary"
+        + (f"; also {st['routing']}" if st.get("routing") else ""),
         f"Progress:  {bar(progress(obj))}",
         "Stages:",
     ]
@@ -119,7 +137,7 @@ def render_status(obj: dict[str, Any], now: datetime | None = None) -> str:
             mark = "<- now"
         else:
             mark = ""
-        lines.append(f"  {i}. {w:>3}%  {d:>5}  {mark}")
+        lines.append(f"  {i}. {w}  {d:>5}  {mark}")
     metrics = (st.get("analysis") or {}).get("metrics") or []
     if metrics:
         lines.append(f"Analysis:  last run {_age((st.get('analysis') or {}).get('lastRun'), now)} ago")
@@ -143,6 +161,7 @@ def render_status(obj: dict[str, Any], now: datetime | None = None) -> str:
     if snap:
         lines.append(f"Snapshot:  {snap['id']} {snap.get('state')} {snap.get('sizeBytes') or '?'} bytes"
                      + (" verified" if snap.get("verified") else ""))
+    lines += render_migration(st, spec)
     inc = st.get("incident")
     if inc:
         on = f" on {inc['metric']}" if inc.get("metric") else ""
@@ -151,6 +170,23 @@ def render_status(obj: dict[str, Any], now: datetime | None = None) -> str:
     if conds:
         lines.append("Conditions: " + ", ".join(f"{c['type']}={c['status']} ({c['reason']})" for c in conds))
     return "\n".join(lines)
+
+
+def render_migration(st: dict[str, Any], spec: dict[str, Any]) -> list[str]:
+    """spec.migration's Job: its name, state, duration, and the last lines of its log once it ended."""
+    m = st.get("migration")
+    forward_only = bool((spec.get("database") or {}).get("forwardOnly"))
+    if not m:
+        return ["Migration: " + (f"Job not created yet (timeout {(spec['migration'] or {}).get('timeout') or '10m'})"
+                                 if spec.get("migration") else "none")] if spec.get("migration") else []
+    took = f" in {m['durationSeconds']:.1f}s" if m.get("durationSeconds") is not None else ""
+    lines = [f"Migration: Job {m.get('job')} {m.get('state')}{took}" + (f": {m['message']}" if m.get("message") else "")
+             + (" (forwardOnly database: never restored)" if forward_only else "")]
+    log_lines = (m.get("logs") or "").splitlines()
+    if log_lines:
+        lines.append(f"  log ({m.get('logsSource') or 'log'}, last {min(5, len(log_lines))} of {len(log_lines)} lines):")
+        lines += [f"    {line[:160]}" for line in log_lines[-5:]]
+    return lines
 
 
 def render_dry_run(st: dict[str, Any]) -> list[str]:

@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 from typing import Any, assert_never
 
 from saferollout import observability
-from saferollout.adapters import events, kube, notify, workloads
+from saferollout.adapters import events, kube, migrations, notify, routers, workloads
 from saferollout.adapters.kube import RolloutRef
 from saferollout.adapters.metrics import context, measure_all
 from saferollout.adapters.prometheus import PrometheusProvider
@@ -98,6 +98,10 @@ class Executor:
                 return self.check_restored(act)
             case a.PruneSnapshots():
                 return self.prune_snapshots(act)
+            case a.RunMigration():
+                return self.run_migration(act)
+            case a.CheckMigration():
+                return self.check_migration(act)
             case a.EnsureCanary():
                 return self.ensure_canary(act)
             case a.DeleteCanary():
@@ -164,6 +168,26 @@ class Executor:
         gone = self.snapshots().prune(act.keep, act.current)
         return a.Outcome(act, True, f"pruned {len(gone)}")
 
+    def run_migration(self, act: a.RunMigration) -> a.MigrationState:
+        if self.spec.migration is None:
+            raise kube.Refused("spec.migration was removed")
+        got = migrations.create(self.ref, self.spec.migration, act.job, act.attempt)
+        log.info("migration Job %s created", act.job)
+        return a.MigrationState(act.job, got.state, got.message, created_at=got.created_at)
+
+    def check_migration(self, act: a.CheckMigration) -> a.MigrationState:
+        got = migrations.read(self.ref, act.job, act.stop, self.mask_migration_secrets)
+        return a.MigrationState(act.job, got.state, got.message, got.logs, got.logs_source, got.created_at)
+
+    def mask_migration_secrets(self) -> None:
+        """The values of the Secrets the Job's env names are masked in its log (read by name, best effort)."""
+        for name, key in migrations.secret_refs(self.spec.migration) if self.spec.migration else []:
+            try:
+                secret_value(self.ref.namespace, name, key)
+            except Exception as e:  # a Secret we cannot read cannot be masked: say so, go on
+                log.warning("could not read Secret %s to mask it in the migration's log: %s", name,
+                            redact(kube.error_text(e)))
+
     def ensure_canary(self, act: a.EnsureCanary) -> a.CanaryState:
         plan = router_for(self.spec).prepare(self.ref, self.spec, act.first_weight)
         if act.template_hash is None:
@@ -177,8 +201,11 @@ class Executor:
         return a.Outcome(act, True)
 
     def set_weight(self, act: a.SetWeight) -> a.Outcome:
-        router_for(self.spec).set_weight(self.ref, self.spec, act.weight)
-        log.info("canary weight set to %d%%", act.weight)
+        routers.set_weight(self.ref, self.spec, act.weight, act.routing)
+        if act.routing is None:
+            log.info("canary weight set to %d%%", act.weight)
+        else:
+            log.info("canary weight set to %d%%, routing %s", act.weight, act.routing.key)
         return a.Outcome(act, True)
 
     def set_target_images(self, act: a.SetTargetImages) -> a.Outcome:

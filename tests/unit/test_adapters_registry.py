@@ -270,6 +270,7 @@ def executor(spec: SafeRolloutSpec | None = None) -> ex.Executor:
 SAMPLES: list[a.Action] = [
     a.ReadTarget(), a.CheckDatabase(5.0), a.QueryMetrics("canary", "analysis", ("error-rate",)), a.TakeSnapshot("s1"),
     a.VerifySnapshot("s1"), a.RestoreDatabase("s1", 1), a.CheckRestored("s1"), a.PruneSnapshots(3, "s1"),
+    a.RunMigration("web-migrate-1", 1, 600.0), a.CheckMigration("web-migrate-1"),
     a.EnsureCanary({"web": "demo/web:2.0"}, 5), a.DeleteCanary(), a.SetWeight(25), a.SetTargetImages({"web": "x"}),
     a.LabelTarget(), a.HoldTarget("h1", "h2"), a.ReleaseTarget("h2"),
     a.WriteReport("web-incident", "# report"), a.Event("Reason", "message"), a.Notify("high", "title", "text"),

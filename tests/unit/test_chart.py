@@ -286,7 +286,8 @@ def test_rbac_never_grants_escalation_or_secret_listing(args: tuple[str, ...]) -
     granted = grants(rules_of(render(*args)))
     assert {(g, r, v) for g, r, v in granted if r == "secrets"} == {("", "secrets", "get")}
     assert not {v for _, _, v in granted} & {"escalate", "bind", "impersonate", "deletecollection"}
-    assert not {r for _, r, _ in granted} & {"pods", "pods/exec", "roles", "clusterroles", "rolebindings", "clusterrolebindings",
+    assert {(g, r, v) for g, r, v in granted if r.startswith("pods")} == {("", "pods", "list"), ("", "pods/log", "get")}
+    assert not {r for _, r, _ in granted} & {"pods/exec", "roles", "clusterroles", "rolebindings", "clusterrolebindings",
                                              "serviceaccounts/token", "nodes"}
 
 
@@ -306,6 +307,9 @@ NAMESPACED_VERBS: dict[tuple[str, str], set[str]] = {
     ("gateway.networking.k8s.io", "httproutes"): {"get", "patch"},  # routers/gateway.py
     ("networking.istio.io", "virtualservices"): {"get", "patch"},  # routers/istio.py
     ("networking.k8s.io", "ingresses"): {"get", "create", "patch", "delete"},  # routers/nginx.py
+    ("batch", "jobs"): {"get", "create", "delete"},  # adapters/migrations.py: spec.migration's Job
+    ("", "pods"): {"list"},  # adapters/migrations.py: the Job's pods, by its controller-uid label
+    ("", "pods/log"): {"get"},  # adapters/migrations.py: the Job's log, for the incident report
 }
 CLUSTER_SCOPED_VERBS: dict[tuple[str, str], set[str]] = {
     ("apiextensions.k8s.io", "customresourcedefinitions"): {"list", "watch"},  # kopf's resource observer
@@ -368,7 +372,8 @@ _CLIENT_VERBS = {"read": "get", "list": "list", "create": "create", "patch": "pa
 _CLIENT_RESOURCES = {"deployment": ("apps", "deployments"), "service": ("", "services"), "secret": ("", "secrets"),
                      "config_map": ("", "configmaps"), "event": ("", "events"),
                      "persistent_volume_claim": ("", "persistentvolumeclaims"),
-                     "ingress": ("networking.k8s.io", "ingresses"), "storage_class": ("storage.k8s.io", "storageclasses")}
+                     "ingress": ("networking.k8s.io", "ingresses"), "storage_class": ("storage.k8s.io", "storageclasses"),
+                     "job": ("batch", "jobs"), "pod": ("", "pods"), "pod_log": ("", "pods/log")}
 
 
 def test_every_typed_api_call_of_the_operator_is_granted() -> None:

@@ -96,3 +96,31 @@ def test_status_shows_the_progress_deadline_while_waiting_and_once_exceeded() ->
     assert f"Deadline:  {said}; then rollback" in text
     assert "Incident:  ProgressDeadlineExceeded; report web-incident-1" in text
     assert "Progressing=False (ProgressDeadlineExceeded)" in text
+
+
+def test_status_shows_the_migration_job_and_its_log() -> None:
+    o = obj(phase="RolledBack", stage=None)
+    o["spec"]["migration"] = {"jobTemplate": {"spec": {}}, "timeout": "2m"}
+    o["status"]["migration"] = {"job": "web-migrate-1", "state": "Failed", "durationSeconds": 4.25,
+                                "message": "BackoffLimitExceeded", "logsSource": "terminationMessage",
+                                "logs": "BEGIN\nALTER TABLE\nERROR:  relation \"orders\" already exists"}
+    text = render_status(o, NOW)
+    assert "Migration: Job web-migrate-1 Failed in 4.2s: BackoffLimitExceeded" in text
+    assert "terminationMessage, last 3 of 3 lines" in text and 'ERROR:  relation "orders" already exists' in text
+    del o["status"]["migration"]
+    assert "Migration: Job not created yet (timeout 2m)" in render_status(o, NOW)
+
+
+def test_status_shows_each_stages_kind_header_match_mirror_or_weight() -> None:
+    o = obj(phase="Progressing", stage=1, weight=0, routing="match x-canary=always")
+    o["spec"]["strategy"]["canary"]["stages"] = [
+        {"weight": 0, "duration": "30s", "match": {"headers": [{"name": "X-Canary", "value": "always"}],
+                                                   "cookies": [{"name": "beta", "value": "1"}]}},
+        {"weight": 0, "mirror": 20, "duration": "30s"},
+        {"weight": 10, "sticky": True, "duration": "1m"},
+        {"weight": 100, "duration": "1m"}]
+    text = render_status(o, NOW)
+    assert "Weight:    0% to the canary; also match x-canary=always" in text
+    assert "  1. header match X-Canary, cookie beta    30s  <- now" in text
+    assert "  2. mirror 20% (shadow)    30s" in text
+    assert "  3.  10% sticky     1m" in text and "  4. 100%     1m" in text

@@ -193,3 +193,101 @@ def test_identity_and_claim_from_snapshot() -> None:
                                           "name": "web-snap-1"}}
     small = claim_from_snapshot("x", source, {"metadata": {"name": "s"}, "status": {"restoreSize": "512Mi"}}, {}, {})
     assert small["spec"]["resources"]["requests"]["storage"] == "1Gi"
+
+
+# ------------------------------------------------------------------------- stage routing: match, mirror, sticky
+
+from saferollout.adapters.routers.gateway import CANARY_RULE, routed_rules  # noqa: E402
+from saferollout.adapters.routers.istio import CANARY_SUFFIX, routed_http  # noqa: E402
+from saferollout.core.actions import HeaderCondition, Routing  # noqa: E402
+
+HEADER = Routing(match=(HeaderCondition("x-canary", "always"),))
+MIRROR = Routing(mirror=20)
+STICKY = Routing(sticky="saferollout-web=abc")
+
+
+def http_rules() -> list[dict[str, Any]]:
+    return [{"matches": [{"path": {"type": "PathPrefix", "value": "/"}}],
+             "backendRefs": [{"name": "web", "port": 80, "weight": 100}, {"name": "web-canary", "port": 80, "weight": 0}]}]
+
+
+def test_gateway_header_stage_adds_one_rule_of_its_own_before_the_stable_one() -> None:
+    rules = http_rules()
+    before = copy.deepcopy(rules)
+    out = routed_rules(rules, "web", "web-canary", 0, HEADER)
+    assert rules == before
+    assert out[0] == {"name": CANARY_RULE, "matches": [{"path": {"type": "PathPrefix", "value": "/"}, "headers": [
+        {"type": "Exact", "name": "x-canary", "value": "always"}]}],
+        "backendRefs": [{"name": "web-canary", "port": 80, "weight": 1}]}
+    assert out[1]["backendRefs"][:2] == [{"name": "web", "port": 80, "weight": 100},
+                                         {"name": "web-canary", "port": 80, "weight": 0}]
+
+
+def test_gateway_mirror_stage_is_a_request_mirror_filter_with_the_percent() -> None:
+    out = routed_rules(http_rules(), "web", "web-canary", 0, MIRROR)
+    assert len(out) == 1
+    assert out[0]["filters"] == [{"type": "RequestMirror", "requestMirror": {
+        "backendRef": {"port": 80, "name": "web-canary"}, "percent": 20}}]
+
+
+def test_gateway_sticky_sets_the_cookie_on_the_canary_and_routes_its_bearers() -> None:
+    out = routed_rules(http_rules(), "web", "web-canary", 10, STICKY)
+    assert out[0]["name"] == CANARY_RULE
+    assert out[0]["matches"][0]["headers"] == [{"type": "RegularExpression", "name": "cookie",
+                                                "value": "^(.*;[ ]*)?saferollout-web=abc(;.*)?$"}]
+    canary = out[1]["backendRefs"][1]
+    assert canary["weight"] == 10 and canary["filters"] == [{"type": "ResponseHeaderModifier", "responseHeaderModifier": {
+        "add": [{"name": "Set-Cookie", "value": "saferollout-web=abc; Path=/; HttpOnly; SameSite=Lax"}]}}]
+
+
+def test_gateway_weight_zero_without_routing_takes_everything_back_in_one_write_and_keeps_the_users() -> None:
+    user_filter = {"type": "RequestHeaderModifier", "requestHeaderModifier": {"set": [{"name": "x-a", "value": "1"}]}}
+    rules = http_rules()
+    rules[0]["filters"] = [user_filter]
+    routed = routed_rules(rules, "web", "web-canary", 10, Routing(HEADER.match, 0, STICKY.sticky))
+    routed = routed_rules(routed, "web", "web-canary", 0, MIRROR)
+    assert len(routed) == 1 and len(routed[0]["filters"]) == 2
+    back = routed_rules(routed, "web", "web-canary", 0, None)
+    assert back == [{**http_rules()[0], "filters": [user_filter]}]
+
+
+def test_istio_header_stage_is_a_route_of_its_own_first_and_the_mirror_a_field() -> None:
+    http = vs_http()
+    out = routed_http(http, "main", "demo", "web", "web-canary", 0, HEADER)
+    assert [r["name"] for r in out] == ["admin", "main" + CANARY_SUFFIX, "main"]
+    own = out[1]
+    assert own["match"] == [{"headers": {"x-canary": {"exact": "always"}}}] and own["retries"] == {"attempts": 3}
+    assert own["route"] == [{"destination": {"host": "web-canary.demo.svc.cluster.local", "port": {"number": 8080}},
+                             "weight": 100}]
+    mirrored = routed_http(out, "main", "demo", "web", "web-canary", 0, MIRROR)
+    assert [r["name"] for r in mirrored] == ["admin", "main"]
+    assert mirrored[1]["mirror"] == {"host": "web-canary.demo.svc.cluster.local", "port": {"number": 8080}}
+    assert mirrored[1]["mirrorPercentage"] == {"value": 20.0}
+    back = routed_http(mirrored, "main", "demo", "web", "web-canary", 0, None)
+    assert "mirror" not in back[1] and "mirrorPercentage" not in back[1] and len(back) == 2
+
+
+def test_istio_first_route_stays_the_users_and_sticky_sets_the_cookie() -> None:
+    http = [vs_http()[1]]
+    out = routed_http(http, None, "demo", "web", "web-canary", 10, STICKY)
+    assert out[0]["name"] == "main" + CANARY_SUFFIX
+    assert out[0]["match"] == [{"headers": {"cookie": {"regex": "^(.*;[ ]*)?saferollout-web=abc(;.*)?$"}}}]
+    again = routed_http(out, None, "demo", "web", "web-canary", 10, STICKY)
+    assert again == out  # the chosen route is still the user's, the second write changes nothing
+    canary = out[1]["route"][1]
+    assert canary["headers"] == {"response": {"add": {"set-cookie": "saferollout-web=abc; Path=/; HttpOnly; SameSite=Lax"}}}
+    back = routed_http(out, None, "demo", "web", "web-canary", 0, None)
+    assert len(back) == 1 and "headers" not in back[0]["route"][1]
+
+
+def test_istio_refuses_to_replace_the_users_own_mirror() -> None:
+    http = vs_http()
+    http[1]["mirror"] = {"host": "shadow"}
+    with pytest.raises(ValueError, match="mirrors to shadow already"):
+        routed_http(http, "main", "demo", "web", "web-canary", 0, MIRROR)
+
+
+def test_routing_routers_are_the_models_match_routers() -> None:
+    from saferollout.adapters.routers import ROUTING
+    from saferollout.core.models import MATCH_ROUTERS
+    assert tuple(ROUTING) == MATCH_ROUTERS

@@ -7,7 +7,7 @@ import copy
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 
@@ -96,6 +96,8 @@ class World:
     now: datetime = T0
     status: SafeRolloutStatus = field(default_factory=SafeRolloutStatus)
     weights_seen: list[int] = field(default_factory=list)
+    routing: a.Routing | None = None  # the stage's match, mirror and sticky cookie the router last got
+    routings_seen: list[str | None] = field(default_factory=list)  # their keys, None for by weight alone
     events: list[a.Event] = field(default_factory=list)
     notes: list[a.Notify] = field(default_factory=list)
     log: list[str] = field(default_factory=list)
@@ -129,6 +131,15 @@ class World:
     analysis_templates: dict[tuple[str, str, str], tuple[dict[str, Any], str]] = field(default_factory=dict)
     template_errors: dict[tuple[str, str, str], str] = field(default_factory=dict)  # the read fails so
     queried: list[dict[str, str | None]] = field(default_factory=list)  # each query's resolved metrics: name -> query
+    # spec.migration's Job: how it ends ("Succeeded", "Failed", or "hang": never ends), after how long, its log, and
+    # the database state it writes as it starts (a migration that fails half-way has still changed the database)
+    job_outcome: str = "Succeeded"
+    job_runs_for: float = 3.0
+    job_logs: str = "ALTER TABLE\nUPDATE 5000"
+    job_db_state: str | None = None
+    jobs: dict[str, float] = field(default_factory=dict)  # Job name -> when it was created (seconds from T0)
+    jobs_created: int = 0
+    jobs_stopped: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if self.deployment is not None:
@@ -220,6 +231,9 @@ class World:
             if self.fail_set_weight:
                 self.fail_set_weight -= 1
                 return a.Outcome(act, False, "HTTPRoute write refused")
+            self.routing = act.routing
+            if not self.routings_seen or self.routings_seen[-1] != (act.routing.key if act.routing else None):
+                self.routings_seen.append(act.routing.key if act.routing else None)
             if act.weight != self.weight:
                 self.weight = act.weight
                 if act.weight and (not self.weights_seen or self.weights_seen[-1] != act.weight):
@@ -281,6 +295,24 @@ class World:
         if isinstance(act, a.CheckRestored):
             ok = self.db_state == self.snapshots[act.snapshot_id]
             return a.RestoreResult(act.snapshot_id, ok, "checked", verified=ok)
+        if isinstance(act, a.RunMigration):
+            if act.job not in self.jobs:  # as the API server: a second create of that name finds the first
+                self.jobs[act.job] = self.t
+                self.jobs_created += 1
+                self.db_state = self.job_db_state or self.db_state
+            return a.MigrationState(act.job, "Created", created_at=iso(T0 + timedelta(seconds=self.jobs[act.job])))
+        if isinstance(act, a.CheckMigration):
+            if act.job not in self.jobs:
+                return a.MigrationState(act.job, "Stopped" if act.stop else "Failed", "no such Job", None, "none")
+            if act.stop:
+                del self.jobs[act.job]
+                self.jobs_stopped.append(act.job)
+                return a.MigrationState(act.job, "Stopped", "stopped at its timeout", self.job_logs, "log")
+            if self.job_outcome == "hang" or self.t - self.jobs[act.job] < self.job_runs_for:
+                return a.MigrationState(act.job, "Running")
+            state: Literal["Succeeded", "Failed"] = "Succeeded" if self.job_outcome == "Succeeded" else "Failed"
+            message = "" if state == "Succeeded" else "BackoffLimitExceeded: Job has reached the specified backoff limit"
+            return a.MigrationState(act.job, state, message, self.job_logs, "log")
         if isinstance(act, a.WriteReport):
             self.reports[act.name] = act.markdown
             return a.ReportWritten(act.name)

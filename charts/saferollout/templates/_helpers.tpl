@@ -131,6 +131,18 @@ unless noted. tests/unit/test_chart.py pins every verb; change it together with 
 - apiGroups: [snapshot.storage.k8s.io]
   resources: [volumesnapshots]
   verbs: [get, list, create, delete]
+# spec.migration: the migration Job created (named by the operator, owned by the rollout), read by name, deleted
+# at its timeout. Its pods listed by the Job's controller-uid label and their logs read, for the incident report.
+# No pod is created, changed or exec'd into by the operator itself.
+- apiGroups: [batch]
+  resources: [jobs]
+  verbs: [get, create, delete]
+- apiGroups: [""]
+  resources: [pods]
+  verbs: [list]
+- apiGroups: [""]
+  resources: [pods/log]
+  verbs: [get]
 # Gateway API router: the HTTPRoute read, its backendRef weights patched.
 - apiGroups: [gateway.networking.k8s.io]
   resources: [httproutes]

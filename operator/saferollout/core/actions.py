@@ -64,6 +64,24 @@ class PruneSnapshots:
 
 
 @dataclass(frozen=True)
+class RunMigration:
+    """Create spec.migration's Job under this name (status.migration holds it first). Idempotent: a Job of that
+    name that this rollout made already counts as created, so a restart never makes a second one."""
+
+    job: str
+    attempt: int
+    timeout_seconds: float
+
+
+@dataclass(frozen=True)
+class CheckMigration:
+    """Read the Job: running, or finished with its log. `stop`: the timeout ran out; read the log, then delete it."""
+
+    job: str
+    stop: bool = False
+
+
+@dataclass(frozen=True)
 class EnsureCanary:
     images: dict[str, str] = field(hash=False)
     first_weight: int = 0  # the weight the canary is made for (the router's prepare may size it by that)
@@ -77,8 +95,49 @@ class DeleteCanary:
 
 
 @dataclass(frozen=True)
+class HeaderCondition:
+    """One header a request must carry: `value` exactly, or (regex) a whole-value RE2 match; names in lower case."""
+
+    name: str
+    value: str
+    regex: bool = False
+
+
+@dataclass(frozen=True)
+class Routing:
+    """What a stage sends the canary besides its weight (core.stages.routing makes it from the stage).
+
+    `match`: requests carrying every one of these headers go to the canary (a cookie is a `cookie` header
+    regex); `mirror`: percent of the requests copied to the canary, answers discarded; `sticky`: the cookie
+    (`name=value`) the canary's answers set, and which then routes its bearer to the canary.
+    """
+
+    match: tuple[HeaderCondition, ...] = ()
+    mirror: int = 0
+    sticky: str | None = None
+
+    @property
+    def key(self) -> str:
+        """How status.routing records it: enough to tell whether the router already has it."""
+        parts = []
+        if self.match:
+            parts.append("match " + " ".join(f"{h.name}{'~' if h.regex else '='}{h.value}" for h in self.match))
+        if self.mirror:
+            parts.append(f"mirror {self.mirror}%")
+        if self.sticky:
+            parts.append(f"sticky {self.sticky}")
+        return "; ".join(parts)
+
+
+@dataclass(frozen=True)
 class SetWeight:
     weight: int
+    routing: Routing | None = None  # None: by weight alone (no match, no mirror, no sticky cookie): weight 0 is
+    # everything on stable, which is what every rollback and promotion writes first
+
+    def __repr__(self) -> str:  # as before routing existed, when there is none: logs and tests read it
+        return f"SetWeight(weight={self.weight})" if self.routing is None else \
+            f"SetWeight(weight={self.weight}, routing={self.routing!r})"
 
 
 @dataclass(frozen=True)
@@ -137,8 +196,8 @@ class Notify:
 
 Action = (
     ReadTarget | CheckDatabase | QueryMetrics | TakeSnapshot | VerifySnapshot | RestoreDatabase | CheckRestored
-    | PruneSnapshots | EnsureCanary | DeleteCanary | SetWeight | SetTargetImages | LabelTarget | HoldTarget
-    | ReleaseTarget | WriteReport | Event | Notify
+    | PruneSnapshots | RunMigration | CheckMigration | EnsureCanary | DeleteCanary | SetWeight | SetTargetImages
+    | LabelTarget | HoldTarget | ReleaseTarget | WriteReport | Event | Notify
 )
 
 
@@ -230,6 +289,19 @@ class RestoreResult:
 
 
 @dataclass(frozen=True)
+class MigrationState:
+    """What the Job is doing. `state` Running while it runs; Succeeded or Failed once it ended (Failed also when it
+    could not be created or read: `message` says why); Stopped after a CheckMigration(stop=True)."""
+
+    job: str
+    state: Literal["Created", "Running", "Succeeded", "Failed", "Stopped"]
+    message: str = ""
+    logs: str | None = None  # the tail, redacted and bounded by the executor
+    logs_source: Literal["log", "terminationMessage", "none"] | None = None
+    created_at: str | None = None  # the Job's creationTimestamp, when read
+
+
+@dataclass(frozen=True)
 class CanaryState:
     ready: bool
     revision: str | None = None
@@ -240,4 +312,5 @@ class ReportWritten:
     ref: str
 
 
-Result = TargetState | Outcome | MetricValues | SnapshotResult | RestoreResult | CanaryState | ReportWritten
+Result = (TargetState | Outcome | MetricValues | SnapshotResult | RestoreResult | MigrationState | CanaryState
+          | ReportWritten)

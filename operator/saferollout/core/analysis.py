@@ -306,8 +306,27 @@ def _respond(run: Run, metric: Metric, ms: MetricStatus) -> bool:
         run.event("StepBack", f"{text}; back to stage {run.s.stage}", warning=True)
         run.notify(metric.severity, f"{metric.name} breached: stepped back", f"{run.inp.name}: {text}")
         return True
+    if forward_only(run, metric.name, text):
+        return True
     run.history("rollback", metric.name, text)
     go.rollback(run, "AnalysisFailed", text, metric.severity)
+    return True
+
+
+def forward_only(run: Run, metric: str | None, text: str) -> bool:
+    """A forwardOnly database (its migrations cannot be undone) is never restored, and the old version may not
+    run on what the new one migrated: a breach that would roll back pauses at the weight and pages a person
+    instead (abort rolls the workload back and leaves the database; promote, or a fix, goes forward)."""
+    db = run.spec.database
+    if db is None or not db.forward_only:
+        return False
+    said = f"{text}; the database is forwardOnly: not rolled back, paused for a person (abort rolls the workload " \
+           "back and leaves the database as it is; promote goes forward)"
+    run.history("pause", metric, said)
+    run.event("ForwardOnlyPaused", said, warning=True)
+    run.notify(Severity.critical, "breach on a forwardOnly database: paused, a person must decide",
+               f"{run.inp.name}: {said}")
+    go.pause(run, "breach", "ForwardOnlyBreach", f"paused for a person: {said}")
     return True
 
 
@@ -315,6 +334,8 @@ def _inconclusive(run: Run, stuck: list[MetricStatus], limit: int) -> None:
     names = ", ".join(ms.name for ms in stuck)
     text = f"no conclusive data for {names} in {limit} checks ({stuck[0].message or 'no data'})"
     if run.spec.analysis.on_inconclusive == InconclusiveAction.rollback:
+        if forward_only(run, stuck[0].name, text):
+            return
         run.history("rollback", stuck[0].name, text)
         run.s.incident = _incident(run, "AnalysisInconclusive", stuck[0])
         go.rollback(run, "AnalysisInconclusive", text, Severity.high)

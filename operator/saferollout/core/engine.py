@@ -162,6 +162,7 @@ def _apply(run: Run, r: a.Result) -> None:
         module.apply(run, r)  # before the bookkeeping below: a stage sees the weight it is leaving
     if isinstance(r, a.Outcome) and r.ok and isinstance(r.action, a.SetWeight):
         run.s.weight = r.action.weight
+        run.s.routing = r.action.routing.key if r.action.routing else None
         run.s.max_weight = max(run.s.max_weight, r.action.weight)
     elif isinstance(r, a.Outcome) and r.ok and isinstance(r.action, a.DeleteCanary):
         run.s.canary_ready = False

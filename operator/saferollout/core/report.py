@@ -21,7 +21,8 @@ def _between(a: str | None, b: str | None) -> str:
 def incident_report(name: str, spec: SafeRolloutSpec, s: SafeRolloutStatus, now: datetime) -> str:
     inc = s.incident
     assert inc is not None
-    lines = _summary(name, s, inc) + _timeline(s, inc) + _metrics(inc) + _dry_run(s) + _templates(s) + _database(spec, s)
+    lines = _summary(name, s, inc) + _timeline(s, inc) + _migration(s) + _metrics(inc) + _dry_run(s) + _templates(s)
+    lines += _database(spec, s)
     lines += ["", f"_Written by SafeRollout at {now.strftime('%Y-%m-%dT%H:%M:%SZ')}._", ""]
     return "\n".join(lines)
 
@@ -71,6 +72,10 @@ def _timeline(s: SafeRolloutStatus, inc: IncidentStatus) -> list[str]:
         (t, what) for t, what in (
             (s.started_at, "rollout started"),
             (s.snapshot.taken_at if s.snapshot else None, f"snapshot `{s.snapshot.id}` taken" if s.snapshot else ""),
+            (s.migration.created_at if s.migration else None,
+             f"migration Job `{s.migration.job}` created" if s.migration else ""),
+            (s.migration.finished_at if s.migration else None,
+             f"migration Job `{s.migration.job}`: {s.migration.state}" if s.migration else ""),
             (inc.first_failed_at, f"breach first seen: `{inc.metric}` failed its threshold"),
             ((rec.began or rec.since) if rec else None, f"began waiting for {rec.waiting_for}" if rec else ""),
             (rec.exceeded_at if rec else None, "progress deadline exceeded"),
@@ -131,6 +136,23 @@ def _templates(s: SafeRolloutStatus) -> list[str]:
     return lines
 
 
+def _migration(s: SafeRolloutStatus) -> list[str]:
+    """spec.migration's Job: its name, how it ended, how long it ran, and the tail of its log, quoted."""
+    m = s.migration
+    if m is None:
+        return []
+    took = format_duration(m.duration_seconds) if m.duration_seconds is not None else "n/a"
+    source = {"log": "its pod's log", "terminationMessage": "its pod's termination message (the log could not be "
+              "read)", "none": "none could be read"}.get(m.logs_source or "none", "none could be read")
+    lines = ["", "## Migration", "", f"- **Job:** `{m.job}`", f"- **Outcome:** {m.state}" +
+             (f" — {m.message}" if m.message else ""), f"- **Duration:** {took} (created {m.created_at or 'n/a'}, "
+             f"ended {m.finished_at or 'n/a'})", f"- **Log** (the tail; secrets masked), from {source}:", ""]
+    fence = "~~~~" if "```" in (m.logs or "") else "```"
+    text = (m.logs or "(no log)").replace("~~~~", "~ ~ ~ ~")
+    lines += [fence, *text.splitlines(), fence]
+    return lines
+
+
 def _database(spec: SafeRolloutSpec, s: SafeRolloutStatus) -> list[str]:
     lines = ["", "## Database", ""]
     if s.restore is not None and s.snapshot is not None:
@@ -144,6 +166,10 @@ def _database(spec: SafeRolloutSpec, s: SafeRolloutStatus) -> list[str]:
             f"{s.restore.started_at}). Rows written in that window are not in the restored database; they are "
             f"kept in the pre-restore dump `{s.restore.pre_restore_dump}`, so nothing is lost.",
         ]
+    elif spec.database is not None and spec.database.forward_only:
+        lines.append("- The database is `forwardOnly`: it is never restored. It keeps what the migration (and the "
+                     "new version) wrote" + (f"; snapshot `{s.snapshot.id}` taken {s.snapshot.taken_at} is kept "
+                                            "for a person" if s.snapshot else "") + ".")
     elif spec.database is not None and s.snapshot is not None:
         lines.append(f"- Snapshot `{s.snapshot.id}` taken; the rollout did not ask to restore it.")
     else:

@@ -20,6 +20,7 @@ from saferollout.adapters.routers.istio import IstioRouter
 from saferollout.adapters.routers.nginx import NginxRouter
 from saferollout.adapters.routers.replicas import ReplicaRatioRouter
 from saferollout.adapters.workloads import CanaryPlan
+from saferollout.core.actions import Routing
 from saferollout.core.models import SafeRolloutSpec
 
 
@@ -34,6 +35,11 @@ class Router(Protocol):
         """When the canary goes: remove what this router created (never what the user made)."""
 
 
+class RoutingRouter(Router, Protocol):
+    def set_routing(self, ref: RolloutRef, spec: SafeRolloutSpec, weight: int, routing: Routing | None) -> None:
+        """`weight`, and the stage's match, mirror and sticky cookie (None: none of them), in one write."""
+
+
 BLUE_GREEN = "blueGreen"  # picked by spec.strategy.blueGreen, not by a field of spec.strategy.canary.traffic
 
 # The routers by their name in the manifest: every field of core.models.Traffic, and blue-green's selector switch.
@@ -44,6 +50,25 @@ ROUTERS: dict[str, Callable[[], Router]] = {
     "replicas": ReplicaRatioRouter,
     BLUE_GREEN: BlueGreenRouter,
 }
+
+
+# The routers that can also route by header or cookie, mirror and set a sticky cookie (core.models.MATCH_ROUTERS:
+# the CEL rule refuses the others; a unit test checks the two agree)
+ROUTING: dict[str, Callable[[], RoutingRouter]] = {
+    "gatewayAPI": GatewayAPIRouter,
+    "istio": IstioRouter,
+}
+
+
+def set_weight(ref: RolloutRef, spec: SafeRolloutSpec, weight: int, routing: Routing | None) -> None:
+    """The router's write for a SetWeight: by weight alone, or with the stage's routing."""
+    if routing is None:
+        router_for(spec).set_weight(ref, spec, weight)
+        return
+    name = router_name(spec)
+    if name not in ROUTING:
+        raise ValueError(f"router {name} cannot route by header or cookie, mirror or set a sticky cookie")
+    ROUTING[name]().set_routing(ref, spec, weight, routing)
 
 
 def router_name(spec: SafeRolloutSpec) -> str:

@@ -1,4 +1,11 @@
-"""Gateway API: the weights of the stable and canary backendRefs of an HTTPRoute."""
+"""Gateway API: the weights of the stable and canary backendRefs of an HTTPRoute, and a stage's routing.
+
+A stage's match (headers, a cookie) and its sticky cookie are one rule of the operator's own, named
+`saferollout-canary`: the stable rule's matches, each with the stage's headers added, to the canary alone; having
+more header matches than the stable rule, it wins by the Gateway API's precedence. A mirror is a `RequestMirror`
+filter on the stable rule; a sticky stage's canary backendRef carries a `ResponseHeaderModifier` that sets the
+cookie. Weight 0 without routing takes all of it out again, in the same single write as the weights.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +14,9 @@ from typing import Any
 from saferollout.adapters import kube
 from saferollout.adapters.kube import RolloutRef
 from saferollout.adapters.workloads import CanaryPlan
+from saferollout.core.actions import HeaderCondition, Routing
 from saferollout.core.models import SafeRolloutSpec
+from saferollout.core.stages import cookie_regex
 
 GROUP, VERSION, PLURAL = "gateway.networking.k8s.io", "v1", "httproutes"
 
@@ -33,6 +42,90 @@ def weighted_rules(rules: list[dict[str, Any]], stable: str, canary: str, weight
     return out
 
 
+CANARY_RULE = "saferollout-canary"  # the rule this router owns; every other rule is the user's
+STICKY_PREFIX = "saferollout-"
+
+
+def _headers(conds: tuple[HeaderCondition, ...]) -> list[dict[str, Any]]:
+    return [{"type": "RegularExpression" if c.regex else "Exact", "name": c.name, "value": c.value} for c in conds]
+
+
+def _with_headers(match: dict[str, Any], conds: tuple[HeaderCondition, ...]) -> dict[str, Any]:
+    """The user's match with the stage's headers added (one of ours replaces one of the same name)."""
+    ours = {c.name for c in conds}
+    kept = [h for h in match.get("headers") or [] if str(h.get("name", "")).lower() not in ours]
+    return {**match, "headers": kept + _headers(conds)}
+
+
+def _not_ours(filters: list[dict[str, Any]], canary: str) -> list[dict[str, Any]]:
+    """Filters without the mirror to the canary and the sticky cookie this router added."""
+    def ours(f: dict[str, Any]) -> bool:
+        if f.get("type") == "RequestMirror":
+            return bool(((f.get("requestMirror") or {}).get("backendRef") or {}).get("name") == canary)
+        if f.get("type") == "ResponseHeaderModifier":
+            added = (f.get("responseHeaderModifier") or {}).get("add") or []
+            return any(str(h.get("name", "")).lower() == "set-cookie" and str(h.get("value", "")).startswith(
+                STICKY_PREFIX) for h in added)
+        return False
+    return [f for f in filters if not ours(f)]
+
+
+def _set_filters(obj: dict[str, Any], filters: list[dict[str, Any]]) -> dict[str, Any]:
+    out = {k: v for k, v in obj.items() if k != "filters"}
+    return {**out, "filters": filters} if filters else out
+
+
+def sticky_cookie_header(cookie: str) -> str:
+    """The Set-Cookie value: for the whole site, not readable by scripts, lasting for the browser's session."""
+    return f"{cookie}; Path=/; HttpOnly; SameSite=Lax"
+
+
+def routed_rules(rules: list[dict[str, Any]], stable: str, canary: str, weight: int,
+                 routing: Routing | None) -> list[dict[str, Any]]:
+    """The HTTPRoute's rules for `weight` and `routing`: weights as `weighted_rules`, then the match rule, the
+    mirror and the sticky cookie set or (routing None) removed; rules the user wrote are otherwise kept."""
+    out = weighted_rules([r for r in rules if r.get("name") != CANARY_RULE], stable, canary, weight)
+    stable_rules = []
+    for i, rule in enumerate(out):
+        refs = rule.get("backendRefs") or []
+        if not any(r.get("name") == stable for r in refs):
+            continue
+        stable_rules.append(i)
+        filters = _not_ours(rule.get("filters") or [], canary)
+        stable_ref = next(r for r in refs if r.get("name") == stable)
+        if routing and routing.mirror:
+            mirror_ref = {k: v for k, v in stable_ref.items() if k in ("group", "kind", "namespace", "port")}
+            filters.append({"type": "RequestMirror",
+                            "requestMirror": {"backendRef": {**mirror_ref, "name": canary}, "percent": routing.mirror}})
+        new_refs = []
+        for ref in refs:
+            if ref.get("name") == canary:
+                ref_filters = _not_ours(ref.get("filters") or [], canary)
+                if routing and routing.sticky:
+                    ref_filters.append({"type": "ResponseHeaderModifier", "responseHeaderModifier": {
+                        "add": [{"name": "Set-Cookie", "value": sticky_cookie_header(routing.sticky)}]}})
+                ref = _set_filters(ref, ref_filters)
+            new_refs.append(ref)
+        out[i] = _set_filters({**rule, "backendRefs": new_refs}, filters)
+    sets: list[tuple[HeaderCondition, ...]] = []
+    if routing and routing.match:
+        sets.append(routing.match)
+    if routing and routing.sticky:
+        name, _, value = routing.sticky.partition("=")
+        sets.append((HeaderCondition("cookie", cookie_regex(name, value), True),))
+    if sets:
+        first = out[stable_rules[0]]
+        matches = first.get("matches") or [{"path": {"type": "PathPrefix", "value": "/"}}]
+        canary_ref = next(r for r in first["backendRefs"] if r.get("name") == canary)
+        rule = {k: v for k, v in first.items() if k not in ("name", "matches", "backendRefs", "filters")}
+        rule_filters = _not_ours(first.get("filters") or [], canary)
+        rule = _set_filters({**rule, "name": CANARY_RULE,
+                             "matches": [_with_headers(m, conds) for conds in sets for m in matches],
+                             "backendRefs": [{**_set_filters(canary_ref, []), "weight": 1}]}, rule_filters)
+        out.insert(stable_rules[0], rule)
+    return out
+
+
 class GatewayAPIRouter:
     def prepare(self, ref: RolloutRef, spec: SafeRolloutSpec, first_weight: int) -> CanaryPlan:
         return CanaryPlan()  # the canary Service is a backendRef of its own: nothing to make
@@ -41,13 +134,18 @@ class GatewayAPIRouter:
         """Nothing to remove: the HTTPRoute is the user's, and at weight 0 its canary backendRef carries nothing."""
 
     def set_weight(self, ref: RolloutRef, spec: SafeRolloutSpec, weight: int) -> None:
+        self.set_routing(ref, spec, weight, None)
+
+    def set_routing(self, ref: RolloutRef, spec: SafeRolloutSpec, weight: int, routing: Routing | None) -> None:
+        """Weights, match rule, mirror and sticky cookie in one patch, guarded by the resourceVersion read."""
         assert spec.strategy.canary and spec.strategy.canary.traffic.gateway_api
         cfg = spec.strategy.canary.traffic.gateway_api
         api = kube.custom()
 
         def write() -> None:
             route: dict[str, Any] = api.get_namespaced_custom_object(GROUP, VERSION, ref.namespace, PLURAL, cfg.http_route)
-            rules = weighted_rules(route["spec"].get("rules", []), cfg.stable_service, cfg.canary_service, weight)
+            rules = routed_rules(route["spec"].get("rules", []), cfg.stable_service, cfg.canary_service, weight,
+                                 routing)
             if rules == route["spec"].get("rules"):
                 return
             body = {"metadata": {"resourceVersion": route["metadata"]["resourceVersion"]}, "spec": {"rules": rules}}

@@ -5,6 +5,12 @@ gets 100-w and the canary destination (host = the canary Service) gets w; the ca
 the stable one's port, when it is missing. Everything else in the VirtualService is left as it is. A route that
 also splits traffic to a third host is refused: Istio needs the weights to add up to 100, and quietly taking
 traffic away from a host the user routes to is not this router's call.
+
+A stage's routing: its match and sticky cookie are an HTTP route of the operator's own, `<route>-saferollout-canary`,
+put before the chosen one (Istio takes the first route that matches): the chosen route's matches, each with the
+stage's headers added, to the canary alone. A mirror is the chosen route's `mirror` and `mirrorPercentage`; a sticky
+stage's canary destination sets the cookie (`headers.response.add`). Weight 0 without routing removes all of it,
+in the same single write as the weights.
 """
 
 from __future__ import annotations
@@ -17,7 +23,9 @@ from kubernetes.client.rest import ApiException
 from saferollout.adapters import kube
 from saferollout.adapters.kube import RolloutRef
 from saferollout.adapters.workloads import CanaryPlan
+from saferollout.core.actions import HeaderCondition, Routing
 from saferollout.core.models import SafeRolloutSpec
+from saferollout.core.stages import cookie_regex
 
 GROUP, PLURAL = "networking.istio.io", "virtualservices"
 VERSIONS = ("v1", "v1beta1")  # v1 since Istio 1.22; older control planes serve only v1beta1 (and v1alpha3)
@@ -75,6 +83,73 @@ def weighted_http(http: list[dict[str, Any]], route: str | None, namespace: str,
     return out
 
 
+CANARY_SUFFIX = "-saferollout-canary"  # the HTTP route this router owns, named after the chosen one
+STICKY_PREFIX = "saferollout-"
+
+
+def _route_index(http: list[dict[str, Any]], route: str | None) -> int:
+    """The chosen route among the user's (this router's own route never is the chosen one)."""
+    for i, r in enumerate(http):
+        if str(r.get("name") or "").endswith(CANARY_SUFFIX):
+            continue
+        if route is None or r.get("name") == route:
+            return i
+    return -1
+
+
+def routed_http(http: list[dict[str, Any]], route: str | None, namespace: str, stable: str, canary: str,
+                weight: int, routing: Routing | None) -> list[dict[str, Any]]:
+    """`spec.http` for `weight` and `routing`: weights as `weighted_http`, then the match route, the mirror and the
+    sticky cookie set or (routing None) removed; the input is not changed."""
+    mine = [r for r in http if not str(r.get("name") or "").endswith(CANARY_SUFFIX)]
+    out = weighted_http(mine, route, namespace, stable, canary, weight)
+    index = _route_index(out, route)
+    chosen = out[index]
+    dests: list[dict[str, Any]] = chosen["route"]
+    canary_d = next(d for d in dests if host_is(_host(d), canary, namespace))
+    mirror = chosen.get("mirror") or {}
+    ours = host_is(str(mirror.get("host", "")), canary, namespace)
+    if mirror and not ours and routing and routing.mirror:
+        raise ValueError(f"HTTP route {chosen.get('name') or index} mirrors to {mirror.get('host')} already; "
+                         "Istio mirrors to one host, and replacing the user's mirror is not this router's call")
+    if ours:
+        chosen.pop("mirror", None)
+        chosen.pop("mirrorPercentage", None)
+    if routing and routing.mirror:
+        chosen["mirror"] = copy.deepcopy(canary_d["destination"])
+        chosen["mirrorPercentage"] = {"value": float(routing.mirror)}
+    response = (canary_d.get("headers") or {}).get("response") or {}
+    added = {k: v for k, v in (response.get("add") or {}).items()
+             if not (k.lower() == "set-cookie" and str(v).startswith(STICKY_PREFIX))}
+    if routing and routing.sticky:
+        added["set-cookie"] = f"{routing.sticky}; Path=/; HttpOnly; SameSite=Lax"
+    headers = dict(canary_d.get("headers") or {})
+    response = {**response, "add": added} if added else {k: v for k, v in response.items() if k != "add"}
+    headers = {**headers, "response": response} if response else {k: v for k, v in headers.items() if k != "response"}
+    if headers:
+        canary_d["headers"] = headers
+    else:
+        canary_d.pop("headers", None)
+    sets: list[tuple[HeaderCondition, ...]] = []
+    if routing and routing.match:
+        sets.append(routing.match)
+    if routing and routing.sticky:
+        name, _, value = routing.sticky.partition("=")
+        sets.append((HeaderCondition("cookie", cookie_regex(name, value), True),))
+    if sets:
+        matches = chosen.get("match") or [{}]
+        extra = {k: copy.deepcopy(v) for k, v in chosen.items()
+                 if k not in ("name", "match", "route", "mirror", "mirrorPercentage")}
+        canary_only = {k: v for k, v in canary_d.items() if k != "weight"}
+        own = {"name": f"{chosen.get('name') or 'route'}{CANARY_SUFFIX}", **extra,
+               "match": [{**m, "headers": {**(m.get("headers") or {}),
+                                           **{c.name: {"regex" if c.regex else "exact": c.value} for c in conds}}}
+                         for conds in sets for m in matches],
+               "route": [{**copy.deepcopy(canary_only), "weight": 100}]}
+        out.insert(index, own)
+    return out
+
+
 def served_version() -> str:
     """The VirtualService version this API server serves, v1 preferred; discovered once per process."""
     global _served
@@ -103,6 +178,9 @@ class IstioRouter:
         """Nothing to remove: the VirtualService is the user's, and at weight 0 its canary destination carries nothing."""
 
     def set_weight(self, ref: RolloutRef, spec: SafeRolloutSpec, weight: int) -> None:
+        self.set_routing(ref, spec, weight, None)
+
+    def set_routing(self, ref: RolloutRef, spec: SafeRolloutSpec, weight: int, routing: Routing | None) -> None:
         """One patch of `spec.http`, guarded by the resourceVersion read, so a concurrent edit is retried, never lost."""
         global _served
         assert spec.strategy.canary and spec.strategy.canary.traffic.istio
@@ -114,7 +192,7 @@ class IstioRouter:
         def write() -> None:
             vs: dict[str, Any] = api.get_namespaced_custom_object(GROUP, version, ref.namespace, PLURAL, cfg.virtual_service)
             current = vs.get("spec", {}).get("http") or []
-            http = weighted_http(current, cfg.route, ref.namespace, stable, canary, weight)
+            http = routed_http(current, cfg.route, ref.namespace, stable, canary, weight, routing)
             if http == current:
                 return
             body = {"metadata": {"resourceVersion": vs["metadata"]["resourceVersion"]}, "spec": {"http": http}}

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from saferollout.core.durations import parse_duration
 from saferollout.core.models.base import (
     NAME_PATTERN,
     Bounded,
@@ -54,6 +55,12 @@ TARGET_TEMPLATE_ROUTERS = ("without spec.template (the target's own pod template
                            "canary with a gatewayAPI, istio or nginx router: the replicas router and blueGreen write "
                            "the target or its Service, which Git holds")
 
+FORWARD_ONLY_NO_RESTORE = "forwardOnly: the database is never restored, so restoreOnRollback must be false"
+MIGRATION_NEEDS_DATABASE = "migration needs spec.database (the snapshot it is undone by, or forwardOnly: true)"
+MIGRATION_NEEDS_RESTORE = ("migration needs spec.database.restoreOnRollback: true (a failed migration is undone by "
+                           "restoring the snapshot) or spec.database.forwardOnly: true (it is never undone)")
+MIGRATION_TIMEOUT = Bounded("10s", "24h")
+
 PROVIDER_FIELDS = ("postgres", "volume_snapshot")  # the snapshot providers (adapters.snapshots.PROVIDERS)
 
 
@@ -67,6 +74,7 @@ class Database(Model):
                     "verifySnapshot needs snapshotBeforeRollout", ".verifySnapshot"),
                 cel("!self.restoreOnRollback || self.snapshotBeforeRollout",
                     "restoreOnRollback needs snapshotBeforeRollout", ".restoreOnRollback"),
+                cel("!self.forwardOnly || !self.restoreOnRollback", FORWARD_ONLY_NO_RESTORE, ".forwardOnly"),
             ]
         }
     )
@@ -77,6 +85,10 @@ class Database(Model):
     restore_on_rollback: bool = False
     retain: int = Field(default=5, ge=1, le=100, description="Snapshots kept per rollout; older ones are pruned.")
     max_restore_attempts: int = Field(default=3, ge=1, le=10)
+    forward_only: bool = Field(default=False, description=(
+        "The database's migrations cannot be undone: it is never restored. A breach whose action would roll back "
+        "pauses the rollout at its weight and pages (a critical notification) instead; a failed migration rolls "
+        "back the workload only and pages. Needs restoreOnRollback: false."))
 
     def provider(self) -> tuple[str, BaseModel]:
         """(its name in the manifest, its settings) of the snapshot provider that is set: the registry's key."""
@@ -91,7 +103,44 @@ class Database(Model):
         self.provider()
         if (self.verify_snapshot or self.restore_on_rollback) and not self.snapshot_before_rollout:
             raise ValueError("verifySnapshot and restoreOnRollback need snapshotBeforeRollout")
+        if self.forward_only and self.restore_on_rollback:
+            raise ValueError(FORWARD_ONLY_NO_RESTORE)
         return self
+
+
+class JobTemplate(Model):
+    """A batch/v1 Job as the operator creates it: its name is the operator's (<rollout>-migrate-<attempt>)."""
+
+    metadata: dict[str, Any] = Field(default_factory=dict, description="labels and annotations of the Job (and, "
+                                     "under spec.template.metadata, of its pod); a name here is ignored.",
+                                     json_schema_extra={"type": "object", "additionalProperties": False,
+                                                        "x-kubernetes-preserve-unknown-fields": True})
+    spec: dict[str, Any] = Field(description="A batch/v1 JobSpec. backoffLimit defaults to 0, restartPolicy to "
+                                 "Never, activeDeadlineSeconds to the timeout, and each container's "
+                                 "terminationMessagePolicy to FallbackToLogsOnError (the log's tail, when the logs "
+                                 "themselves cannot be read).",
+                                 json_schema_extra={"type": "object", "additionalProperties": False,
+                                                    "x-kubernetes-preserve-unknown-fields": True})
+
+    @model_validator(mode="after")
+    def _has_containers(self) -> JobTemplate:
+        pod = (self.spec.get("template") or {}).get("spec") or {}
+        if not isinstance(pod, dict) or not isinstance(pod.get("containers"), list) or not pod["containers"]:
+            raise ValueError("migration.jobTemplate.spec.template.spec.containers must name at least one container")
+        return self
+
+
+class Migration(Model):
+    """A Job run after the snapshot is verified and before any traffic moves; its failure undoes the rollout."""
+
+    # (the Job's spec is kept as written, so CEL cannot see into it: the operator checks its containers)
+    job_template: JobTemplate
+    timeout: Annotated[str, MIGRATION_TIMEOUT] = Field(
+        default="10m", description="How long the Job may run (10s to 24h); then it is stopped and counts as failed.")
+
+    @property
+    def timeout_seconds(self) -> float:
+        return parse_duration(self.timeout)
 
 
 class RollbackVerify(Model):
@@ -136,6 +185,9 @@ class SafeRolloutSpec(Model):
     model_config = ConfigDict(json_schema_extra={"x-kubernetes-validations": [
         cel("has(self.template) || has(self.strategy.canary) && !has(self.strategy.canary.traffic.replicas)",
             TARGET_TEMPLATE_ROUTERS),
+        cel("!has(self.migration) || has(self.database)", MIGRATION_NEEDS_DATABASE, ".migration"),
+        cel("!has(self.migration) || !has(self.database) || self.database.restoreOnRollback || "
+            "self.database.forwardOnly", MIGRATION_NEEDS_RESTORE, ".migration"),
     ]})
     target_ref: TargetRef
     template: PodTemplate | None = Field(
@@ -146,6 +198,10 @@ class SafeRolloutSpec(Model):
     analysis: Analysis = Field(default_factory=Analysis)
     preflight: Preflight = Field(default_factory=Preflight)
     database: Database | None = None
+    migration: Migration | None = Field(default=None, description=(
+        "A Job run once per rollout after the snapshot is verified and before any traffic moves. A failed or "
+        "timed-out Job rolls back and restores the snapshot (forwardOnly: never restored), with its log in the "
+        "incident report."))
     rollback: Rollback = Field(default_factory=Rollback)
     notifications: list[Notification] = Field(default_factory=list, max_length=16)
     paused: bool = False
@@ -164,6 +220,11 @@ class SafeRolloutSpec(Model):
     def _gates_need_sources(self) -> SafeRolloutSpec:
         if self.preflight.database_reachable and self.database is None:
             raise ValueError("preflight.databaseReachable needs spec.database")
+        if self.migration is not None and self.database is None:
+            raise ValueError(MIGRATION_NEEDS_DATABASE)
+        if self.migration is not None and self.database is not None and not (
+                self.database.restore_on_rollback or self.database.forward_only):
+            raise ValueError(MIGRATION_NEEDS_RESTORE)
         if self.template is None and (self.strategy.canary is None or self.strategy.canary.traffic.replicas is not None):
             raise ValueError(TARGET_TEMPLATE_ROUTERS)
         return self

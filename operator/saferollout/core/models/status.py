@@ -38,6 +38,7 @@ class Step(StrEnum):
     gate_database = "GateDatabase"
     gate_stable = "GateStable"
     snapshot = "Snapshot"
+    migrate = "Migrate"
     canary = "Canary"
     promote_target = "PromoteTarget"
     wait_target = "WaitTarget"
@@ -55,7 +56,7 @@ class Step(StrEnum):
 # the steps each phase may be in; Progressing, Paused and the terminal phases have none
 PHASE_STEPS: dict[Phase, tuple[Step, ...]] = {
     Phase.pending: (Step.init,),
-    Phase.preflight: (Step.gate_database, Step.gate_stable, Step.snapshot, Step.canary),
+    Phase.preflight: (Step.gate_database, Step.gate_stable, Step.snapshot, Step.migrate, Step.canary),
     Phase.promoting: (Step.promote_target, Step.wait_target, Step.route_to_target, Step.remove_canary, Step.watch),
     Phase.rolling_back: (Step.revert_traffic, Step.revert_workload, Step.revert_images, Step.restore_database,
                          Step.verify, Step.report),
@@ -141,6 +142,25 @@ class RestoreStatus(Model):
     pre_restore_dump: str | None = None
     finished_at: str | None = None
     message: str | None = None
+
+
+MIGRATION_LOG_MAX = 4000  # characters of the Job's log kept in status and quoted in the report (its tail)
+
+
+class MigrationStatus(Model):
+    """spec.migration's Job in this rollout. Written (state Creating) before the Job is created: a restarted
+    operator finds the name and never creates a second Job."""
+
+    job: str = Field(description="The Job's name: <rollout>-migrate-<attempt>.")
+    state: Literal["Creating", "Running", "Succeeded", "Failed", "TimedOut"] = "Creating"
+    created_at: str | None = Field(default=None, description="When the Job was created (the timeout counts from it).")
+    finished_at: str | None = None
+    duration_seconds: float | None = None
+    message: str | None = Field(default=None, description="Why it failed, as the Job and its pod say.")
+    logs: str | None = Field(default=None, description=f"The tail of its log (at most {MIGRATION_LOG_MAX} "
+                             "characters, secrets masked).")
+    logs_source: Literal["log", "terminationMessage", "none"] | None = Field(
+        default=None, description="Where the log came from: the pod's log, its termination message, or nowhere.")
 
 
 class IncidentStatus(Model):
@@ -243,6 +263,8 @@ class SafeRolloutStatus(Model):
     observed_generation: int | None = None
     stage: int | None = Field(default=None, description="1-based index of the current stage.")
     weight: int = Field(default=0, description="Canary weight last applied by the router.")
+    routing: str | None = Field(default=None, description="What the router last sent the canary besides the weight "
+                                "(a header or cookie match, a mirror, a sticky cookie); none: by weight alone.")
     max_weight: int = 0
     stage_started_at: str | None = None
     stage_elapsed_seconds: float = 0
@@ -270,6 +292,7 @@ class SafeRolloutStatus(Model):
     source: SourceStatus | None = None
     snapshot: SnapshotStatus | None = None
     restore: RestoreStatus | None = None
+    migration: MigrationStatus | None = None
     analysis: AnalysisStatus = Field(default_factory=AnalysisStatus)
     analysis_templates: list[PinnedTemplate] = Field(default_factory=list, description=(
         "The shared analysis templates this rollout's metrics use, pinned at its start."))

@@ -45,14 +45,96 @@ class PodTemplate(Model):
     containers: list[Container] = Field(min_length=1, max_length=32)
 
 
+# HTTP header names are tokens (RFC 9110); cookie names and values a conservative subset of RFC 6265's, so a
+# cookie match is a regular expression with nothing in it to escape but the dot
+HEADER_NAME_PATTERN = r"^[A-Za-z0-9!#$%&'*+.^_`|~-]+$"
+COOKIE_NAME_PATTERN = r"^[A-Za-z0-9_.-]+$"
+COOKIE_VALUE_PATTERN = r"^[A-Za-z0-9_.-]+$"
+MATCH_ROUTERS = ("gatewayAPI", "istio")  # the routers that can route by header, mirror and set a sticky cookie
+
+
+_HEADER_NAMES = "header names must differ from each other (in any case) and from Cookie: match a cookie with cookies"
+
+
+class HeaderMatch(Model):
+    name: str = Field(pattern=HEADER_NAME_PATTERN, max_length=256, description="HTTP header name (any case).")
+    value: str = Field(min_length=1, max_length=1024, pattern=r"^[^\r\n]*$")
+    type: Literal["Exact", "RegularExpression"] = Field(
+        default="Exact", description="RegularExpression: RE2, matched against the whole value.")
+
+
+class CookieMatch(Model):
+    name: str = Field(pattern=COOKIE_NAME_PATTERN, max_length=128)
+    value: str = Field(pattern=COOKIE_VALUE_PATTERN, max_length=256)
+
+
+class StageMatch(Model):
+    """Requests that carry every header and cookie listed go to the canary, whatever the stage's weight."""
+
+    model_config = ConfigDict(json_schema_extra={"x-kubernetes-validations": [
+        cel("has(self.headers) || has(self.cookies)", "a match needs at least one header or cookie"),
+        cel("!has(self.headers) || self.headers.all(h, h.name.lowerAscii() != 'cookie') && "
+            "self.headers.all(a, self.headers.exists_one(b, b.name.lowerAscii() == a.name.lowerAscii()))",
+            _HEADER_NAMES, ".headers"),
+    ]})
+    headers: list[HeaderMatch] | None = Field(default=None, min_length=1, max_length=8)
+    cookies: list[CookieMatch] | None = Field(default=None, min_length=1, max_length=1, description="One cookie "
+                                              "(a route matches the Cookie header once).")
+
+    @model_validator(mode="after")
+    def _something(self) -> StageMatch:
+        if not self.headers and not self.cookies:
+            raise ValueError("a match needs at least one header or cookie")
+        names = [h.name.lower() for h in self.headers or ()]
+        if "cookie" in names or len(set(names)) != len(names):
+            raise ValueError(_HEADER_NAMES)
+        return self
+
+
+_STAGE_KIND = "a stage needs a weight above 0, a match or a mirror"
+_MIRROR_ALONE = "a mirror stage copies requests and routes none: it takes no weight and no match"
+_STICKY_WEIGHT = "sticky keeps on the canary the users its weight sent there: it needs a weight above 0"
+
+
 class Stage(Model):
-    weight: int = Field(ge=1, le=100, description="Percent of traffic sent to the canary in this stage.")
+    model_config = ConfigDict(json_schema_extra={"x-kubernetes-validations": [
+        cel("self.weight > 0 || has(self.match) || has(self.mirror)", _STAGE_KIND),
+        cel("!has(self.mirror) || self.weight == 0 && !has(self.match)", _MIRROR_ALONE),
+        cel("!has(self.sticky) || !self.sticky || self.weight > 0", _STICKY_WEIGHT, ".sticky"),
+    ]})
+    weight: int = Field(default=0, ge=0, le=100, description="Percent of traffic sent to the canary in this stage; "
+                        "0 (the default) only with a match or a mirror.")
     duration: Annotated[str, Bounded("1s", "24h")] = Field(
         description="How long the stage is analysed before advancing.")
+    match: StageMatch | None = Field(default=None, description="Requests that match go to the canary (A/B), "
+                                     "before the weight splits the rest (gatewayAPI and istio).")
+    mirror: int | None = Field(default=None, ge=1, le=100, description="Percent of the live requests copied to "
+                               "the canary, whose answers are discarded; every request is still served by stable "
+                               "(gatewayAPI and istio).")
+    sticky: bool = Field(default=False, description="A user the weight sent to the canary gets a cookie and stays "
+                         "on the canary for the rest of the rollout (gatewayAPI and istio).")
+
+    @model_validator(mode="after")
+    def _kind(self) -> Stage:
+        if self.weight == 0 and self.match is None and self.mirror is None:
+            raise ValueError(_STAGE_KIND)
+        if self.mirror is not None and (self.weight > 0 or self.match is not None):
+            raise ValueError(_MIRROR_ALONE)
+        if self.sticky and self.weight == 0:
+            raise ValueError(_STICKY_WEIGHT)
+        return self
 
     @property
     def seconds(self) -> float:
         return parse_duration(self.duration)
+
+    @property
+    def kind(self) -> str:
+        """What the stage sends the canary, in words: `weight 5%`, `match`, `match + weight 5%`, `mirror 20%`."""
+        if self.mirror is not None:
+            return f"mirror {self.mirror}%"
+        parts = (["match"] if self.match else []) + ([f"weight {self.weight}%"] if self.weight else [])
+        return " + ".join(parts) + (" (sticky)" if self.sticky else "")
 
 
 class GatewayAPIRouter(Model):
@@ -135,16 +217,27 @@ class Traffic(Model):
 ROUTERS = _router_names(Traffic)
 
 
+_RISING = ("stage weights must rise strictly from one stage to the next (stages of weight 0, a match or a "
+           "mirror alone, come first)")
+_MATCH_ROUTER = f"match, mirror and sticky stages need the {' or '.join(MATCH_ROUTERS)} router"
+
+
 class CanaryStrategy(Model):
     model_config = ConfigDict(
         json_schema_extra={
             "x-kubernetes-validations": [
                 cel(
                     "!has(self.stages) || self.stages.map(s, s.weight).isSorted() && "
-                    "self.stages.all(a, self.stages.exists_one(b, b.weight == a.weight))",
-                    "stage weights must rise strictly from one stage to the next",
+                    "self.stages.all(a, a.weight == 0 || self.stages.exists_one(b, b.weight == a.weight))",
+                    _RISING,
                     ".stages",
-                )
+                ),
+                cel(
+                    "!has(self.stages) || !self.stages.exists(s, has(s.match) || has(s.mirror) || "
+                    "(has(s.sticky) && s.sticky)) || " + " || ".join(f"has(self.traffic.{r})" for r in MATCH_ROUTERS),
+                    _MATCH_ROUTER,
+                    ".stages",
+                ),
             ]
         }
     )
@@ -159,9 +252,15 @@ class CanaryStrategy(Model):
     def _rising(cls, stages: list[Stage] | None) -> list[Stage] | None:
         if stages:
             weights = [s.weight for s in stages]
-            if any(b <= a for a, b in itertools.pairwise(weights)):
-                raise ValueError("stage weights must rise strictly from one stage to the next")
+            if any(b < a or b == a > 0 for a, b in itertools.pairwise(weights)):
+                raise ValueError(_RISING)
         return stages
+
+    @model_validator(mode="after")
+    def _match_router(self) -> CanaryStrategy:
+        if any(s.match or s.mirror or s.sticky for s in self.stages or ()) and self.traffic.router() not in MATCH_ROUTERS:
+            raise ValueError(_MATCH_ROUTER)
+        return self
 
 
 class BlueGreenStrategy(Model):

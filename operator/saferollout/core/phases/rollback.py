@@ -10,7 +10,7 @@ from __future__ import annotations
 from datetime import timedelta
 
 from saferollout.core import actions as a
-from saferollout.core import analysis, deadline, source
+from saferollout.core import analysis, deadline, migration, source
 from saferollout.core import transitions as go
 from saferollout.core.clock import iso, parse_time
 from saferollout.core.durations import format_duration, parse_duration
@@ -27,7 +27,8 @@ def step(run: Run) -> None:
             if not any(isinstance(x, a.SetWeight) for x in run.actions):
                 run.act(a.SetWeight(0))
         case Step.revert_workload:
-            run.act(a.DeleteCanary())
+            if not migration.stop_before_restore(run):  # a migration Job that may still run is stopped first
+                run.act(a.DeleteCanary())
         case Step.revert_images:
             if run.spec.target_template:
                 _keep_target(run)
@@ -63,7 +64,7 @@ def _keep_target(run: Run) -> None:
 
 def _needs_restore(run: Run) -> bool:
     db, snap = run.spec.database, run.s.snapshot
-    return bool(db and db.restore_on_rollback and snap and snap.state in ("Taken", "Verified"))
+    return bool(db and db.restore_on_rollback and not db.forward_only and snap and snap.state in ("Taken", "Verified"))
 
 
 def _restore(run: Run) -> None:
@@ -177,6 +178,8 @@ def apply(run: Run, r: a.Result) -> None:
         run.s.step = Step.restore_database if _needs_restore(run) else Step.verify
     elif isinstance(r, a.RestoreResult):
         _restore_result(run, r)
+    elif isinstance(r, a.MigrationState):
+        migration.stopped(run, r)
     elif isinstance(r, a.MetricValues) and r.purpose == "verify":
         run.ran(r.asked_at)
         bad = analysis.verdicts(run, r, record=True)

@@ -6,7 +6,7 @@ Nothing here moves traffic: a failed gate blocks the rollout with all traffic st
 from __future__ import annotations
 
 from saferollout.core import actions as a
-from saferollout.core import analysis, deadline
+from saferollout.core import analysis, deadline, migration
 from saferollout.core import transitions as go
 from saferollout.core.clock import iso
 from saferollout.core.durations import parse_duration
@@ -24,6 +24,8 @@ def step(run: Run) -> None:
         _gate_stable(run)
     if run.s.step == Step.snapshot:
         _snapshot(run)
+    if run.s.step == Step.migrate:
+        migration.step(run)
     if run.s.step == Step.canary:
         _canary(run)
 
@@ -33,7 +35,7 @@ def _pending(run: Run) -> None:
     if run.spec.paused:
         run.s.message = "paused before start"
         return
-    if run.s.weight != 0:
+    if run.s.weight != 0 or run.s.routing:
         run.act(a.SetWeight(0))
     elif run.s.canary_ready:
         run.act(a.DeleteCanary())
@@ -62,7 +64,7 @@ def _snapshot(run: Run) -> None:
     """Taken once (a marker first, so a restart never takes a second), verified when asked, then pruned."""
     db = run.spec.database
     if db is None or not db.snapshot_before_rollout:
-        run.s.step = Step.canary
+        run.s.step = Step.migrate
         return
     snap = run.s.snapshot
     if snap is None:
@@ -79,7 +81,7 @@ def _snapshot(run: Run) -> None:
         run.act(a.VerifySnapshot(snap.id))
         return
     run.act(a.PruneSnapshots(db.retain, snap.id))
-    run.s.step = Step.canary
+    run.s.step = Step.migrate
 
 
 def _canary(run: Run) -> None:
@@ -119,6 +121,8 @@ def apply(run: Run, r: a.Result) -> None:
         _stable_health(run, r)
     elif isinstance(r, a.SnapshotResult):
         _snapshot_result(run, r)
+    elif isinstance(r, a.MigrationState) and run.s.step == Step.migrate:
+        migration.apply(run, r)
 
 
 def _target_template(run: Run, r: a.TargetState) -> None:

@@ -1,0 +1,224 @@
+"""spec.migration and spec.database.forwardOnly: the core's decisions in the simulated world, under both clocks."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from pydantic import ValidationError
+
+from saferollout.adapters import migrations
+from saferollout.adapters.kube import RolloutRef
+from saferollout.core import actions as a
+from saferollout.core.migration import JOB_NAME_MAX, job_name
+from saferollout.core.models import MIGRATION_LOG_MAX, Migration, SafeRolloutSpec
+from tests.unit import world as world_module
+from tests.unit.world import World, make_spec
+
+JOB = {"spec": {"template": {"spec": {"containers": [
+    {"name": "migrate", "image": "demo/migrate:2.0", "command": ["psql", "-c", "ALTER TABLE orders ADD x int"]}]}}}}
+DB: dict[str, Any] = {"postgres": {"secretRef": {"name": "web-db", "key": "dsn"}}, "snapshotBeforeRollout": True,
+                      "verifySnapshot": True, "restoreOnRollback": True}
+FORWARD_ONLY: dict[str, Any] = {"postgres": {"secretRef": {"name": "web-db", "key": "dsn"}},
+                                "snapshotBeforeRollout": True, "forwardOnly": True}
+
+
+@pytest.fixture(autouse=True, params=["every-second", "on-wake"])
+def clock(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    if request.param == "on-wake":
+        run = world_module.World.run
+
+        def on_wake(self: World, seconds: float, until: Any = None, step: float | None = 1.0) -> World:
+            return run(self, seconds, until, None)
+        monkeypatch.setattr(world_module.World, "run", on_wake)
+    return str(request.param)
+
+
+def spec(database: dict[str, Any] | None = None, timeout: str | None = None) -> SafeRolloutSpec:
+    mig: dict[str, Any] = {"jobTemplate": JOB, **({"timeout": timeout} if timeout else {})}
+    return make_spec(database=database or DB, migration=mig)
+
+
+def canary_fails(name: str, target: str, weight: int, t: float) -> float | None:
+    return (0.5 if target == "canary" else 0.001) if name == "error-rate" else 0.1
+
+
+def acts(w: World) -> list[str]:
+    return [line.split(maxsplit=1)[1] for line in w.log if "Event(" not in line and "Notify(" not in line]
+
+
+def test_a_migration_runs_once_after_the_verified_snapshot_and_before_any_traffic() -> None:
+    w = World(spec(), job_db_state="v2").run(200, until=World.done)
+    assert w.phase() == "Succeeded" and w.jobs_created == 1
+    order = acts(w)
+    verified = next(i for i, x in enumerate(order) if x.startswith("VerifySnapshot"))
+    created = next(i for i, x in enumerate(order) if x.startswith("RunMigration"))
+    first_weight = next(i for i, x in enumerate(order) if x.startswith("SetWeight(weight=5"))
+    canary = next(i for i, x in enumerate(order) if x.startswith("EnsureCanary"))
+    assert verified < created < canary < first_weight
+    ms = w.status.migration
+    assert ms is not None and ms.job == "web-migrate-1" and ms.state == "Succeeded"
+    assert ms.duration_seconds is not None and 3 <= ms.duration_seconds <= 5
+    assert "MigrationStarted" in w.reasons() and "MigrationSucceeded" in w.reasons()
+    assert w.weights_seen == [5, 25, 50, 100] and w.restores == 0
+
+
+def test_a_failing_migration_restores_the_snapshot_and_rolls_back_with_its_log_in_the_report() -> None:
+    w = World(spec(), job_outcome="Failed", job_db_state="half-migrated",
+              job_logs="ALTER TABLE\nERROR:  column \"currency\" of relation \"orders\" already exists").run(
+        120, until=World.done)
+    assert w.phase() == "RolledBack"
+    assert w.weights_seen == [] and w.canary is None  # no traffic ever moved, no canary was made
+    assert w.restores == 1 and w.db_state == "v1"  # the snapshot's state, not what the Job left
+    assert [h.action for h in w.status.history] == ["rollback"]
+    inc = w.status.incident
+    assert inc is not None and inc.reason == "MigrationFailed" and inc.report_ref == "web-incident-1"
+    ms = w.status.migration
+    assert ms is not None and ms.state == "Failed" and "BackoffLimitExceeded" in (ms.message or "")
+    report = w.reports["web-incident-1"]
+    for text in ("## Migration", "`web-migrate-1`", "Failed", "already exists", "Duration:"):
+        assert text in report, text
+    assert any(n.severity == "critical" for n in w.notes)
+    assert w.reasons().index("MigrationFailed") < w.reasons().index("DatabaseRestored")
+    assert "SetWeight(weight=5" not in "".join(w.log)
+
+
+def test_a_migration_past_its_timeout_is_stopped_and_rolls_back() -> None:
+    w = World(spec(timeout="30s"), job_outcome="hang", job_db_state="v2").run(200, until=World.done)
+    assert w.phase() == "RolledBack" and w.jobs_stopped == ["web-migrate-1"]
+    ms = w.status.migration
+    assert ms is not None and ms.state == "TimedOut" and "30s" in (ms.message or "")
+    assert ms.duration_seconds is not None and 30 <= ms.duration_seconds <= 32
+    assert w.restores == 1 and w.db_state == "v1" and w.weights_seen == []
+
+
+@pytest.mark.parametrize("crash", [a.RunMigration, a.CheckMigration])
+def test_a_restarted_operator_never_creates_a_second_job(crash: type) -> None:
+    w = World(spec(), crash_after=crash)
+    w.run(200, until=World.done)
+    assert w.phase() == "Succeeded" and w.jobs_created == 1
+    assert sum(1 for line in w.log if "RunMigration(" in line) >= 1
+
+
+def test_a_second_attempt_gets_a_job_of_its_own() -> None:
+    w = World(spec(), job_outcome="Failed").run(120, until=World.done)
+    assert w.phase() == "RolledBack"
+    w.job_outcome, w.command = "Succeeded", "retry/1"
+    w.run(200, until=lambda x: x.done() and x.status.attempt == 2)
+    assert w.phase() == "Succeeded" and sorted(w.jobs) == ["web-migrate-1", "web-migrate-2"]
+
+
+def test_an_abort_while_the_migration_runs_stops_it_before_the_restore() -> None:
+    w = World(spec(), job_outcome="hang", job_db_state="v2").run(20)
+    assert w.status.migration is not None and w.status.migration.state == "Running"
+    w.command = "abort/1"
+    w.run(120, until=World.done)
+    assert w.phase() == "RolledBack" and w.jobs_stopped == ["web-migrate-1"] and w.db_state == "v1"
+    order = acts(w)
+    stop = next(i for i, x in enumerate(order) if x.startswith("CheckMigration(job='web-migrate-1', stop=True)"))
+    restore = next(i for i, x in enumerate(order) if x.startswith("RestoreDatabase"))
+    assert stop < restore
+
+
+# ------------------------------------------------------------------------------------------------- forwardOnly
+
+
+def test_forward_only_breach_pauses_and_pages_and_never_restores() -> None:
+    w = World(make_spec(database=FORWARD_ONLY), metrics=canary_fails).run(60, until=lambda x: x.phase() == "Paused")
+    assert w.phase() == "Paused" and w.status.pause_reason == "breach"
+    assert w.weight == 5  # held: a person decides
+    assert [h.action for h in w.status.history] == ["pause"]
+    assert "ForwardOnlyPaused" in w.reasons()
+    assert any(n.severity == "critical" and "forwardOnly" in n.title for n in w.notes)
+    w.run(60)
+    assert w.phase() == "Paused" and w.restores == 0  # it waits; nothing rolls back by itself
+    w.command = "abort/1"
+    w.run(120, until=World.done)
+    assert w.phase() == "RolledBack" and w.restores == 0 and w.target_images == {"web": "demo/web:1.0"}
+    assert "forwardOnly" in w.reports["web-incident-1"]
+
+
+def test_forward_only_failing_migration_rolls_back_the_workload_but_never_the_database() -> None:
+    w = World(spec(FORWARD_ONLY), job_outcome="Failed", job_db_state="half-migrated").run(120, until=World.done)
+    assert w.phase() == "RolledBack" and w.restores == 0 and w.db_state == "half-migrated"
+    ms = w.status.migration
+    assert ms is not None and ms.state == "Failed"
+    assert any(n.severity == "critical" for n in w.notes)
+    assert "forwardOnly" in w.reports["web-incident-1"]
+
+
+def test_forward_only_inconclusive_rollback_pauses_instead() -> None:
+    s = make_spec(database=FORWARD_ONLY, **{"analysis.onInconclusive": "rollback"})
+    w = World(s, metrics=lambda n, t, wt, tt: None if t == "canary" else 0.001).run(
+        60, until=lambda x: x.phase() == "Paused")
+    assert w.phase() == "Paused" and w.restores == 0 and [h.action for h in w.status.history] == ["pause"]
+
+
+# ------------------------------------------------------------------------------------------------ the model
+
+
+@pytest.mark.parametrize(("database", "migration", "says"), [
+    (None, {"jobTemplate": JOB}, "migration needs spec.database"),
+    ({"postgres": {"secretRef": {"name": "d", "key": "k"}}, "snapshotBeforeRollout": True}, {"jobTemplate": JOB},
+     "restoreOnRollback: true"),
+    ({**DB, "forwardOnly": True}, None, "restoreOnRollback must be false"),
+    (DB, {"jobTemplate": JOB, "timeout": "5s"}, "between 10s and 24h"),
+    (DB, {"jobTemplate": JOB, "timeout": "25h"}, "between 10s and 24h"),
+    (DB, {"jobTemplate": {"spec": {"template": {"spec": {"containers": []}}}}}, "at least one container"),
+    (DB, {"jobTemplate": {"spec": {}}}, "at least one container"),
+])
+def test_bad_migrations_are_refused_with_a_clear_message(database: Any, migration: Any, says: str) -> None:
+    with pytest.raises(ValidationError, match=says.replace("(", r"\(")):
+        make_spec(database=database, migration=migration)
+
+
+def test_the_crd_carries_the_cross_field_rules() -> None:
+    from saferollout.crdgen import DEFAULT_PATH
+
+    text = DEFAULT_PATH.read_text()
+    for rule in ("!has(self.migration) || has(self.database)", "self.database.forwardOnly",
+                 "!self.forwardOnly || !self.restoreOnRollback", "duration('10s')"):
+        assert rule in text, rule
+
+
+def test_the_default_timeout_is_ten_minutes() -> None:
+    assert Migration.model_validate({"jobTemplate": JOB}).timeout_seconds == 600
+
+
+def test_job_names_fit_a_label_and_differ_per_rollout_and_attempt() -> None:
+    assert job_name("web", 3) == "web-migrate-3"
+    long_a, long_b = "a" * 60 + "x", "a" * 60 + "y"
+    names = {job_name(long_a, 1), job_name(long_b, 1), job_name(long_a, 2)}
+    assert len(names) == 3 and all(len(n) <= JOB_NAME_MAX and not n.startswith("-") for n in names)
+
+
+def test_the_job_gets_the_operators_name_owner_and_safe_defaults() -> None:
+    ref = RolloutRef("shop", "web", "uid-1")
+    mig = Migration.model_validate({"jobTemplate": {**JOB, "metadata": {"name": "ignored", "labels": {"team": "a"}}},
+                                    "timeout": "90s"})
+    body = migrations.job_body(ref, mig, "web-migrate-2", 2)
+    assert body["metadata"]["name"] == "web-migrate-2" and body["metadata"]["ownerReferences"][0]["uid"] == "uid-1"
+    assert body["metadata"]["labels"] == {"team": "a", "saferollout.dev/rollout": "web",
+                                          "saferollout.dev/kind": "migration"}
+    assert body["metadata"]["annotations"]["saferollout.dev/attempt"] == "2"
+    assert body["spec"]["backoffLimit"] == 0 and body["spec"]["activeDeadlineSeconds"] == 90
+    pod = body["spec"]["template"]["spec"]
+    assert pod["restartPolicy"] == "Never"
+    assert pod["containers"][0]["terminationMessagePolicy"] == "FallbackToLogsOnError"
+    assert mig.job_template.spec["template"]["spec"]["containers"][0].get("terminationMessagePolicy") is None
+
+
+def test_logs_are_bounded_to_their_tail_without_control_characters() -> None:
+    text = "\n".join(f"line {i} \x1b[31mred\x1b[0m" for i in range(2000)) + "\nERROR: the last line"
+    out = migrations.bound(text)
+    assert len(out) <= MIGRATION_LOG_MAX and out.endswith("ERROR: the last line") and "\x1b" not in out
+    assert out.startswith("[... ") and migrations.bound("short\r\n") == "short"
+
+
+def test_the_secrets_the_job_names_are_found_for_masking() -> None:
+    pod = {"containers": [{"name": "m", "image": "x", "env": [
+        {"name": "DATABASE_URL", "valueFrom": {"secretKeyRef": {"name": "web-db", "key": "dsn"}}},
+        {"name": "PLAIN", "value": "v"}]}], "initContainers": [{"name": "i", "image": "x", "env": [
+            {"name": "T", "valueFrom": {"secretKeyRef": {"name": "tok", "key": "t"}}}]}]}
+    mig = Migration.model_validate({"jobTemplate": {"spec": {"template": {"spec": pod}}}})
+    assert migrations.secret_refs(mig) == [("tok", "t"), ("web-db", "dsn")]
