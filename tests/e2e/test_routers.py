@@ -224,6 +224,39 @@ def test_gateway_api_router(namespace: str, cluster: bool) -> None:
         move("gatewayAPI", ref, spec, w, lambda w=w: weights() == [("web", 100 - w), ("web-canary", w)])  # type: ignore[misc]
 
 
+def test_an_autoscaled_targets_canary_gets_its_own_hpa(namespace: str, cluster: bool) -> None:
+    """The canary of a target with an HPA: a copy of the HPA aimed at the canary, which the operator then leaves
+    to scale it; removed with the canary. The replica router refuses such a target before it makes anything."""
+    deployment(namespace, "web", 3)
+    services(namespace)
+    auto = kube.autoscaling()
+    auto.create_namespaced_horizontal_pod_autoscaler(namespace, {
+        "apiVersion": "autoscaling/v2", "kind": "HorizontalPodAutoscaler", "metadata": {"name": "web-hpa"},
+        "spec": {"scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "web"},
+                 "minReplicas": 2, "maxReplicas": 6,
+                 "metrics": [{"type": "Resource", "resource": {"name": "cpu", "target": {
+                     "type": "Utilization", "averageUtilization": 70}}}]}})
+    traffic = {"gatewayAPI": {"httpRoute": "web", "stableService": "web", "canaryService": "web-canary"}}
+    ref, spec = rollout(namespace, traffic, real=cluster)
+    workloads.ensure_canary(ref, spec, {"app": "demo/x:2"})
+    hpa = kube.read_or_none(auto.read_namespaced_horizontal_pod_autoscaler, "web-canary", namespace)
+    assert hpa is not None and hpa["spec"]["scaleTargetRef"]["name"] == "web-canary"
+    assert (hpa["spec"]["minReplicas"], hpa["spec"]["maxReplicas"]) == (2, 6)
+    assert kube.owned_by(hpa, ref)
+    canary = kube.apps().read_namespaced_deployment("web-canary", namespace)
+    assert canary.spec.replicas == 3  # the target's current count to start with
+    # the HPA scales the canary (here: a write of its replicas, as the HPA controller's would be)
+    kube.apps().patch_namespaced_deployment("web-canary", namespace, {"spec": {"replicas": 5}})
+    wait_for("the canary available", lambda: workloads.ensure_canary(ref, spec, {"app": "demo/x:2"}), pause=0.2)
+    assert kube.apps().read_namespaced_deployment("web-canary", namespace).spec.replicas == 5  # left to its HPA
+    workloads.delete_canary(ref, spec)
+    assert kube.read_or_none(auto.read_namespaced_horizontal_pod_autoscaler, "web-canary", namespace) is None
+    assert kube.read_or_none(auto.read_namespaced_horizontal_pod_autoscaler, "web-hpa", namespace) is not None
+    replica_spec = rollout(namespace, {"replicas": {}}, real=False)[1]
+    with pytest.raises(kube.Refused, match="HorizontalPodAutoscaler web-hpa scales the target web"):
+        router_for(replica_spec).prepare(ref, replica_spec, 5)
+
+
 def test_istio_router(namespace: str, cluster: bool) -> None:
     deployment(namespace, "web", 2)
     services(namespace)

@@ -17,7 +17,7 @@ from kubernetes.client.rest import ApiException
 from pydantic import ValidationError
 
 from saferollout import executor as ex
-from saferollout.adapters import events, kube, metrics, workloads
+from saferollout.adapters import autoscaling, events, kube, metrics, workloads
 from saferollout.adapters.kube import RolloutRef
 from saferollout.adapters.prometheus import PrometheusProvider, Reading
 from saferollout.adapters.routers import BLUE_GREEN, ROUTERS, nginx, replicas, router_for, router_name
@@ -114,6 +114,8 @@ def test_the_replica_router_starts_the_canary_at_the_first_weights_share(monkeyp
     spec = spec_for("replicas")
     deployments: dict[str, dict[str, Any]] = {"web": deployment("web", 10)}
     monkeypatch.setattr(replicas, "_deployment", lambda ns, name: deployments.get(name))
+    hpas: list[dict[str, Any]] = []
+    monkeypatch.setattr(autoscaling, "target_hpa", lambda ns, name: hpas[0] if hpas else None)
     router = router_for(spec)
     assert router.prepare(REF, spec, 5) == CanaryPlan(replicas=1, behind_stable=True)
     assert router.prepare(REF, spec, 50) == CanaryPlan(replicas=5, behind_stable=True)
@@ -123,6 +125,22 @@ def test_the_replica_router_starts_the_canary_at_the_first_weights_share(monkeyp
     deployments.pop("web")
     with pytest.raises(LookupError, match="Deployment 'web' not found"):
         router.prepare(REF, spec, 5)
+    hpas.append({"metadata": {"name": "web-hpa"}})  # an autoscaled target: this router would fight its HPA
+    with pytest.raises(kube.Refused, match="HorizontalPodAutoscaler web-hpa scales the target web"):
+        router.prepare(REF, spec, 5)
+
+
+def test_the_canary_hpa_is_the_targets_aimed_at_the_canary() -> None:
+    target = {"metadata": {"name": "web-hpa"}, "spec": {
+        "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "web"}, "minReplicas": 2,
+        "maxReplicas": 10, "metrics": [{"type": "Resource", "resource": {"name": "cpu", "target": {
+            "type": "Utilization", "averageUtilization": 70}}}]}}
+    body = autoscaling.canary_hpa(target, "web-canary", REF)
+    assert body["spec"]["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment", "name": "web-canary"}
+    assert {k: v for k, v in body["spec"].items() if k != "scaleTargetRef"} == \
+        {k: v for k, v in target["spec"].items() if k != "scaleTargetRef"}
+    assert body["metadata"]["ownerReferences"] == [REF.owner()] and body["metadata"]["name"] == "web-canary"
+    assert target["spec"]["scaleTargetRef"]["name"] == "web"  # the target's own HPA is not touched
 
 
 class FakeNetworking:

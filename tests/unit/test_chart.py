@@ -300,6 +300,7 @@ NAMESPACED_VERBS: dict[tuple[str, str], set[str]] = {
     ("", "events"): {"create", "list"},  # events.emit; volume verify reads the scratch claim's warnings
     ("apps", "deployments"): {"get", "create", "patch", "delete"},  # target and <target>-canary (workloads, replicas)
     ("", "services"): {"get", "create", "patch"},  # canary Service, blue-green switch
+    ("autoscaling", "horizontalpodautoscalers"): {"get", "list", "create", "patch", "delete"},  # adapters/autoscaling.py
     ("", "secrets"): {"get"},  # executor.secret_value: the snapshot DSN
     ("", "configmaps"): {"create", "update"},  # executor.write_report: create, replace on 409
     ("", "persistentvolumeclaims"): {"get", "list", "create", "delete"},  # snapshots/volume.py
@@ -373,7 +374,8 @@ _CLIENT_RESOURCES = {"deployment": ("apps", "deployments"), "service": ("", "ser
                      "config_map": ("", "configmaps"), "event": ("", "events"),
                      "persistent_volume_claim": ("", "persistentvolumeclaims"),
                      "ingress": ("networking.k8s.io", "ingresses"), "storage_class": ("storage.k8s.io", "storageclasses"),
-                     "job": ("batch", "jobs"), "pod": ("", "pods"), "pod_log": ("", "pods/log")}
+                     "job": ("batch", "jobs"), "pod": ("", "pods"), "pod_log": ("", "pods/log"),
+                     "horizontal_pod_autoscaler": ("autoscaling", "horizontalpodautoscalers")}
 
 
 def test_every_typed_api_call_of_the_operator_is_granted() -> None:

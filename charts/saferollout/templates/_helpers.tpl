@@ -110,6 +110,11 @@ unless noted. tests/unit/test_chart.py pins every verb; change it together with 
 - apiGroups: [apps]
   resources: [deployments]
   verbs: [get, create, patch, delete]
+# An autoscaled target: its HorizontalPodAutoscaler found by listing the namespace's; the canary's copy of it
+# created, read, patched, deleted (adapters/autoscaling.py).
+- apiGroups: [autoscaling]
+  resources: [horizontalpodautoscalers]
+  verbs: [get, list, create, patch, delete]
 # The canary Service (created, selector patched), blue-green's selector switch, the stable Service's ports read.
 - apiGroups: [""]
   resources: [services]

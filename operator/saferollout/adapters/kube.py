@@ -54,6 +54,10 @@ def custom() -> client.CustomObjectsApi:
     return client.CustomObjectsApi(api())
 
 
+def autoscaling() -> client.AutoscalingV2Api:
+    return client.AutoscalingV2Api(api())
+
+
 def not_found(e: Exception) -> bool:
     return isinstance(e, ApiException) and e.status == 404
 

@@ -9,7 +9,7 @@ from typing import Any
 
 from kubernetes.client.rest import ApiException
 
-from saferollout.adapters import kube
+from saferollout.adapters import autoscaling, kube
 from saferollout.adapters.kube import RolloutRef
 from saferollout.core.actions import TargetView
 from saferollout.core.models import CANARY_SUFFIX, SafeRolloutSpec
@@ -198,12 +198,16 @@ def ensure_canary(ref: RolloutRef, spec: SafeRolloutSpec, images: dict[str, str]
                  "selector": {"matchLabels": {CANARY_OF: spec.target_ref.name}}, "template": tmpl},
     }
     apps = kube.apps()
+    # an autoscaled target: the canary's own HPA scales it once it is made (adapters.autoscaling)
+    hpa = autoscaling.target_hpa(ref.namespace, spec.target_ref.name) if replicas is None else None
     try:
         current = _dep(ref.namespace, name)
     except ApiException as e:
         if e.status != 404:
             raise
         apps.create_namespaced_deployment(ref.namespace, body)
+        if hpa is not None:
+            autoscaling.ensure_canary_hpa(ref, hpa, name)
         _ensure_canary_service(ref, spec)
         return False
     if not kube.owned_by(current, ref):
@@ -212,8 +216,11 @@ def ensure_canary(ref: RolloutRef, spec: SafeRolloutSpec, images: dict[str, str]
     if template_hash is not None and (current["metadata"].get("annotations") or {}).get(TEMPLATE_HASH) != template_hash:
         delete_canary(ref, spec)  # made from another template: a patch could not remove what that one had more
         return False
+    if hpa is not None:  # its replicas are the HPA's to write
+        autoscaling.ensure_canary_hpa(ref, hpa, name)
+        body["spec"].pop("replicas")
     if (template_hash is None and images_of(current) != images) or \
-            current["spec"].get("replicas") != body["spec"]["replicas"]:
+            body["spec"].get("replicas", current["spec"].get("replicas")) != current["spec"].get("replicas"):
         apps.patch_namespaced_deployment(name, ref.namespace, {"spec": body["spec"]}, _content_type=SMP)
         return False
     _ensure_canary_service(ref, spec)
@@ -263,6 +270,7 @@ def _ensure_canary_service(ref: RolloutRef, spec: SafeRolloutSpec) -> None:
 
 def delete_canary(ref: RolloutRef, spec: SafeRolloutSpec) -> None:
     """Only the canary this rollout created goes; a Deployment of that name that someone else made stays."""
+    autoscaling.delete_canary_hpa(ref, canary_name(spec))
     current = kube.read_or_none(kube.apps().read_namespaced_deployment, canary_name(spec), ref.namespace)
     if current is None or not kube.owned_by(current, ref):
         return

@@ -35,7 +35,7 @@ import logging
 import time
 from typing import Any
 
-from saferollout.adapters import kube
+from saferollout.adapters import autoscaling, kube
 from saferollout.adapters.kube import RolloutRef
 from saferollout.adapters.workloads import CanaryPlan
 from saferollout.core.models import SafeRolloutSpec
@@ -98,7 +98,14 @@ class ReplicaRatioRouter:
 
     def prepare(self, ref: RolloutRef, spec: SafeRolloutSpec, first_weight: int) -> CanaryPlan:
         """The canary starts at the first weight's share, and its pods keep the stable Service's labels: sharing
-        that Service is how this router sends them traffic."""
+        that Service is how this router sends them traffic. It scales the target to move traffic: an HPA on the
+        target would fight it (and could leave the stable version below what its traffic needs), so that is
+        refused before anything is made."""
+        hpa = autoscaling.target_hpa(ref.namespace, spec.target_ref.name)
+        if hpa is not None:
+            raise kube.Refused(f"HorizontalPodAutoscaler {hpa['metadata']['name']} scales the target "
+                               f"{spec.target_ref.name}, and the replicas router moves traffic by scaling it: pick a "
+                               "weighted router (gatewayAPI, istio, nginx), whose canary gets an HPA of its own")
         return CanaryPlan(replicas=initial_canary_replicas(ref, spec, first_weight), behind_stable=True)
 
     def clean_up(self, ref: RolloutRef, spec: SafeRolloutSpec) -> None:
