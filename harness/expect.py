@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from harness.format import Bounds, Expect, NotificationExpect, RequestsExpect, named_field
+from harness.format import Bounds, Expect, NotificationExpect, RequestsExpect, StatefulSetExpect, named_field
 from harness.timeline import WeightChange, longest_hold, merged_intervals, weights_seen
 from harness.webhook import RANK, Received
 
@@ -52,6 +52,9 @@ class Observed:
     outages: dict[str, tuple[list[float], list[float]]] = field(default_factory=dict)  # kind: (downs, ups)
     conditions_seen: set[tuple[str, str, str]] = field(default_factory=set)
     promoted_seen: bool = False
+    partitions_seen: list[int] = field(default_factory=list)  # a StatefulSet target's partition, each change
+    statefulset: dict[str, Any] | None = None  # ... as it was at the end
+    initial_revision: str | None = None  # ... its status.currentRevision before the rollout
     rollout: dict[str, Any] | None = None
     target_images: dict[str, str] = field(default_factory=dict)
     canary_present: bool = False
@@ -336,6 +339,28 @@ def _target_unchanged(want: bool, s: Seen) -> list[Check]:
     changes = s.obs.target_changes
     return [Check("targetUnchanged", (not changes) == want, "; ".join(changes) if changes else
                   "the target's spec never changed and all its pods stayed available")]
+
+
+@checks("stateful_set")
+def _stateful_set(want: StatefulSetExpect, s: Seen) -> list[Check]:
+    out = []
+    seen = [p for i, p in enumerate(s.obs.partitions_seen) if i == 0 or p != s.obs.partitions_seen[i - 1]]
+    if want.partitions_seen is not None:
+        out.append(Check("statefulSet partitionsSeen", seen == want.partitions_seen, f"saw {seen}"))
+    sts = s.obs.statefulset or {}
+    spec, st = sts.get("spec") or {}, sts.get("status") or {}
+    if want.final_partition is not None:
+        part = int(((spec.get("updateStrategy") or {}).get("rollingUpdate") or {}).get("partition") or 0)
+        out.append(Check("statefulSet finalPartition", part == want.final_partition, f"partition {part}"))
+    if want.pods_on is not None:
+        settled = st.get("currentRevision") == st.get("updateRevision") and \
+            int(st.get("updatedReplicas") or 0) >= int(spec.get("replicas") or 1)
+        initial = st.get("currentRevision") == s.obs.initial_revision
+        ok = settled and (initial if want.pods_on == "initial" else not initial)
+        out.append(Check("statefulSet podsOn", ok, f"every pod on {st.get('currentRevision')}" if settled else
+                         f"{st.get('updatedReplicas')} pod(s) on {st.get('updateRevision')}, the others on "
+                         f"{st.get('currentRevision')}" + f" (initial {s.obs.initial_revision})"))
+    return out
 
 
 @checks("events_in_order")

@@ -64,7 +64,7 @@ _PLACEHOLDER_RE = re.compile(r"\{([A-Za-z][A-Za-z0-9]*)\}")
 # `expect.pathAbsent` paths live under here: the harness deletes them before the run (extension).
 PATH_ABSENT_ROOT = "/tmp"
 DEFAULT_WITHIN_SECONDS = 300.0
-ROUTER_KINDS = ("gatewayAPI", "istio", "nginx", "replicas", "blueGreen")
+ROUTER_KINDS = ("gatewayAPI", "istio", "nginx", "replicas", "partition", "blueGreen")
 
 Weight = Annotated[int, Field(ge=0, le=100)]
 Seconds = Annotated[float, Field(ge=0)]
@@ -537,6 +537,16 @@ class ConditionIn(Strict):
         return {str(k): str(v) for k, v in self.model_dump(by_alias=True, exclude_unset=True).items()}
 
 
+class StatefulSetExpect(Strict):
+    """Extension `statefulSet` (the partition router): the partitions the StatefulSet was given, in order (repeats
+    collapsed), the partition at the end, and whether every pod ended on the revision it started on (`initial`: a
+    rollback returned them) or on a new one (`new`: promoted)."""
+
+    partitions_seen: list[int] | None = None
+    final_partition: int | None = None
+    pods_on: Literal["initial", "new"] | None = None
+
+
 class SelectorIn(Strict):
     name: str
     equals: dict[str, str]
@@ -651,6 +661,7 @@ class Expect(Strict):
     # extensions
     service_selector: Annotated[list[tuple[str, dict[str, str]]], Via(one_or_list(SelectorIn), _selectors)] | None = None
     target_unchanged: bool | None = None
+    stateful_set: StatefulSetExpect | None = None
     events_in_order: list[str] | None = None
     notifications: Annotated[NotificationExpect, Via(NotificationsIn, NotificationsIn.wanted)] | None = None
     incident_report_contains: list[str] | None = None
@@ -782,7 +793,7 @@ class _NginxRouter(_Router):
     ingress: str
 
 
-_ROUTERS = ("gatewayAPI", "istio", "nginx", "replicas")
+_ROUTERS = ("gatewayAPI", "istio", "nginx", "replicas", "partition")
 
 
 class _Traffic(_Read):
@@ -790,13 +801,14 @@ class _Traffic(_Read):
     istio: _IstioRouter | None = None
     nginx: _NginxRouter | None = None
     replicas: _Router | None = None
+    partition: _Router | None = None  # a StatefulSet's pods by revision (extension)
 
     @model_validator(mode="before")
     @classmethod
     def _one_router(cls, data: object) -> object:
         if isinstance(data, dict):
             if len([k for k in _ROUTERS if k in data]) != 1:
-                raise fail("the harness follows one router of gatewayAPI, istio, nginx or replicas, got "
+                raise fail("the harness follows one router of gatewayAPI, istio, nginx, replicas or partition, got "
                            f"{', '.join(map(str, data)) or 'nothing'}")
             return {k: {} if v is None and k in _ROUTERS else v for k, v in data.items()}  # `replicas:` is {}
         return data
@@ -836,8 +848,12 @@ class _Strategy(_Read):
         return value
 
 
+class _TargetRef(_Named):
+    kind: Literal["Deployment", "StatefulSet"] = "Deployment"  # extension: a StatefulSet, with traffic.partition
+
+
 class _Spec(_Read):
-    target_ref: _Named
+    target_ref: _TargetRef
     template: _Template
     strategy: _Strategy
 
@@ -896,7 +912,7 @@ class TrafficRefs:
     blueGreen have none, their traffic follows the Services' selectors.
     """
 
-    kind: Literal["gatewayAPI", "istio", "nginx", "replicas", "blueGreen"]
+    kind: Literal["gatewayAPI", "istio", "nginx", "replicas", "partition", "blueGreen"]
     stable_service: str
     canary_service: str
     obj: str | None = None
@@ -909,6 +925,8 @@ class TrafficRefs:
             return f"{what} {self.obj}"
         if self.kind == "replicas":
             return f"Service {self.stable_service} (replica ratio)"
+        if self.kind == "partition":
+            return f"Service {self.stable_service} (StatefulSet pods by revision)"
         return f"Services {self.stable_service} (active) and {self.canary_service} (preview)"
 
 
@@ -1033,6 +1051,8 @@ def traffic_refs(spec: dict[str, Any]) -> TrafficRefs:
         return TrafficRefs("istio", stable, canary, str(cfg["virtualService"]), str(route) if route else None)
     if kind == "nginx":
         return TrafficRefs("nginx", stable, canary, str(cfg["ingress"]))
+    if kind == "partition":
+        return TrafficRefs("partition", stable, canary)
     return TrafficRefs("replicas", stable, canary)
 
 

@@ -123,6 +123,13 @@ class Kube:
     def get_deployment(self, ns: str, name: str) -> dict[str, Any] | None:
         return get_or_none(lambda: self.apps.read_namespaced_deployment(name, ns), self.api)
 
+    def get_statefulset(self, ns: str, name: str) -> dict[str, Any] | None:
+        return get_or_none(lambda: self.apps.read_namespaced_stateful_set(name, ns), self.api)
+
+    def get_target(self, ns: str, name: str, refs: TrafficRefs) -> dict[str, Any] | None:
+        """The target workload: a StatefulSet for the partition router, else a Deployment."""
+        return self.get_statefulset(ns, name) if refs.kind == "partition" else self.get_deployment(ns, name)
+
     def get_service(self, ns: str, name: str) -> dict[str, Any] | None:
         return get_or_none(lambda: self.core.read_namespaced_service(name, ns), self.api)
 
@@ -227,6 +234,12 @@ def world(ns: str, target: str, images: dict[str, str], replicas: int, refs: Tra
         {"apiVersion": "v1", "kind": "Service", "metadata": {"name": canary_svc, "namespace": ns},
          "spec": {"selector": {"saferollout.dev/canary-of": target}, "ports": port}},
     ]
+    if refs.kind == "partition":  # extension: a StatefulSet; the operator makes the canary Service (by revision)
+        target_doc = docs[1]
+        target_doc["kind"] = "StatefulSet"
+        target_doc["spec"].update({"serviceName": stable_svc, "podManagementPolicy": "Parallel",
+                                   "updateStrategy": {"type": "RollingUpdate"}})
+        docs = [d for d in docs if not (d["kind"] == "Service" and d["metadata"]["name"] == canary_svc)]
     if refs.kind == "gatewayAPI":
         docs += [
             {"apiVersion": f"{GW_GROUP}/{GW_VERSION}", "kind": "GatewayClass", "metadata": {"name": GATEWAY_CLASS},

@@ -524,11 +524,20 @@ class _RolloutRun(_BaseRun):
                           + (f", {self.refs.describe}" if self.refs.obj else "")
                           + (f", Secret {secret[0]}" if secret else ""))
         deadline = time.monotonic() + 90
-        while not available(self.kube.get_deployment(self.ns, self.target)):
+        while not available(self.kube.get_target(self.ns, self.target, self.refs)):
             if time.monotonic() > deadline:
                 raise RuntimeError(f"the target Deployment {self.target} did not become available in 90s")
             time.sleep(0.5)
         tl.add("harness", f"target Deployment {self.target} available")
+        if self.refs.kind == "partition":  # extension: the revision the StatefulSet's pods start on
+            while not ((self.kube.get_statefulset(self.ns, self.target) or {}).get("status") or {}).get(
+                    "currentRevision"):
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"StatefulSet {self.target} has no currentRevision after 90s")
+                time.sleep(0.5)
+            sts = self.kube.get_statefulset(self.ns, self.target) or {}
+            self.obs.initial_revision = (sts.get("status") or {}).get("currentRevision")
+            tl.add("harness", f"StatefulSet {self.target}: pods on revision {self.obs.initial_revision}")
         if s.resource_quota:
             self._quota(s.resource_quota)
         if s.objects:  # extension `objects`: before the rollout, which may name them
@@ -672,7 +681,7 @@ class _RolloutRun(_BaseRun):
         tl, last = self.tl, self.last
         try:
             ro = self.kube.get_rollout(self.ns, self.name)
-            target = self.kube.get_deployment(self.ns, self.target)
+            target = self.kube.get_target(self.ns, self.target, self.refs)
             canary = self.kube.get_deployment(self.ns, f"{self.target}-canary")
         except Exception as e:  # the API server may blink; the next poll tries again, a long outage ends the run
             if self.poll_failing_since is None:
@@ -736,6 +745,12 @@ class _RolloutRun(_BaseRun):
             last["images"] = images
         tmpl = self.s.template_images
         promoted = bool(images) and all(images.get(n) == i for n, i in tmpl.items())
+        if self.refs.kind == "partition":  # a StatefulSet holds the new template from the start: promoted once
+            st = (target or {}).get("status") or {}  # every pod runs it (extension)
+            promoted = promoted and bool(st.get("updateRevision")) and st.get("currentRevision") == st.get(
+                "updateRevision") and int(st.get("updatedReplicas") or 0) >= self.s.target_replicas and int(
+                st.get("observedGeneration") or 0) >= int(((target or {}).get("metadata") or {}).get("generation") or 0)
+            self._partition(target, now)
         if promoted and not self.promoted_now:
             self._advance(now, "target got the new template")
             tl.add("app", "target runs the new template: the stable process now behaves as the canary", now)
@@ -759,6 +774,20 @@ class _RolloutRun(_BaseRun):
                 except Exception as e:
                     self.error(f"migration failed: {e}")
         return phase if isinstance(phase, str) else None
+
+    def _partition(self, target: dict[str, Any] | None, now: float) -> None:
+        """A StatefulSet target: its partition and its pods' revisions in the timeline, as they change."""
+        if target is None:
+            return
+        st = target.get("status") or {}
+        part = ((((target.get("spec") or {}).get("updateStrategy") or {}).get("rollingUpdate") or {})
+                .get("partition"))
+        seen = (part, st.get("updatedReplicas"), st.get("currentRevision"), st.get("updateRevision"))
+        if seen != self.last.get("partition"):
+            self.last["partition"] = seen
+            self.tl.add("target", f"StatefulSet partition {part}, {st.get('updatedReplicas')} pod(s) on update "
+                                  f"revision {st.get('updateRevision')}, current {st.get('currentRevision')}", now)
+            self.obs.partitions_seen.append(int(part or 0))
 
     def _target_unchanged(self, target: dict[str, Any] | None, now: float) -> None:
         """Record any change of the target's spec (its generation) and any poll with fewer pods available."""
@@ -889,7 +918,10 @@ class _RolloutRun(_BaseRun):
         ro = self.kube.get_rollout(self.ns, self.name)
         obs.rollout = ro
         obs.phase = obs.status.get("phase")
-        obs.target_images = images_of(self.kube.get_deployment(self.ns, self.target))
+        final_target = self.kube.get_target(self.ns, self.target, self.refs)
+        obs.target_images = images_of(final_target)
+        if self.refs.kind == "partition":
+            obs.statefulset = final_target
         canary = self.kube.get_deployment(self.ns, f"{self.target}-canary")
         obs.canary_present = canary is not None and not (canary.get("metadata") or {}).get("deletionTimestamp")
         obs.events = self.kube.events(self.ns)

@@ -164,6 +164,28 @@ def selector_weights(selector: dict[str, str] | None, deployments: Mapping[str, 
     return out
 
 
+def revision_weights(sts: dict[str, Any] | None, pods: Mapping[str, dict[str, Any]], target: str) -> dict[str, int]:
+    """A StatefulSet's Service spreads its requests over the ready pods of both revisions: {target: pods on the
+    current revision, `<target>-canary`: pods on the update revision while it differs}. A pod's revision is its
+    `controller-revision-hash` label; once every pod has the update revision, that is the current one (the target)."""
+    if sts is None:
+        return {}
+    st = sts.get("status") or {}
+    update, current = st.get("updateRevision"), st.get("currentRevision")
+    selector = ((sts.get("spec") or {}).get("selector") or {}).get("matchLabels")
+    out = {target: 0, f"{target}-canary": 0}
+    for pod in pods.values():
+        meta = pod.get("metadata") or {}
+        if meta.get("deletionTimestamp") or not selects(selector, meta.get("labels")):
+            continue
+        conds = (pod.get("status") or {}).get("conditions") or []
+        if not any(c.get("type") == "Ready" and c.get("status") == "True" for c in conds):
+            continue
+        rev = (meta.get("labels") or {}).get("controller-revision-hash")
+        out[f"{target}-canary" if rev == update and update != current else target] += 1
+    return out
+
+
 # ------------------------------------------------------------------------------------------- cluster binding
 
 
@@ -188,6 +210,9 @@ class ClusterView:
 
     def deployments(self) -> dict[str, dict[str, Any]]:
         return self._list("deployments", lambda: self.apps.list_namespaced_deployment(self.ns))
+
+    def pods(self) -> dict[str, dict[str, Any]]:
+        return self._list("pods", lambda: self.core.list_namespaced_pod(self.ns))
 
     def services(self) -> dict[str, dict[str, Any]]:
         return self._list("services", lambda: self.core.list_namespaced_service(self.ns))
@@ -248,6 +273,15 @@ def traffic_sources(refs: TrafficRefs, namespace: str, target: str, api: client.
         return {"main": Source(read_ingress, by_service, f"Ingress {obj} (+ {obj}-canary) weights")}
     view = ClusterView(api, namespace)
     pods = (target, f"{target}-canary")
+    if refs.kind == "partition":  # extension: one Service before a StatefulSet's pods of both revisions
+        apps = client.AppsV1Api(api)
+
+        def read_pods() -> dict[str, int] | None:
+            sts = get_or_none(lambda: apps.read_namespaced_stateful_set(target, namespace), api)
+            return None if sts is None else revision_weights(sts, view.pods(), target)
+
+        backends = {target: Backend("stable", None), pods[1]: Backend("canary", None)}
+        return {"main": Source(read_pods, backends, f"Service {stable} ready pods by revision")}
     if refs.kind == "replicas":  # one Service before both versions: the processes label their own requests
         backends = {target: Backend("stable", None), pods[1]: Backend("canary", None)}
         return {"main": Source(lambda: view.service_weights(stable, pods), backends,

@@ -191,6 +191,8 @@ def replayable(spec: SafeRolloutSpec) -> tuple[SafeRolloutSpec, list[str]]:
     if metrics and not kept:
         raise BacktestError("every metric is an httpGet probe: there is nothing in Prometheus to replay")
     data.setdefault("analysis", {})["metrics"] = kept
+    if data.pop("migration", None) is not None:
+        notes.append("spec.migration left out: a back-test runs no Job and touches no database")
     if data.pop("paused", False):
         notes.append("spec.paused ignored: the replay runs the rollout")
     if "template" not in data:

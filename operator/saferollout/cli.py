@@ -20,9 +20,10 @@ import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from saferollout.core import partition
 from saferollout.core.durations import format_duration, parse_duration
 from saferollout.core.engine import DEFAULT_STAGES
-from saferollout.core.models import GROUP, PLURAL, VERSION, SafeRolloutSpec
+from saferollout.core.models import GROUP, PLURAL, VERSION, PartitionStatus, SafeRolloutSpec
 
 OK, API_ERROR, USAGE, ENDED_BADLY, NOT_FOUND, TIMEOUT = 0, 1, 2, 3, 4, 5
 TERMINAL = {"Succeeded", "RolledBack", "Failed", "Blocked"}
@@ -53,6 +54,16 @@ def stage_kind(stage: dict[str, Any]) -> str:
     if weight or not parts:
         parts.append(f"{weight:>3}%")
     return " + ".join(parts) + (" sticky" if stage.get("sticky") else "")
+
+
+def _partition_line(st: dict[str, Any]) -> list[str]:
+    """A StatefulSet target: its partition and which pods run which revision (status.partition)."""
+    if not isinstance(st.get("partition"), dict):
+        return []
+    try:
+        return [f"Partition: {partition.describe(PartitionStatus.model_validate(st['partition']))}"]
+    except ValueError:
+        return []
 
 
 def stages_of(obj: dict[str, Any]) -> list[tuple[str, str]]:
@@ -125,6 +136,7 @@ def render_status(obj: dict[str, Any], now: datetime | None = None) -> str:
         f"Stable:    {', '.join(f'{k}={v}' for k, v in (st.get('stableImages') or {}).items()) or '-'}",
         f"Weight:    {st.get('weight', 0)}% to the canary"
         + (f"; also {st['routing']}" if st.get("routing") else ""),
+        *_partition_line(st),
         f"Progress:  {bar(progress(obj))}",
         "Stages:",
     ]

@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 from typing import Any, assert_never
 
 from saferollout import observability
-from saferollout.adapters import events, kube, migrations, notify, routers, workloads
+from saferollout.adapters import events, kube, migrations, notify, routers, statefulsets, workloads
 from saferollout.adapters.kube import RolloutRef
 from saferollout.adapters.metrics import context, measure_all
 from saferollout.adapters.prometheus import PrometheusProvider
@@ -135,6 +135,9 @@ class Executor:
             view = workloads.view_of(dep)
             revision = ((dep.get("metadata") or {}).get("annotations") or {}).get("deployment.kubernetes.io/revision")
             return a.TargetState(dict(view.images), view.available and not view.paused, revision, view)
+        if self.spec.partition:
+            images, ok, revision, replicas, partition = statefulsets.read_target(self.ref, self.spec)
+            return a.TargetState(images, ok, revision, replicas=replicas, partition=partition)
         images, ok, revision = workloads.read_target(self.ref, self.spec)
         return a.TargetState(images, ok, revision)
 
@@ -171,7 +174,7 @@ class Executor:
     def run_migration(self, act: a.RunMigration) -> a.MigrationState:
         if self.spec.migration is None:
             raise kube.Refused("spec.migration was removed")
-        got = migrations.create(self.ref, self.spec.migration, act.job, act.attempt)
+        got = migrations.create(self.ref, self.spec.migration, act.job, act.attempt, self.spec.target_ref)
         log.info("migration Job %s created", act.job)
         return a.MigrationState(act.job, got.state, got.message, created_at=got.created_at)
 
@@ -179,24 +182,35 @@ class Executor:
         got = migrations.read(self.ref, act.job, act.stop, self.mask_migration_secrets)
         return a.MigrationState(act.job, got.state, got.message, got.logs, got.logs_source, got.created_at)
 
-    def mask_migration_secrets(self) -> None:
-        """The values of the Secrets the Job's env names are masked in its log (read by name, best effort)."""
-        for name, key in migrations.secret_refs(self.spec.migration) if self.spec.migration else []:
+    def mask_migration_secrets(self, refs: list[migrations.SecretRef]) -> None:
+        """The values of the Secrets the Job's pod can see are masked in its log: those its own pod template names
+        (`refs`) and those the spec names now (read by name, best effort; key None: every key of the Secret)."""
+        wanted = dict.fromkeys([*refs, *(migrations.secret_refs(self.spec.migration) if self.spec.migration else [])])
+        for name, key in wanted:
             try:
-                secret_value(self.ref.namespace, name, key)
+                if key is not None:
+                    secret_value(self.ref.namespace, name, key)
+                    continue
+                secret = kube.core().read_namespaced_secret(name, self.ref.namespace)
+                for data in (secret.data or {}).values():
+                    register(base64.b64decode(data).decode(errors="replace"))
             except Exception as e:  # a Secret we cannot read cannot be masked: say so, go on
                 log.warning("could not read Secret %s to mask it in the migration's log: %s", name,
                             redact(kube.error_text(e)))
 
     def ensure_canary(self, act: a.EnsureCanary) -> a.CanaryState:
         plan = router_for(self.spec).prepare(self.ref, self.spec, act.first_weight)
+        if self.spec.partition:  # no canary workload: the StatefulSet's own template, with partition = replicas
+            ready, revision = statefulsets.ensure_canary(self.ref, self.spec, act.images)
+            return a.CanaryState(ready, revision)
         if act.template_hash is None:
             return a.CanaryState(workloads.ensure_canary(self.ref, self.spec, act.images, plan))
         return a.CanaryState(workloads.ensure_canary(self.ref, self.spec, act.images, plan,
                                                      template_hash=act.template_hash))
 
     def delete_canary(self, act: a.DeleteCanary) -> a.Outcome:
-        workloads.delete_canary(self.ref, self.spec)
+        if not self.spec.partition:  # a StatefulSet has no canary workload beside it
+            workloads.delete_canary(self.ref, self.spec)
         router_for(self.spec).clean_up(self.ref, self.spec)
         return a.Outcome(act, True)
 
@@ -209,7 +223,12 @@ class Executor:
         return a.Outcome(act, True)
 
     def set_target_images(self, act: a.SetTargetImages) -> a.Outcome:
-        workloads.set_target_images(self.ref, self.spec, act.images)
+        if self.spec.partition and act.reason == "promote":
+            statefulsets.promote(self.ref, self.spec, act.images)
+        elif self.spec.partition:
+            statefulsets.revert(self.ref, self.spec)
+        else:
+            workloads.set_target_images(self.ref, self.spec, act.images)
         return a.Outcome(act, True)
 
     def label_target(self, act: a.LabelTarget) -> a.Outcome:

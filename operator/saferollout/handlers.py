@@ -354,18 +354,26 @@ def _deleted(ref: RolloutRef, spec: dict[str, Any], last: SafeRolloutStatus | di
     template is the version is released (no SafeRollout releases it any more: the webhook must not hold it)."""
     with _turns.setdefault(ref.uid, threading.Lock()):
         try:
-            parsed = SafeRolloutSpec.model_validate(spec)
             status = last if isinstance(last, SafeRolloutStatus) else SafeRolloutStatus.model_validate(last)
         except ValueError:
-            return  # an invalid spec never moved traffic
-        if status.phase is not None and not status.phase.terminal:
+            status = SafeRolloutStatus()
+        try:
+            parsed = SafeRolloutSpec.model_validate(spec)
+        except ValueError:  # made invalid after traffic moved: revert through the router it still names
+            if status.weight or status.routing is not None or (last if isinstance(last, dict) else {}).get("weight"):
+                _revert_traffic(ref, spec)
+            _turns.pop(ref.uid, None)
+            return
+        moved = status.weight or status.routing is not None  # a match or mirror stage has weight 0
+        if moved or (status.phase is not None and not status.phase.terminal):
+            during = status.phase.value if status.phase else "-"
             with naming(ref.namespace, ref.name):
                 result = Executor(ref, parsed, CFG, lambda: status)(a.SetWeight(0))
             if isinstance(result, a.Outcome) and result.ok:
-                log.info("%s/%s deleted during %s: canary weight 0", ref.namespace, ref.name, status.phase.value)
+                log.info("%s/%s deleted during %s: canary weight 0", ref.namespace, ref.name, during)
             else:
                 log.error("%s/%s deleted during %s: setting canary weight 0 FAILED: %s", ref.namespace, ref.name,
-                          status.phase.value, result.message if isinstance(result, a.Outcome) else result)
+                          during, result.message if isinstance(result, a.Outcome) else result)
         if parsed.target_template:
             _release(ref, parsed.target_ref.name)
         _turns.pop(ref.uid, None)
@@ -410,9 +418,9 @@ def _invalid(ref: RolloutRef, spec: dict[str, Any], status: dict[str, Any], gene
         if isinstance(e, ValidationError) else str(e)
     message = redact(f"invalid spec: {problems}")
     new = {**(status or {}), "phase": "Blocked", "message": message, "observedGeneration": generation}
-    if new.get("weight"):
+    if new.get("weight") or new.get("routing"):  # a match or mirror stage sends requests at weight 0
         if _revert_traffic(ref, spec):
-            new["weight"], message = 0, message + "; all traffic is back on the stable version"
+            new["weight"], new["routing"], message = 0, None, message + "; all traffic is back on the stable version"
         else:
             message += "; traffic could NOT be sent back to the stable version: its router is invalid too"
         new["message"] = message

@@ -17,7 +17,7 @@ from kubernetes.client.rest import ApiException
 from pydantic import ValidationError
 
 from saferollout import executor as ex
-from saferollout.adapters import autoscaling, events, kube, metrics, workloads
+from saferollout.adapters import autoscaling, events, kube, metrics, statefulsets, workloads
 from saferollout.adapters.kube import RolloutRef
 from saferollout.adapters.prometheus import PrometheusProvider, Reading
 from saferollout.adapters.routers import BLUE_GREEN, ROUTERS, nginx, replicas, router_for, router_name
@@ -37,6 +37,7 @@ TRAFFIC: dict[str, dict[str, Any]] = {
     "istio": {"virtualService": "web"},
     "nginx": {"ingress": "web"},
     "replicas": {},
+    "partition": {},
 }
 BLUE_GREEN_SPEC = {"blueGreen": {"activeService": "web", "previewService": "web-preview"}}
 
@@ -44,6 +45,8 @@ BLUE_GREEN_SPEC = {"blueGreen": {"activeService": "web", "previewService": "web-
 def spec_for(router: str) -> SafeRolloutSpec:
     if router == BLUE_GREEN:
         return make_spec(strategy=BLUE_GREEN_SPEC)
+    if router == "partition":  # a StatefulSet's router, and only a StatefulSet's
+        return make_spec(**{"strategy.canary.traffic": {router: TRAFFIC[router]}, "targetRef.kind": "StatefulSet"})
     return make_spec(**{"strategy.canary.traffic": {router: TRAFFIC[router]}})
 
 
@@ -131,7 +134,7 @@ def test_the_replica_router_starts_the_canary_at_the_first_weights_share(monkeyp
 
 
 def test_the_canary_hpa_is_the_targets_aimed_at_the_canary() -> None:
-    target = {"metadata": {"name": "web-hpa"}, "spec": {
+    target: dict[str, Any] = {"metadata": {"name": "web-hpa"}, "spec": {
         "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "web"}, "minReplicas": 2,
         "maxReplicas": 10, "metrics": [{"type": "Resource", "resource": {"name": "cpu", "target": {
             "type": "Utilization", "averageUtilization": 70}}}]}}
@@ -353,7 +356,7 @@ def log(monkeypatch: pytest.MonkeyPatch) -> list[tuple[Any, ...]]:
     return calls
 
 
-@pytest.mark.parametrize("name", [*models.ROUTERS, BLUE_GREEN])
+@pytest.mark.parametrize("name", [*(r for r in models.ROUTERS if r != "partition"), BLUE_GREEN])
 def test_the_canary_lifecycle_goes_through_the_specs_router(name: str, log: list[tuple[Any, ...]]) -> None:
     spec = spec_for(name)
     run = executor(spec)
@@ -364,6 +367,24 @@ def test_the_canary_lifecycle_goes_through_the_specs_router(name: str, log: list
                    ("ensure_canary", REF, spec, {"web": "demo/web:2.0"}, CanaryPlan(replicas=2, behind_stable=True)),
                    ("set_weight", REF, spec, 5),
                    ("delete_canary", REF, spec), ("clean_up", REF, spec)]  # the canary first, then the router's objects
+
+
+def test_a_statefulset_canary_is_its_own_template_and_no_deployment(log: list[tuple[Any, ...]],
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """The partition router: EnsureCanary writes the StatefulSet's template (statefulsets.ensure_canary), never a
+    canary Deployment, and DeleteCanary deletes no Deployment."""
+    def ensure(ref: RolloutRef, spec: SafeRolloutSpec, images: dict[str, str]) -> tuple[bool, str | None]:
+        log.append(("statefulset", ref, spec, images))
+        return True, "web-2"
+
+    monkeypatch.setattr(statefulsets, "ensure_canary", ensure)
+    spec = spec_for("partition")
+    run = executor(spec)
+    assert run(a.EnsureCanary({"web": "demo/web:2.0"}, 5)) == a.CanaryState(True, "web-2")
+    assert run(a.SetWeight(5)) == a.Outcome(a.SetWeight(5), True)
+    assert run(a.DeleteCanary()) == a.Outcome(a.DeleteCanary(), True)
+    assert log == [("prepare", REF, spec, 5), ("statefulset", REF, spec, {"web": "demo/web:2.0"}),
+                   ("set_weight", REF, spec, 5), ("clean_up", REF, spec)]
 
 
 def test_delete_canary_cleans_up_with_the_real_router_of_the_spec(monkeypatch: pytest.MonkeyPatch) -> None:

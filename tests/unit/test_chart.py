@@ -299,6 +299,8 @@ NAMESPACED_VERBS: dict[tuple[str, str], set[str]] = {
     ("saferollout.dev", "analysistemplates"): {"get"},  # adapters/analysis_templates.py, the rollout's namespace
     ("", "events"): {"create", "list"},  # events.emit; volume verify reads the scratch claim's warnings
     ("apps", "deployments"): {"get", "create", "patch", "delete"},  # target and <target>-canary (workloads, replicas)
+    ("apps", "statefulsets"): {"get", "patch"},  # a StatefulSet target: template and partition (statefulsets.py)
+    ("apps", "controllerrevisions"): {"get"},  # its stable revision's template, written back by a rollback
     ("", "services"): {"get", "create", "patch"},  # canary Service, blue-green switch
     ("autoscaling", "horizontalpodautoscalers"): {"get", "list", "create", "patch", "delete"},  # adapters/autoscaling.py
     ("", "secrets"): {"get"},  # executor.secret_value: the snapshot DSN
@@ -370,7 +372,9 @@ def test_rbac_grants_exactly_these_verbs(args: tuple[str, ...], cluster_role: di
 # The typed client calls of the operator, as `<verb>_[namespaced_]<resource>`: the RBAC verb and resource they need.
 _CLIENT_VERBS = {"read": "get", "list": "list", "create": "create", "patch": "patch", "replace": "update",
                  "delete": "delete"}
-_CLIENT_RESOURCES = {"deployment": ("apps", "deployments"), "service": ("", "services"), "secret": ("", "secrets"),
+_CLIENT_RESOURCES = {"deployment": ("apps", "deployments"), "stateful_set": ("apps", "statefulsets"),
+                     "controller_revision": ("apps", "controllerrevisions"), "service": ("", "services"),
+                     "secret": ("", "secrets"),
                      "config_map": ("", "configmaps"), "event": ("", "events"),
                      "persistent_volume_claim": ("", "persistentvolumeclaims"),
                      "ingress": ("networking.k8s.io", "ingresses"), "storage_class": ("storage.k8s.io", "storageclasses"),

@@ -172,7 +172,7 @@ def documented_expect_keys() -> list[str]:
 
 def test_every_expect_field_has_exactly_one_checker() -> None:
     assert set(CHECKERS) == set(Expect.model_fields)
-    assert len(Expect.keys()) == len(Expect.model_fields) == 29  # one key per field, no two fields alike
+    assert len(Expect.keys()) == len(Expect.model_fields) == 30  # one key per field, no two fields alike
     with pytest.raises(ValueError, match="has a checker already"):
         checks("phase")(CHECKERS["phase"])
     with pytest.raises(ValueError, match=r"not a field of harness\.format\.Expect"):
@@ -208,3 +208,17 @@ def test_bad_manifest_cases_are_checked_per_case() -> None:
     assert not result["messageNamesField case 2 (vague)"][0]
     assert result["withinSeconds"] == (False, "finished in 12.0s, limit 10s")
     assert [c.name.split()[0] for c in checks_] == ["refusedAtApply"] * 3 + ["messageNamesField"] * 3 + ["withinSeconds"]
+
+
+def test_stateful_set_expectations() -> None:
+    from harness.expect import CHECKERS, Observed, Seen
+    from harness.format import StatefulSetExpect
+
+    obs = Observed(partitions_seen=[0, 4, 4, 3, 2, 0], initial_revision="db-1",
+                   statefulset={"spec": {"replicas": 4, "updateStrategy": {"rollingUpdate": {"partition": 0}}},
+                                "status": {"currentRevision": "db-1", "updateRevision": "db-1", "updatedReplicas": 4}})
+    want = StatefulSetExpect.model_validate({"partitionsSeen": [0, 4, 3, 2, 0], "finalPartition": 0,
+                                             "podsOn": "initial"})
+    assert all(c.passed for c in CHECKERS["stateful_set"](want, Seen(obs, "ns", "db")))
+    new = CHECKERS["stateful_set"](StatefulSetExpect.model_validate({"podsOn": "new"}), Seen(obs, "ns", "db"))
+    assert not new[0].passed

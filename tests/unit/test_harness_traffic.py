@@ -99,3 +99,21 @@ def test_service_selectors_pick_pods_like_kube_proxy() -> None:
     assert selector_weights({"app": "web"}, {"web": target, "web-canary": None}) == {"web": 3}
     gone = dep({"saferollout.dev/canary-of": "web"}, 1, deleting=True)
     assert selector_weights({"saferollout.dev/canary-of": "web"}, {"web-canary": gone}) == {}
+
+
+def _pod(name: str, revision: str, ready: bool = True, app: str = "db") -> dict[str, Any]:
+    return {"metadata": {"name": name, "labels": {"app": app, "controller-revision-hash": revision}},
+            "status": {"conditions": [{"type": "Ready", "status": "True" if ready else "False"}]}}
+
+
+def test_a_statefulsets_traffic_splits_by_its_pods_revisions() -> None:
+    from harness.traffic import revision_weights
+
+    status = {"currentRevision": "db-1", "updateRevision": "db-2"}
+    sts: dict[str, Any] = {"spec": {"selector": {"matchLabels": {"app": "db"}}}, "status": status}
+    pods = {"db-0": _pod("db-0", "db-1"), "db-1": _pod("db-1", "db-1"), "db-2": _pod("db-2", "db-2"),
+            "db-3": _pod("db-3", "db-2", ready=False), "other": _pod("other", "db-2", app="web")}
+    assert revision_weights(sts, pods, "db") == {"db": 2, "db-canary": 1}
+    status["currentRevision"] = "db-2"  # every pod updated: the update revision is the current one
+    assert revision_weights(sts, pods, "db") == {"db": 3, "db-canary": 0}
+    assert revision_weights(None, pods, "db") == {}

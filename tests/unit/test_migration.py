@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import pytest
 from pydantic import ValidationError
 
-from saferollout.adapters import migrations
+from saferollout.adapters import kube, migrations
 from saferollout.adapters.kube import RolloutRef
 from saferollout.core import actions as a
 from saferollout.core.migration import JOB_NAME_MAX, job_name
@@ -222,3 +223,269 @@ def test_the_secrets_the_job_names_are_found_for_masking() -> None:
             {"name": "T", "valueFrom": {"secretKeyRef": {"name": "tok", "key": "t"}}}]}]}
     mig = Migration.model_validate({"jobTemplate": {"spec": {"template": {"spec": pod}}}})
     assert migrations.secret_refs(mig) == [("tok", "t"), ("web-db", "dsn")]
+
+
+# ------------------------------------------------------------------------------- review: stopping the Job safely
+
+
+def order_of(w: World, prefix: str) -> int:
+    return next(i for i, x in enumerate(acts(w)) if x.startswith(prefix))
+
+
+def test_a_new_release_while_the_job_runs_stops_it_before_the_next_snapshot_and_job() -> None:
+    w = World(spec(), job_outcome="hang", job_stop_polls=3).run(20)
+    assert w.status.migration is not None and w.status.migration.state == "Running"
+    w.spec = make_spec(database=DB, migration={"jobTemplate": JOB},
+                       template={"containers": [{"name": "web", "image": "demo/web:3.0"}]})
+    w.run(60, until=lambda x: "web-migrate-2" in x.jobs)
+    assert w.status.attempt == 2 and "web-migrate-2" in w.jobs
+    assert w.jobs_stopped == ["web-migrate-1"] and w.overlaps == []  # no snapshot, no Job beside a running one
+    stop = order_of(w, "CheckMigration(job='web-migrate-1', stop=True)")
+    assert stop < order_of(w, "TakeSnapshot(snapshot_id='snap-2") < order_of(w, "RunMigration(job='web-migrate-2'")
+    assert "MigrationStopped" in w.reasons()
+
+
+def test_migration_removed_while_the_job_runs_stops_it_and_moves_no_traffic() -> None:
+    w = World(spec(), job_outcome="hang", job_db_state="half-migrated").run(20)
+    assert w.status.migration is not None and w.status.migration.state == "Running"
+    w.spec = make_spec(database=DB)
+    w.run(200, until=World.done)
+    assert w.jobs_stopped == ["web-migrate-1"] and w.overlaps == [] and w.weights_seen == []
+    assert w.phase() == "RolledBack" and w.restores == 1 and w.db_state == "v1"
+    ms = w.status.migration
+    assert ms is not None and "spec.migration was removed" in (ms.message or "")
+
+
+def test_the_restore_waits_until_the_jobs_pods_are_gone() -> None:
+    w = World(spec(), job_outcome="hang", job_stop_polls=4).run(20)
+    w.command = "abort/1"
+    w.run(120, until=World.done)
+    assert w.phase() == "RolledBack" and w.restores == 1 and w.overlaps == []
+    assert sum("CheckMigration(job='web-migrate-1', stop=True)" in x for x in acts(w)) >= 4
+    ms = w.status.migration
+    assert ms is not None and ms.logs == "ALTER TABLE\nUPDATE 5000"  # read while its pods ended, kept
+
+
+def test_a_stop_that_keeps_failing_ends_the_rollback_without_restoring() -> None:
+    w = World(spec(), job_outcome="hang", job_db_state="half-migrated").run(20)
+    w.job_check_fails, w.command = 10 ** 6, "abort/1"
+    w.run(400, until=World.done)
+    assert w.phase() == "Failed" and w.restores == 0 and w.db_state == "half-migrated"
+    ms = w.status.migration
+    assert ms is not None and ms.state == "NotStopped" and "pods is forbidden" in (ms.message or "")
+    assert "MigrationNotStopped" in w.reasons()
+    assert any(n.severity == "critical" and "not stopped" in n.title for n in w.notes)
+    assert any(c.type == "Degraded" and c.reason == "MigrationNotStopped" for c in w.status.conditions)
+    assert "NOT restored" in (w.status.failure or "")
+
+
+def test_a_timed_out_job_that_cannot_be_stopped_is_never_restored_over() -> None:
+    w = World(spec(timeout="10s"), job_outcome="hang", job_check_fails=0).run(5)
+    w.job_check_fails = 10 ** 6
+    w.run(400, until=World.done)
+    assert w.phase() == "Failed" and w.restores == 0 and w.weights_seen == []
+    assert w.status.migration is not None and w.status.migration.state == "NotStopped"
+
+
+def test_on_progress_deadline_fail_stops_the_job_before_it_ends() -> None:
+    s = make_spec(database=DB, migration={"jobTemplate": JOB}, progressDeadlineSeconds=10, onProgressDeadline="fail")
+    w = World(s, job_outcome="hang").run(8)
+    assert w.status.migration is not None and w.status.migration.state == "Running"
+    w.job_check_fails = 10 ** 6
+    w.run(200, until=lambda x: x.phase() == "RollingBack")
+    assert w.phase() == "RollingBack"
+    w.job_check_fails = 0
+    w.run(200, until=World.done)
+    assert w.phase() == "Failed" and w.jobs_stopped == ["web-migrate-1"] and w.jobs_alive() == []
+
+
+# ------------------------------------------------------------------------------------- forwardOnly, every path
+
+
+def test_forward_only_never_restores_on_the_progress_deadline() -> None:
+    s = make_spec(database=FORWARD_ONLY, progressDeadlineSeconds=10)
+    w = World(s, canary_available_at=float("inf")).run(200, until=World.done)
+    assert w.phase() == "RolledBack" and w.restores == 0 and "DatabaseNotRestored" in w.reasons()
+
+
+def test_forward_only_never_restores_after_a_refused_action() -> None:
+    w = World(make_spec(database=FORWARD_ONLY)).run(15, until=lambda x: x.weight == 5)
+    execute = w._execute
+
+    def refuse(act: a.Action) -> a.Result | None:
+        if isinstance(act, a.SetWeight) and act.weight > 5:
+            return a.Outcome(act, False, "HTTPRoute is invalid", refused=True)
+        return execute(act)
+    w._execute = refuse  # type: ignore[method-assign]
+    w.run(200, until=World.done)
+    assert w.status.incident is not None and w.status.incident.reason == "ActionRefused"
+    assert w.phase() == "RolledBack" and w.restores == 0
+
+
+def test_forward_only_never_restores_after_an_internal_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    from saferollout.core.phases import canary
+
+    w = World(make_spec(database=FORWARD_ONLY)).run(15, until=lambda x: x.weight == 5)
+    step = canary.step
+
+    def broken(run: Any) -> None:
+        monkeypatch.setattr(canary, "step", step)
+        raise ZeroDivisionError("boom")
+    monkeypatch.setattr(canary, "step", broken)
+    w.run(200, until=World.done)
+    assert w.status.incident is not None and w.status.incident.reason == "InternalError"
+    assert w.phase() in ("RolledBack", "Failed") and w.restores == 0
+
+
+# ----------------------------------------------------------------------------- the adapter: stop, logs, masking
+
+
+class FakeCluster:
+    """batch/v1 Jobs and core/v1 pods as migrations.read and create see them; `trail` records the calls."""
+
+    def __init__(self, job: dict[str, Any] | None, pods: int = 1, list_fails: bool = False) -> None:
+        self.job, self.pods, self.list_fails = job, pods, list_fails
+        self.trail: list[str] = []
+
+    # the BatchV1Api and CoreV1Api methods used
+    def read_namespaced_job(self, name: str, ns: str) -> Any:
+        return self.job
+
+    def delete_namespaced_job(self, name: str, ns: str, propagation_policy: str) -> None:
+        self.trail.append(f"delete {propagation_policy}")
+        assert self.job is not None
+        self.job["metadata"]["deletionTimestamp"] = "2026-01-01T00:00:10Z"
+
+    def create_namespaced_job(self, ns: str, body: dict[str, Any]) -> Any:
+        self.trail.append("create")
+        return type("Made", (), {"metadata": type("M", (), {"creation_timestamp": None})()})()
+
+    def list_namespaced_pod(self, ns: str, label_selector: str) -> Any:
+        self.trail.append(f"list {label_selector}")
+        if self.list_fails:
+            raise RuntimeError('pods is forbidden: User cannot list resource "pods"')
+        pod = type("P", (), {"status": type("S", (), {"phase": "Running"})()})()
+        return type("L", (), {"items": [pod] * self.pods})()
+
+
+def job_obj(**status: Any) -> dict[str, Any]:
+    return {"metadata": {"name": "web-migrate-1", "uid": "job-uid", "creationTimestamp": "2026-01-01T00:00:00Z",
+                         "ownerReferences": [{"uid": "uid-1"}]},
+            "spec": {"template": {"spec": {"containers": [{"name": "m", "image": "x", "env": {"A": "b"}}]}}},
+            "status": status}
+
+
+@pytest.fixture
+def cluster(monkeypatch: pytest.MonkeyPatch) -> FakeCluster:
+    fake = FakeCluster(job_obj(active=1))
+    monkeypatch.setattr(migrations, "batch", lambda: fake)
+    monkeypatch.setattr(kube, "core", lambda: fake)
+    monkeypatch.setattr(kube, "read_or_none", lambda read, *args: read(*args))
+    return fake
+
+
+REF = RolloutRef("shop", "web", "uid-1")
+
+
+def test_a_stop_deletes_first_in_the_foreground_even_when_pods_and_logs_cannot_be_read(cluster: FakeCluster) -> None:
+    cluster.list_fails = True
+
+    def mask(refs: Any) -> None:
+        raise RuntimeError("secrets is forbidden")
+    got = migrations.read(REF, "web-migrate-1", True, mask)
+    assert cluster.trail[0] == "delete Foreground"
+    assert got.state == "Running" and "stopping" in got.message and got.logs is None  # no log: never unmasked
+    got = migrations.read(REF, "web-migrate-1", True, mask)  # still there: its pods are ending
+    assert got.state == "Running" and cluster.trail.count("delete Foreground") == 1
+    cluster.job, cluster.list_fails = None, False  # foreground deletion: the Job is gone after its pods
+    cluster.pods = 1
+    assert migrations.read(REF, "web-migrate-1", True, mask).state == "Running"  # a pod of it still listed
+    cluster.pods = 0
+    assert migrations.read(REF, "web-migrate-1", True, mask).state == "Stopped"
+
+
+def test_an_ended_job_whose_pod_still_runs_is_not_ended_yet(cluster: FakeCluster) -> None:
+    cluster.job = job_obj(conditions=[{"type": "Failed", "status": "True", "reason": "DeadlineExceeded"}],
+                          terminating=1)
+    got = migrations.read(REF, "web-migrate-1", False, lambda refs: None)
+    assert got.state == "Running"
+    cluster.job = job_obj(conditions=[{"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded"}])
+    cluster.pods = 0
+    assert migrations.read(REF, "web-migrate-1", False, lambda refs: None).state == "Failed"
+
+
+@pytest.mark.parametrize("env", [{"A": "b"}, ["A=b"], [{"name": "A", "valueFrom": "x"}], "x", None])
+def test_secret_refs_never_raise_on_odd_templates(env: Any) -> None:
+    pod = {"containers": [{"name": "m", "image": "x", "env": env, "envFrom": env}, "junk"], "volumes": env}
+    assert migrations.secret_refs(pod) == []
+
+
+def test_every_secret_the_pod_can_see_is_masked() -> None:
+    pod = {"containers": [{"name": "m", "image": "x",
+                           "env": [{"name": "D", "valueFrom": {"secretKeyRef": {"name": "web-db", "key": "dsn"}}}],
+                           "envFrom": [{"secretRef": {"name": "all-env"}}, {"configMapRef": {"name": "cm"}}]}],
+           "volumes": [{"name": "s", "secret": {"secretName": "vol-secret"}},
+                       {"name": "p", "projected": {"sources": [{"secret": {"name": "proj-secret"}},
+                                                               {"configMap": {"name": "cm"}}]}}]}
+    assert migrations.secret_refs(pod) == [("web-db", "dsn"), ("all-env", None), ("vol-secret", None),
+                                           ("proj-secret", None)]
+
+
+def test_the_job_is_masked_from_its_own_template_before_its_log_is_read(cluster: FakeCluster,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    cluster.job = job_obj(conditions=[{"type": "Complete", "status": "True"}])
+    cluster.job["spec"]["template"]["spec"]["containers"][0]["envFrom"] = [{"secretRef": {"name": "tok"}}]
+    cluster.pods = 0
+    seen: list[Any] = []
+    migrations.read(REF, "web-migrate-1", False, seen.append)
+    assert seen == [[("tok", None)]]
+
+
+def test_the_job_pods_grace_period_is_capped() -> None:
+    for given, want in ((None, 30), (600, 30), (5, 5)):
+        pod = {"containers": [{"name": "m", "image": "x"}],
+               **({"terminationGracePeriodSeconds": given} if given is not None else {})}
+        mig = Migration.model_validate({"jobTemplate": {"spec": {"template": {"spec": pod}}}})
+        body = migrations.job_body(REF, mig, "web-migrate-1", 1)
+        assert body["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] == want
+
+
+# --------------------------------------------------------------------------------- who may run a migration
+
+
+@pytest.mark.parametrize(("pod", "says"), [
+    ({"hostNetwork": True}, "spec.hostNetwork"),
+    ({"hostPID": True}, "spec.hostPID"),
+    ({"hostIPC": True}, "spec.hostIPC"),
+    ({"volumes": [{"name": "root", "hostPath": {"path": "/"}}]}, r"spec.volumes\[0\] \(root\): hostPath"),
+    ({"containers": [{"name": "m", "image": "x", "securityContext": {"privileged": True}}]},
+     r"containers\[0\].securityContext.privileged"),
+    ({"initContainers": [{"name": "i", "image": "x", "securityContext": {"allowPrivilegeEscalation": True}}]},
+     r"initContainers\[0\].securityContext.allowPrivilegeEscalation"),
+    ({"containers": []}, "at least one container"),
+])
+def test_a_job_template_beyond_the_migrations_rights_is_refused(pod: dict[str, Any], says: str) -> None:
+    tpl = {"containers": [{"name": "m", "image": "x"}], **pod}
+    with pytest.raises(ValidationError, match=says):
+        make_spec(database=DB, migration={"jobTemplate": {"spec": {"template": {"spec": tpl}}}})
+
+
+def test_the_adapter_refuses_a_foreign_service_account_and_checks_again_before_create(
+        cluster: FakeCluster, monkeypatch: pytest.MonkeyPatch) -> None:
+    from saferollout.core.models import TargetRef
+
+    monkeypatch.setattr(migrations, "target_service_account", lambda ns, target: "web")
+    target = TargetRef(name="web")
+    for sa, ok in ((None, True), ("web", True), ("admin", False)):
+        pod = {"containers": [{"name": "m", "image": "x"}], **({"serviceAccountName": sa} if sa else {})}
+        mig = Migration.model_validate({"jobTemplate": {"spec": {"template": {"spec": pod}}}})
+        if ok:
+            assert migrations.create(REF, mig, "web-migrate-1", 1, target).state == "Created"
+        else:
+            with pytest.raises(kube.Refused, match="serviceAccountName: 'admin' is not the target's"):
+                migrations.create(REF, mig, "web-migrate-1", 1, target)
+    mig = Migration.model_validate({"jobTemplate": copy.deepcopy(JOB)})
+    mig.job_template.spec["template"]["spec"]["hostNetwork"] = True  # edited past the model's validation
+    with pytest.raises(kube.Refused, match="hostNetwork"):
+        migrations.create(REF, mig, "web-migrate-1", 1, target)
+    assert cluster.trail.count("create") == 2

@@ -291,3 +291,45 @@ def test_routing_routers_are_the_models_match_routers() -> None:
     from saferollout.adapters.routers import ROUTING
     from saferollout.core.models import MATCH_ROUTERS
     assert tuple(ROUTING) == MATCH_ROUTERS
+
+
+class PruningRoutes:
+    """An HTTPRoute served by an older CRD: the API server drops the fields its schema does not have."""
+
+    def __init__(self, prune: str) -> None:
+        self.route: dict[str, Any] = {"metadata": {"resourceVersion": "1"}, "spec": {"rules": http_rules()}}
+        self.prune = prune
+        self.patches = 0
+
+    def get_namespaced_custom_object(self, *args: Any) -> dict[str, Any]:
+        return copy.deepcopy(self.route)
+
+    def patch_namespaced_custom_object(self, *args: Any) -> dict[str, Any]:
+        body = copy.deepcopy(args[-1])
+        self.patches += 1
+        for rule in body["spec"]["rules"]:
+            if self.prune == "name":
+                rule.pop("name", None)
+            for f in rule.get("filters") or []:
+                if self.prune == "percent":
+                    f.get("requestMirror", {}).pop("percent", None)
+        self.route = {"metadata": {"resourceVersion": str(self.patches + 1)}, "spec": body["spec"]}
+        return copy.deepcopy(self.route)
+
+
+@pytest.mark.parametrize(("prune", "routing", "field"), [("name", HEADER, "rules[].name"),
+                                                           ("name", STICKY, "rules[].name"),
+                                                           ("percent", MIRROR, "requestMirror.percent")])
+def test_gateway_routing_an_older_crd_cannot_hold_is_taken_out_again_and_refused(
+        monkeypatch: pytest.MonkeyPatch, prune: str, routing: Routing, field: str) -> None:
+    from saferollout.adapters import kube
+    from saferollout.adapters.kube import RolloutRef
+    from saferollout.adapters.routers.gateway import GatewayAPIRouter
+    from tests.unit.world import make_spec
+
+    fake = PruningRoutes(prune)
+    monkeypatch.setattr(kube, "custom", lambda: fake)
+    with pytest.raises(kube.Refused, match=field.replace("[", r"\[").replace("]", r"\]")):
+        GatewayAPIRouter().set_routing(RolloutRef("default", "web", "u"), make_spec(), 0, routing)
+    assert fake.route["spec"]["rules"] == http_rules()  # as before: no rule of ours left, no mirror, weight 0
+    assert fake.patches == 2

@@ -84,6 +84,58 @@ def make_spec(**overrides: Any) -> SafeRolloutSpec:
 
 
 @dataclass
+class StatefulSet:
+    """A StatefulSet and its controller as KWOK runs it (pods ready at once): RollingUpdate puts every pod at or
+    above the partition on the update revision, from the highest ordinal down; pods below it keep theirs. A
+    revision is named by its images (a template back to an old revision's is that revision again)."""
+
+    replicas: int = 3
+    partition: int = 0
+    images: dict[str, str] = field(default_factory=lambda: {"web": "demo/web:1.0"})
+    annotations: dict[str, str] = field(default_factory=dict)
+    pods: list[str] = field(default_factory=list)  # the revision of each ordinal
+    partitions_written: list[int] = field(default_factory=list)
+    template_writes: int = 0
+
+    current: str = ""
+
+    def __post_init__(self) -> None:
+        self.pods = self.pods or [self.update_revision] * self.replicas
+        self.current = self.current or self.update_revision
+
+    @staticmethod
+    def revision_of(images: dict[str, str]) -> str:
+        return "web-" + "-".join(v.rsplit(":", 1)[-1].replace(".", "") for _, v in sorted(images.items()))
+
+    @property
+    def update_revision(self) -> str:
+        return self.revision_of(self.images)
+
+    @property
+    def current_revision(self) -> str:
+        """status.currentRevision: the pods' revision before the update; the update's once every pod has it."""
+        return self.current
+
+    def reconcile(self) -> None:
+        for i in reversed(range(self.replicas)):
+            if i >= self.partition:
+                self.pods[i] = self.update_revision
+        if all(p == self.update_revision for p in self.pods):
+            self.current = self.update_revision
+
+    def on_new(self) -> int:
+        return sum(p == self.update_revision for p in self.pods)
+
+    def write(self, images: dict[str, str] | None = None, partition: int | None = None) -> None:
+        if images is not None and images != self.images:
+            self.images, self.template_writes = dict(images), self.template_writes + 1
+        if partition is not None:
+            self.partition = partition
+            self.partitions_written.append(partition)
+        self.reconcile()
+
+
+@dataclass
 class World:
     spec: SafeRolloutSpec
     metrics: MetricFn = healthy
@@ -140,6 +192,11 @@ class World:
     jobs: dict[str, float] = field(default_factory=dict)  # Job name -> when it was created (seconds from T0)
     jobs_created: int = 0
     jobs_stopped: list[str] = field(default_factory=list)
+    job_stop_polls: int = 0  # a stop's answers "still stopping" (its pods terminating) before the Job is gone
+    job_check_fails: int = 0  # CheckMigration calls that fail (the executor's error: pods forbidden, ...)
+    stopping: dict[str, int] = field(default_factory=dict)  # Job deleted, its pods still ending: polls left
+    overlaps: list[str] = field(default_factory=list)  # what ran while another migration Job's pod still could
+    sts: StatefulSet | None = None  # a StatefulSet target (the partition router) in place of the Deployment
 
     def __post_init__(self) -> None:
         if self.deployment is not None:
@@ -220,6 +277,8 @@ class World:
         if isinstance(act, a.Notify):
             self.notes.append(act)
             return None
+        if self.sts is not None and isinstance(act, a.ReadTarget | a.EnsureCanary | a.SetWeight | a.SetTargetImages):
+            return self._statefulset(act)
         if isinstance(act, a.ReadTarget):
             if self.deployment is not None:
                 v = self.view()
@@ -277,6 +336,8 @@ class World:
         if isinstance(act, a.CheckDatabase):
             return a.Outcome(act, self.database_up, "" if self.database_up else "connection refused")
         if isinstance(act, a.TakeSnapshot):
+            if self.jobs_alive():
+                self.overlaps.append(f"snapshot while {', '.join(self.jobs_alive())} ran")
             if act.snapshot_id not in self.snapshots:
                 self.snapshots[act.snapshot_id] = self.db_state
                 self.snapshots_taken += 1
@@ -286,6 +347,8 @@ class World:
         if isinstance(act, a.PruneSnapshots):
             return a.Outcome(act, True)
         if isinstance(act, a.RestoreDatabase):
+            if self.jobs_alive():
+                self.overlaps.append(f"restore while {', '.join(self.jobs_alive())} ran")
             self.restores += 1
             if self.restore_fails:
                 self.restore_fails -= 1
@@ -296,18 +359,33 @@ class World:
             ok = self.db_state == self.snapshots[act.snapshot_id]
             return a.RestoreResult(act.snapshot_id, ok, "checked", verified=ok)
         if isinstance(act, a.RunMigration):
+            if act.job not in self.jobs and self.jobs_alive():
+                self.overlaps.append(f"{act.job} created while {', '.join(self.jobs_alive())} ran")
             if act.job not in self.jobs:  # as the API server: a second create of that name finds the first
                 self.jobs[act.job] = self.t
                 self.jobs_created += 1
                 self.db_state = self.job_db_state or self.db_state
             return a.MigrationState(act.job, "Created", created_at=iso(T0 + timedelta(seconds=self.jobs[act.job])))
         if isinstance(act, a.CheckMigration):
+            if self.job_check_fails:
+                self.job_check_fails -= 1
+                return a.Outcome(act, False, 'pods is forbidden: cannot list resource "pods"')
+            if act.job in self.stopping:  # deleted in the foreground: gone once its pods are
+                if self.stopping[act.job] > 0:
+                    self.stopping[act.job] -= 1
+                    return a.MigrationState(act.job, "Running", "stopping: 1 pod of the Job still terminating")
+                del self.stopping[act.job]
+                return a.MigrationState(act.job, "Stopped", "the Job and its pods are gone", None, "none")
             if act.job not in self.jobs:
                 return a.MigrationState(act.job, "Stopped" if act.stop else "Failed", "no such Job", None, "none")
-            if act.stop:
+            if act.stop and act.job in self.jobs_alive():
                 del self.jobs[act.job]
                 self.jobs_stopped.append(act.job)
-                return a.MigrationState(act.job, "Stopped", "stopped at its timeout", self.job_logs, "log")
+                if self.job_stop_polls:
+                    self.stopping[act.job] = self.job_stop_polls - 1
+                    return a.MigrationState(act.job, "Running", "stopping: 1 pod of the Job still terminating",
+                                            self.job_logs, "log")
+                return a.MigrationState(act.job, "Stopped", "the Job and its pods are gone", self.job_logs, "log")
             if self.job_outcome == "hang" or self.t - self.jobs[act.job] < self.job_runs_for:
                 return a.MigrationState(act.job, "Running")
             state: Literal["Succeeded", "Failed"] = "Succeeded" if self.job_outcome == "Succeeded" else "Failed"
@@ -317,6 +395,67 @@ class World:
             self.reports[act.name] = act.markdown
             return a.ReportWritten(act.name)
         raise AssertionError(f"unhandled action {act!r}")
+
+    def jobs_alive(self) -> list[str]:
+        """The migration Jobs whose pod may still write: not ended, or deleted with their pods still ending."""
+        running = [j for j, at in self.jobs.items() if self.job_outcome == "hang" or self.t - at < self.job_runs_for]
+        return running + list(self.stopping)
+
+    def _statefulset(self, act: a.Action) -> a.Result:
+        """The executor and adapters/statefulsets.py over the simulated StatefulSet."""
+        sts = self.sts
+        assert sts is not None
+        ours = sts.annotations.get("rollout") == "web"
+        if isinstance(act, a.ReadTarget):
+            current = sts.current_revision
+            images = {"web": self._images_of(current)}
+            self.target_images = dict(sts.images)
+            return a.TargetState(images, all(p == sts.update_revision for p in sts.pods), current,
+                                 replicas=sts.replicas, partition=0 if ours else sts.partition)
+        if isinstance(act, a.EnsureCanary):
+            if not ours or sts.images != act.images:
+                sts.annotations = {"rollout": "web", "stable": sts.current_revision, "replicas": str(sts.replicas)}
+                sts.write(act.images, sts.replicas)
+                return a.CanaryState(False)
+            self.canary = dict(act.images)
+            self.db_state = self.migration or self.db_state
+            return a.CanaryState(True, sts.update_revision)
+        if isinstance(act, a.SetWeight):
+            if self.fail_set_weight:
+                self.fail_set_weight -= 1
+                return a.Outcome(act, False, "statefulsets.apps is forbidden")
+            if act.weight != self.weight:
+                self.weight = act.weight
+                if act.weight and (not self.weights_seen or self.weights_seen[-1] != act.weight):
+                    self.weights_seen.append(act.weight)
+            if act.weight == 0:
+                self._revert()
+            else:
+                if not ours:
+                    return a.Outcome(act, False, "the template is written first")
+                replicas = int(sts.annotations["replicas"])
+                sts.write(partition=replicas - max(1, -(-replicas * act.weight // 100)))
+            return a.Outcome(act, True)
+        assert isinstance(act, a.SetTargetImages)
+        if act.reason == "promote":
+            sts.write(act.images, 0)
+        else:
+            self._revert()
+        self.target_images = dict(sts.images)
+        return a.Outcome(act, True)
+
+    def _images_of(self, revision: str) -> str:
+        return "demo/web:" + ".".join(revision.removeprefix("web-"))
+
+    def _revert(self) -> None:
+        sts = self.sts
+        assert sts is not None
+        if sts.annotations.get("rollout") != "web":
+            return
+        stable = sts.annotations["stable"]
+        if sts.update_revision != stable or sts.partition != 0:
+            sts.write({"web": self._images_of(stable)}, 0)
+        self.target_images = dict(sts.images)
 
     def write(self, status: SafeRolloutStatus) -> None:
         self.writes += 1

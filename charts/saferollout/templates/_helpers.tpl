@@ -110,6 +110,14 @@ unless noted. tests/unit/test_chart.py pins every verb; change it together with 
 - apiGroups: [apps]
   resources: [deployments]
   verbs: [get, create, patch, delete]
+# A StatefulSet target (the partition router): read, its template and partition patched (adapters/statefulsets.py).
+- apiGroups: [apps]
+  resources: [statefulsets]
+  verbs: [get, patch]
+# The StatefulSet's stable ControllerRevision read by name: its template is what a rollback writes back.
+- apiGroups: [apps]
+  resources: [controllerrevisions]
+  verbs: [get]
 # An autoscaled target: its HorizontalPodAutoscaler found by listing the namespace's; the canary's copy of it
 # created, read, patched, deleted (adapters/autoscaling.py).
 - apiGroups: [autoscaling]

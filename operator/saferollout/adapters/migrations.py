@@ -1,7 +1,9 @@
 """spec.migration's Job: created from the template under the operator's name, read, its log read, stopped.
 
 Nothing here reaches a shell: the Job is an API object, and its log is text that is masked (the rollout's
-secrets, and the values of the Secrets the Job's env names) and cut to its tail before it leaves this module.
+secrets, and the values of every Secret the Job's pod can see: env, envFrom, secret and projected volumes) and cut
+to its tail before it leaves this module. Before it is created the Job is checked once more (core.models.spec.
+job_pod_problems, and the ServiceAccount against the target's): it is created with the operator's rights.
 """
 
 from __future__ import annotations
@@ -18,13 +20,15 @@ from kubernetes.client.rest import ApiException
 
 from saferollout.adapters import kube
 from saferollout.adapters.kube import RolloutRef
-from saferollout.core.models import MIGRATION_LOG_MAX, Migration
+from saferollout.core.models import MIGRATION_LOG_MAX, Migration, TargetRef
+from saferollout.core.models.spec import job_pod_problems
 from saferollout.redact import redact
 
 ROLLOUT_LABEL = "saferollout.dev/rollout"
 KIND_LABEL = "saferollout.dev/kind"
 ATTEMPT_ANNOTATION = "saferollout.dev/attempt"
 LOG_TAIL_LINES = 200
+GRACE_MAX_SECONDS = 30  # the pods' terminationGracePeriodSeconds, at most (core.migration.STOP_WAIT_SECONDS > it)
 LOG_LIMIT_BYTES = 64 * 1024
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
 
@@ -59,6 +63,10 @@ def job_body(ref: RolloutRef, migration: Migration, name: str, attempt: int) -> 
     pod_meta["labels"] = {**(pod_meta.get("labels") or {}), ROLLOUT_LABEL: ref.name, KIND_LABEL: "migration"}
     pod_spec = pod.setdefault("spec", {})
     pod_spec.setdefault("restartPolicy", "Never")
+    # a stop waits for the pods to be gone before the database is restored: that wait is bounded
+    grace = pod_spec.get("terminationGracePeriodSeconds")
+    pod_spec["terminationGracePeriodSeconds"] = min(grace, GRACE_MAX_SECONDS) if isinstance(grace, int) and \
+        not isinstance(grace, bool) and grace >= 0 else GRACE_MAX_SECONDS
     for c in pod_spec.get("containers") or []:
         if isinstance(c, dict):
             c.setdefault("terminationMessagePolicy", "FallbackToLogsOnError")  # the log's tail, if logs are gone
@@ -68,22 +76,87 @@ def job_body(ref: RolloutRef, migration: Migration, name: str, attempt: int) -> 
             "spec": spec}
 
 
-def secret_refs(migration: Migration) -> list[tuple[str, str]]:
-    """(Secret, key) of every env var of the Job's containers that comes from a Secret: their values are masked."""
-    pod = (migration.job_template.spec.get("template") or {}).get("spec") or {}
-    out = []
-    for c in [*(pod.get("initContainers") or []), *(pod.get("containers") or [])]:
-        for env in (c.get("env") or []) if isinstance(c, dict) else []:
-            ref = ((env or {}).get("valueFrom") or {}).get("secretKeyRef") or {}
-            if isinstance(ref.get("name"), str) and isinstance(ref.get("key"), str):
-                out.append((ref["name"], ref["key"]))
+SecretRef = tuple[str, str | None]  # (Secret, key); key None: every key of it
+
+
+def secret_refs(source: Migration | dict[str, Any]) -> list[SecretRef]:
+    """The Secrets whose values the Job's pod can see, for masking its log: (Secret, key) of each env var from a
+    Secret, and (Secret, None: every key) of each envFrom secretRef, secret volume and projected secret. `source`
+    is the Migration (its template) or a pod spec as the Job holds it. Whatever the shapes (the template is not
+    modelled), nothing here raises."""
+    pod: Any = source
+    if isinstance(source, Migration):
+        tpl = source.job_template.spec.get("template")
+        pod = tpl.get("spec") if isinstance(tpl, dict) else None
+    if not isinstance(pod, dict):
+        return []
+    out: list[SecretRef] = []
+
+    def name_of(ref: Any, field: str = "name") -> str | None:
+        value = ref.get(field) if isinstance(ref, dict) else None
+        return value if isinstance(value, str) and value else None
+
+    for c in [c for k in ("initContainers", "containers", "ephemeralContainers") for c in _list(pod.get(k))]:
+        if not isinstance(c, dict):
+            continue
+        for env in _list(c.get("env")):
+            ref = _dict(_dict(env).get("valueFrom")).get("secretKeyRef")
+            if (n := name_of(ref)) and (key := name_of(ref, "key")):
+                out.append((n, key))
+        for env_from in _list(c.get("envFrom")):
+            if n := name_of(_dict(env_from).get("secretRef")):
+                out.append((n, None))
+    for vol in _list(pod.get("volumes")):
+        if n := name_of(_dict(vol).get("secret"), "secretName"):
+            out.append((n, None))
+        for src in _list(_dict(_dict(vol).get("projected")).get("sources")):
+            if n := name_of(_dict(src).get("secret")):
+                out.append((n, None))
     return out
 
 
-def create(ref: RolloutRef, migration: Migration, name: str, attempt: int) -> JobRead:
+def target_service_account(namespace: str, target: TargetRef) -> str:
+    """The ServiceAccount the target's pods run as ("default" when their template names none)."""
+    apps = client.AppsV1Api(kube.api())
+    read = apps.read_namespaced_stateful_set if target.kind == "StatefulSet" else apps.read_namespaced_deployment
+    obj = kube.read_or_none(read, target.name, namespace)
+    if obj is None:
+        raise kube.Refused(f"{target.kind} {target.name} not found: the migration Job's ServiceAccount is checked "
+                           "against its pods'")
+    pod = ((obj.get("spec") or {}).get("template") or {}).get("spec") or {}
+    return str(pod.get("serviceAccountName") or pod.get("serviceAccount") or "default")
+
+
+def check_allowed(body: dict[str, Any], target_sa: str) -> None:
+    """The Job about to be created with the operator's rights, checked once more (the spec's validation may be
+    older than the object, or bypassed): no host namespaces, hostPath, privilege, and no ServiceAccount but the
+    target's. Raises Refused naming the field."""
+    pod = ((body.get("spec") or {}).get("template") or {}).get("spec")
+    problems = job_pod_problems(pod)
+    for key in ("serviceAccountName", "serviceAccount"):
+        sa = pod.get(key) if isinstance(pod, dict) else None
+        if sa is not None and sa != target_sa:
+            problems.append(f"migration.jobTemplate.spec.template.spec.{key}: {sa!r} is not the target's "
+                            f"ServiceAccount ({target_sa!r}); a migration Job runs as the target's pods do, or "
+                            "names none")
+    if problems:
+        raise kube.Refused("; ".join(problems))
+
+
+def _list(x: Any) -> list[Any]:
+    return x if isinstance(x, list) else []
+
+
+def _dict(x: Any) -> dict[str, Any]:
+    return x if isinstance(x, dict) else {}
+
+
+def create(ref: RolloutRef, migration: Migration, name: str, attempt: int, target: TargetRef) -> JobRead:
     """Create the Job; one of that name that this rollout made for this attempt counts as created."""
+    body = job_body(ref, migration, name, attempt)
+    check_allowed(body, target_service_account(ref.namespace, target))
     try:
-        made = batch().create_namespaced_job(ref.namespace, job_body(ref, migration, name, attempt))
+        made = batch().create_namespaced_job(ref.namespace, body)
         return JobRead("Created", created_at=_stamp(made.metadata.creation_timestamp))
     except ApiException as e:
         if e.status != 409:
@@ -97,24 +170,73 @@ def create(ref: RolloutRef, migration: Migration, name: str, attempt: int) -> Jo
     return JobRead("Created", created_at=meta.get("creationTimestamp"))
 
 
-def read(ref: RolloutRef, name: str, stop: bool, mask: Callable[[], None]) -> JobRead:
-    """The Job's state; once it ended (or when stopping it) its log too. `stop` deletes it after reading."""
+def read(ref: RolloutRef, name: str, stop: bool, mask: Callable[[list[SecretRef]], None]) -> JobRead:
+    """The Job's state; once it ended (or when stopping it) its log too.
+
+    `stop` deletes the Job first (foreground: the API server removes it only after its pods are gone), then reads
+    the log while the pods end; Stopped is said only once the Job and every pod of it are gone (until then:
+    Running, "stopping"). An ended Job counts as ended only once none of its pods may still run. The log is best
+    effort: a log, a pod list or a Secret that cannot be read is "no log", never a reason not to stop. `mask` gets
+    the Secrets the Job's own pod template names (as created, not as the spec says now), to register them before
+    the log is read."""
     job = kube.read_or_none(batch().read_namespaced_job, name, ref.namespace)
     if job is None:
-        return JobRead("Stopped" if stop else "Failed", f"the Job {name} does not exist (deleted?)", None, "none")
+        if not stop:
+            return JobRead("Failed", f"the Job {name} does not exist (deleted?)", None, "none")
+        left, why = _pods_left(ref, f"job-name={name},{ROLLOUT_LABEL}={ref.name},{KIND_LABEL}=migration", strict=True)
+        if left:
+            return JobRead("Running", f"stopping: the Job {name} is gone, {left} pod(s) of it not yet")
+        return JobRead("Stopped", redact("; ".join(x for x in (f"the Job {name} and its pods are gone", why) if x)),
+                       None, "none")
     if not kube.owned_by(job, ref):
         raise kube.Refused(f"the Job {name} is not this rollout's")
-    created = (job.get("metadata") or {}).get("creationTimestamp")
+    meta = job.get("metadata") or {}
+    created = meta.get("creationTimestamp")
     state, message = _state(job)
-    if state == "Running" and not stop:
+    stopping = stop and (state == "Running" or bool(meta.get("deletionTimestamp")))
+    if state == "Running" and not stopping:
         return JobRead("Running", created_at=created)
-    mask()
-    logs, source, why = _logs(ref, job)
-    if stop and state == "Running":
-        batch().delete_namespaced_job(name, ref.namespace, propagation_policy="Background")
-        state, message = "Stopped", "stopped at its timeout"
+    if stopping and not meta.get("deletionTimestamp"):
+        batch().delete_namespaced_job(name, ref.namespace, propagation_policy="Foreground")
+    logs, source, why = _masked_logs(ref, job, mask)
+    if stopping:  # deleted: the Job object stays until its pods are gone (foreground deletion)
+        return JobRead("Running", f"stopping: the Job {name} is deleted, waiting for its pods to be gone",
+                       logs, source, created)
+    running = _still_running(job)
+    listed, _ = _pods_left(ref, f"batch.kubernetes.io/controller-uid={meta.get('uid')}", strict=False)
+    if running or listed:
+        return JobRead("Running", f"the Job {state}, {max(running, listed)} pod(s) of it still running",
+                       logs, source, created)
     text = redact("; ".join(x for x in (message, why) if x))
-    return JobRead(state, text[:1000], bound(redact(logs)) if logs else None, source, created)
+    return JobRead(state, text[:1000], logs, source, created)
+
+
+def _masked_logs(ref: RolloutRef, job: dict[str, Any], mask: Callable[[list[SecretRef]], None],
+                 ) -> tuple[str | None, Source, str]:
+    """The log, masked and bounded; any failure (a Secret that cannot be read for masking, the pod list, the log)
+    is no log: never unmasked, never an exception."""
+    try:
+        mask(secret_refs(((job.get("spec") or {}).get("template") or {}).get("spec") or {}))
+        logs, source, why = _logs(ref, job)
+        return (bound(redact(logs)) if logs else None), source, why
+    except Exception as e:
+        return None, "none", redact(f"no log: {kube.error_text(e)}")[:300]
+
+
+def _still_running(job: dict[str, Any]) -> int:
+    """Pods the Job's status counts as active or terminating (status.terminating: Kubernetes 1.28 and later)."""
+    st = job.get("status") or {}
+    return sum(v for k in ("active", "terminating") if isinstance(v := st.get(k), int))
+
+
+def _pods_left(ref: RolloutRef, selector: str, strict: bool) -> tuple[int, str]:
+    """How many pods match: all of them (`strict`), or those that may still run (not Succeeded or Failed). A list
+    that cannot be read counts none, and says so: a Job deleted in the foreground is only gone after its pods."""
+    try:
+        pods = kube.core().list_namespaced_pod(ref.namespace, label_selector=selector).items or []
+    except Exception as e:
+        return 0, f"its pods could not be listed ({kube.error_text(e)[:200]})"
+    return sum(1 for p in pods if strict or (p.status is None or p.status.phase not in ("Succeeded", "Failed"))), ""
 
 
 def _state(job: dict[str, Any]) -> tuple[State, str]:

@@ -135,7 +135,7 @@ def read_target(ref: RolloutRef, spec: SafeRolloutSpec) -> tuple[dict[str, str],
     return images_of(dep), available(dep), revision
 
 
-def _patch_containers(images: dict[str, str], spec: SafeRolloutSpec) -> list[dict[str, Any]]:
+def patch_containers(images: dict[str, str], spec: SafeRolloutSpec) -> list[dict[str, Any]]:
     env = {c.name: c.env for c in (spec.template.containers if spec.template else []) if c.env is not None}
     out = []
     for name, image in images.items():
@@ -147,7 +147,7 @@ def _patch_containers(images: dict[str, str], spec: SafeRolloutSpec) -> list[dic
 
 
 def set_target_images(ref: RolloutRef, spec: SafeRolloutSpec, images: dict[str, str]) -> None:
-    body = {"spec": {"template": {"spec": {"containers": _patch_containers(images, spec)}}}}
+    body = {"spec": {"template": {"spec": {"containers": patch_containers(images, spec)}}}}
     kube.apps().patch_namespaced_deployment(spec.target_ref.name, ref.namespace, body, _content_type=SMP)
 
 
@@ -184,7 +184,7 @@ def ensure_canary(ref: RolloutRef, spec: SafeRolloutSpec, images: dict[str, str]
     labels.update({CANARY_OF: spec.target_ref.name, ROLLOUT: ref.name})
     tmpl["metadata"]["labels"] = labels
     if template_hash is None:
-        wanted = {c["name"]: c for c in _patch_containers(images, spec)}
+        wanted = {c["name"]: c for c in patch_containers(images, spec)}
         for c in tmpl["spec"]["containers"]:
             c.update(wanted.get(c["name"], {}))
     meta: dict[str, Any] = {"name": name, "namespace": ref.namespace,

@@ -239,6 +239,10 @@ class TargetState:
     available: bool
     revision: str | None = None
     view: TargetView | None = None  # spec.template omitted: the whole picture
+    # a StatefulSet: spec.replicas and updateStrategy.rollingUpdate.partition as read (its images and revision
+    # are those of status.currentRevision: what its stable pods run)
+    replicas: int | None = None
+    partition: int | None = None
 
 
 @dataclass(frozen=True)

@@ -88,9 +88,10 @@ def query(run: Run, to: a.AnalysisTarget) -> a.QueryMetrics:
 
 def checks_split(run: Run, to: a.AnalysisTarget) -> bool:
     """The traffic split is measured on a canary below 100% once the rate window holds only this stage's weight
-    (a window that reaches back into the last stage mixes two weights)."""
+    (a window that reaches back into the last stage mixes two weights), and only by weight alone: beside a match
+    or a sticky cookie the canary's share depends on who carries them, not on the weight."""
     return (run.spec.analysis.traffic_check is not None and to == "canary" and 0 < run.s.weight < 100
-            and run.stage_elapsed() >= run.settings.settle_seconds)
+            and not run.s.routing and run.stage_elapsed() >= run.settings.settle_seconds)
 
 
 def split(run: Run, pair: tuple[float | None, float | None] | None) -> tuple[Verdict, str, float | None, str]:
@@ -284,7 +285,9 @@ def _respond(run: Run, metric: Metric, ms: MetricStatus) -> bool:
     shown = fmt(ms.value) if ms.value is not None else ms.message or "no data"
     text = f"{metric.name} = {shown}, threshold {ms.threshold}, failed {ms.consecutive_failures}x"
     run.event("AnalysisFailed", text, warning=True)
-    if run.s.phase == Phase.promoting and action == BreachAction.step_back:
+    # promoted, there is no earlier stage; a StatefulSet keeps the new revision on pods below a raised partition, so
+    # a step back would move no pod: both roll back
+    if (run.s.phase == Phase.promoting or run.spec.partition) and action == BreachAction.step_back:
         action = BreachAction.rollback
     if action == BreachAction.notify:
         run.history("notify", metric.name, text)

@@ -140,8 +140,8 @@ def resolve(run: Run) -> None:
         else:
             _notice(run, pin, reads.get(k), what)
         if pin is not None:
-            template = AnalysisTemplateSpec.model_validate(pin.spec)  # valid when pinned
-            try:
+            try:  # valid when pinned; an operator of another version may read it otherwise: invalid, not a crash
+                template = AnalysisTemplateSpec.model_validate(pin.spec)
                 out.append(fill(m, template, what))
             except ValueError as e:
                 reason, why, pin = INVALID, f"{e}", None
@@ -196,7 +196,7 @@ def gate(run: Run, version: str) -> None:
     """Blocked on a template before any traffic moved, with all it names; started again once they are all there."""
     phase = run.s.phase
     if run.template_problems and phase in (Phase.pending, Phase.preflight):
-        if run.s.weight == 0 and not run.s.canary_ready:  # else the phase first undoes an earlier attempt's
+        if run.s.weight == 0 and not run.s.routing and not run.s.canary_ready:  # else Pending first undoes
             reason = run.template_problems[0][0]
             go.block(run, reason, "; ".join(text for _, text in run.template_problems))
             run.recheck = RECHECK

@@ -21,7 +21,7 @@ from typing import Protocol
 from pydantic import BaseModel
 
 from saferollout.core import actions as a
-from saferollout.core import analysis_templates, commands, deadline, source
+from saferollout.core import analysis_templates, commands, deadline, partition, source
 from saferollout.core import transitions as go
 from saferollout.core.clock import iso, parse_time
 from saferollout.core.models import (
@@ -166,6 +166,11 @@ def _apply(run: Run, r: a.Result) -> None:
         run.s.max_weight = max(run.s.max_weight, r.action.weight)
     elif isinstance(r, a.Outcome) and r.ok and isinstance(r.action, a.DeleteCanary):
         run.s.canary_ready = False
+    if isinstance(r, a.Outcome) and r.ok:
+        partition.written(run, r.action)
+    elif isinstance(r, a.CanaryState) and run.s.partition is not None:
+        partition.written(run, a.EnsureCanary({}))
+        run.s.partition.canary_revision = r.revision or run.s.partition.canary_revision
 
 
 def _clamp_stage(run: Run) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
+from saferollout.core import partition
 from saferollout.core.durations import format_duration
 from saferollout.core.models import IncidentStatus, SafeRolloutSpec, SafeRolloutStatus
 from saferollout.core.run import fmt
@@ -50,10 +51,25 @@ def _summary(name: str, s: SafeRolloutStatus, inc: IncidentStatus) -> list[str]:
         f"- **New version:** {images_new}",
         f"- **Restored version:** {images_old}",
         f"- **At breach:** stage {inc.stage_at_breach}, canary weight {inc.weight_at_breach}%",
+        *_partition(s, inc),
         f"- **Time to detect** (first failed check → decision): {_between(inc.first_failed_at, inc.decided_at)}",
         f"- **Time to revert traffic** (decision → weight 0 written): {_between(inc.decided_at, inc.traffic_reverted_at)}",
         f"- **Time to recover** (decision → stable verified): {_between(inc.decided_at, inc.verified_at)}",
     ]
+
+
+def _partition(s: SafeRolloutStatus, inc: IncidentStatus) -> list[str]:
+    """A StatefulSet target: where its partition stood at the breach, and where the rollback left it."""
+    p = s.partition
+    if p is None:
+        return []
+    at = inc.weight_at_breach or 0
+    pods = partition.canary_pods(p.replicas, at)
+    return [f"- **StatefulSet partition at breach:** {partition.partition_for(p.replicas, at)} of {p.replicas} "
+            f"({pods} pod{'s' if pods != 1 else ''} on revision {p.canary_revision or 'the new revision'}, the "
+            f"others on {p.stable_revision})",
+            f"- **StatefulSet now:** {partition.describe(p)}; the controller replaces the new revision's pods "
+            "at the stable one, highest ordinal first"]
 
 
 def _deadline(s: SafeRolloutStatus) -> list[str]:

@@ -80,7 +80,9 @@ def hold(run: Run, stage: Stage) -> bool:
 def _raise_held(run: Run, stage: Stage) -> bool:
     """More traffic to a canary needs passing evidence. An advance comes with it (the last stage was done); an
     edit of `stages` that raises the current stage's weight may not: it waits until every metric passes."""
-    return stage.weight > run.s.weight > 0 and not analysis.all_pass(run, analysis.metrics_for(run, analysis.target(run)))
+    exposed = run.s.weight > 0 or bool(run.s.routing)  # a match or mirror stage has users on the canary at weight 0
+    return stage.weight > run.s.weight and exposed and \
+        not analysis.all_pass(run, analysis.metrics_for(run, analysis.target(run)))
 
 
 def apply(run: Run, r: a.Result) -> None:

@@ -12,6 +12,7 @@ from saferollout.core.models import PHASE_STEPS, IncidentStatus, PauseReason, Ph
 from saferollout.core.run import Run, images
 
 PROGRESS_DEADLINE_EXCEEDED = "ProgressDeadlineExceeded"  # the reason of a rollout that ran out of its deadline
+MIGRATION_MAY_RUN = ("Creating", "Running", "NotStopped")  # a migration Job in these states may still be running
 
 
 def start(run: Run, template_hash: str, why: str, revert: bool = False) -> None:
@@ -21,8 +22,13 @@ def start(run: Run, template_hash: str, why: str, revert: bool = False) -> None:
     source = old.source.model_copy(update={"target_writes": 0}) if old.source is not None else None
     run.s = SafeRolloutStatus(
         phase=Phase.pending, step=Step.init, template_hash=template_hash, attempt=old.attempt + 1,
-        weight=old.weight, last_command=old.last_command, conditions=old.conditions,
+        # what the last attempt left on the router (a weight, a match or mirror at weight 0) until Pending undoes it
+        weight=old.weight, routing=old.routing, last_command=old.last_command, conditions=old.conditions,
         started_at=iso(run.now), canary_ready=old.canary_ready, source=source,
+        # a StatefulSet: the pods' stable revision and the partition written stay known until Pending undoes them
+        partition=old.partition,
+        # a migration Job that may still run (core.migration.stop_previous): Pending stops it before anything else
+        migration=old.migration if old.migration and old.migration.state in MIGRATION_MAY_RUN else None,
     )
     if revert:
         run.s.message = f"attempt {run.s.attempt}: {why}; nothing to roll out"
@@ -37,7 +43,13 @@ def start(run: Run, template_hash: str, why: str, revert: bool = False) -> None:
 
 
 def block(run: Run, reason: str, text: str) -> None:
-    """Nothing moved yet (traffic is all on stable): stop here and say why; only the telling goes out."""
+    """Nothing moved yet (traffic is all on stable): stop here and say why; only the telling goes out. If an
+    earlier attempt's weight, match or mirror is still on the router, this is no block but a rollback: Blocked is
+    terminal, and nothing would take that traffic off the canary any more."""
+    if run.s.weight or run.s.routing:
+        run.history("rollback", message=text)
+        rollback(run, reason, text, Severity.high)
+        return
     run.s.phase, run.s.step, run.s.message = Phase.blocked, None, text
     run.s.finished_at = iso(run.now)
     run.condition("Progressing", "False", reason, text)

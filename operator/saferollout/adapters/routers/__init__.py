@@ -18,6 +18,7 @@ from saferollout.adapters.routers.bluegreen import BlueGreenRouter
 from saferollout.adapters.routers.gateway import GatewayAPIRouter
 from saferollout.adapters.routers.istio import IstioRouter
 from saferollout.adapters.routers.nginx import NginxRouter
+from saferollout.adapters.routers.partition import PartitionRouter
 from saferollout.adapters.routers.replicas import ReplicaRatioRouter
 from saferollout.adapters.workloads import CanaryPlan
 from saferollout.core.actions import Routing
@@ -48,6 +49,7 @@ ROUTERS: dict[str, Callable[[], Router]] = {
     "istio": IstioRouter,
     "nginx": NginxRouter,
     "replicas": ReplicaRatioRouter,
+    "partition": PartitionRouter,
     BLUE_GREEN: BlueGreenRouter,
 }
 

@@ -126,6 +126,22 @@ def routed_rules(rules: list[dict[str, Any]], stable: str, canary: str, weight: 
     return out
 
 
+def dropped(stored: list[dict[str, Any]], routing: Routing | None, canary: str) -> str | None:
+    """The field of the stage's routing that the API server did not keep, if any: a rule name (the match rule is
+    found again by it, to be removed) or a mirror's percent (without it a mirror copies every request)."""
+    if routing is None:
+        return None
+    if (routing.match or routing.sticky) and not any(r.get("name") == CANARY_RULE for r in stored):
+        return "rules[].name"
+    if routing.mirror and routing.mirror < 100:
+        mirrors = [f.get("requestMirror") or {} for r in stored for f in r.get("filters") or []
+                   if f.get("type") == "RequestMirror"
+                   and ((f.get("requestMirror") or {}).get("backendRef") or {}).get("name") == canary]
+        if not mirrors or any(m.get("percent") is None for m in mirrors):
+            return "requestMirror.percent"
+    return None
+
+
 class GatewayAPIRouter:
     def prepare(self, ref: RolloutRef, spec: SafeRolloutSpec, first_weight: int) -> CanaryPlan:
         return CanaryPlan()  # the canary Service is a backendRef of its own: nothing to make
@@ -149,6 +165,13 @@ class GatewayAPIRouter:
             if rules == route["spec"].get("rules"):
                 return
             body = {"metadata": {"resourceVersion": route["metadata"]["resourceVersion"]}, "spec": {"rules": rules}}
-            api.patch_namespaced_custom_object(GROUP, VERSION, ref.namespace, PLURAL, cfg.http_route, body)
+            stored = api.patch_namespaced_custom_object(GROUP, VERSION, ref.namespace, PLURAL, cfg.http_route, body)
+            lost = dropped(((stored or {}).get("spec") or {}).get("rules") or [], routing, cfg.canary_service)
+            if lost is not None:  # an older HTTPRoute CRD pruned it: this rule could not be found again to remove
+                back = routed_rules(route["spec"].get("rules", []), cfg.stable_service, cfg.canary_service, 0, None)
+                api.patch_namespaced_custom_object(GROUP, VERSION, ref.namespace, PLURAL, cfg.http_route, {
+                    "metadata": {"resourceVersion": stored["metadata"]["resourceVersion"]}, "spec": {"rules": back}})
+                raise kube.Refused(f"the HTTPRoute CRD dropped {lost} (it needs Gateway API v1.4's standard CRDs): "
+                                   "the stage's routing is taken out again, all traffic on the stable version")
 
         kube.retry_conflicts(write)

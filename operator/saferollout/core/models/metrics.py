@@ -284,7 +284,8 @@ class Analysis(Model):
     traffic_check: TrafficCheck | None = Field(default=None, description=(
         "Check at every analysis of a canary stage below 100% that its measured share of requests matches the "
         "weight written (from the request counter the built-in templates read), once the stage has run for the "
-        "rate window. Shown as the metric traffic-split."))
+        "rate window; not in a stage with a match or a sticky cookie, where the share depends on who carries "
+        "them. Shown as the metric traffic-split."))
 
     @model_validator(mode="after")
     def _check_name_free(self) -> Analysis:

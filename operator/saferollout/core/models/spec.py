@@ -55,6 +55,13 @@ TARGET_TEMPLATE_ROUTERS = ("without spec.template (the target's own pod template
                            "canary with a gatewayAPI, istio or nginx router: the replicas router and blueGreen write "
                            "the target or its Service, which Git holds")
 
+STATEFULSET_PARTITION = ("targetRef.kind StatefulSet goes only with strategy.canary and its partition router "
+                         "(traffic.partition): its pods are updated in place, so there is no canary workload for "
+                         "blueGreen or a traffic router (gatewayAPI, istio, nginx, replicas) to send traffic to")
+PARTITION_STATEFULSET = "the partition router (traffic.partition) needs targetRef.kind: StatefulSet"
+STATEFULSET_TEMPLATE = ("targetRef.kind StatefulSet needs spec.template: releases through Git (the admission "
+                        "webhook's hold) are for Deployments")
+
 FORWARD_ONLY_NO_RESTORE = "forwardOnly: the database is never restored, so restoreOnRollback must be false"
 MIGRATION_NEEDS_DATABASE = "migration needs spec.database (the snapshot it is undone by, or forwardOnly: true)"
 MIGRATION_NEEDS_RESTORE = ("migration needs spec.database.restoreOnRollback: true (a failed migration is undone by "
@@ -123,11 +130,61 @@ class JobTemplate(Model):
                                                     "x-kubernetes-preserve-unknown-fields": True})
 
     @model_validator(mode="after")
-    def _has_containers(self) -> JobTemplate:
-        pod = (self.spec.get("template") or {}).get("spec") or {}
-        if not isinstance(pod, dict) or not isinstance(pod.get("containers"), list) or not pod["containers"]:
-            raise ValueError("migration.jobTemplate.spec.template.spec.containers must name at least one container")
+    def _allowed(self) -> JobTemplate:
+        tpl = self.spec.get("template")
+        problems = job_pod_problems(tpl.get("spec") if isinstance(tpl, dict) else None)
+        if problems:
+            raise ValueError("; ".join(problems))
         return self
+
+
+POD = "migration.jobTemplate.spec.template.spec"
+HOST_NAMESPACES = ("hostNetwork", "hostPID", "hostIPC")
+CONTAINER_KINDS = ("initContainers", "containers", "ephemeralContainers")
+
+
+def job_pod_problems(pod: Any) -> list[str]:
+    """What the operator refuses in the migration Job's pod, which it creates with its own rights: the host's
+    namespaces, hostPath volumes, privileged containers or privilege escalation, no container at all. (The
+    ServiceAccount, which must be the target's, is checked where the target is known: adapters.migrations.)
+    Each problem names its field."""
+    if not isinstance(pod, dict):
+        return [f"{POD} must be an object with at least one container"]
+    out: list[str] = []
+    if not isinstance(pod.get("containers"), list) or not pod["containers"]:
+        out.append(f"{POD}.containers must name at least one container")
+    out += [f"{POD}.{k}: {k} is not allowed in a migration Job" for k in HOST_NAMESPACES if pod.get(k) is not None
+            and pod.get(k) is not False]
+    vols = pod.get("volumes")
+    for i, v in enumerate(vols if isinstance(vols, list) else []):
+        if isinstance(v, dict) and "hostPath" in v:
+            out.append(f"{POD}.volumes[{i}] ({v.get('name')}): hostPath volumes are not allowed in a migration Job")
+    for kind in CONTAINER_KINDS:
+        items = pod.get(kind)
+        if items is not None and not isinstance(items, list):
+            out.append(f"{POD}.{kind} must be a list")
+            continue
+        for i, c in enumerate(items or []):
+            where = f"{POD}.{kind}[{i}]"
+            if not isinstance(c, dict):
+                out.append(f"{where} must be an object")
+                continue
+            sc = c.get("securityContext")
+            if sc is None:
+                continue
+            if not isinstance(sc, dict):
+                out.append(f"{where}.securityContext must be an object")
+                continue
+            if sc.get("privileged") is not None and sc.get("privileged") is not False:
+                out.append(f"{where}.securityContext.privileged: privileged containers are not allowed in a "
+                           "migration Job")
+            if sc.get("allowPrivilegeEscalation") is not None and sc.get("allowPrivilegeEscalation") is not False:
+                out.append(f"{where}.securityContext.allowPrivilegeEscalation must be false or unset in a migration "
+                           "Job")
+    for key in ("serviceAccountName", "serviceAccount"):
+        if pod.get(key) is not None and not isinstance(pod.get(key), str):
+            out.append(f"{POD}.{key} must be a string (the target's ServiceAccount)")
+    return out
 
 
 class Migration(Model):
@@ -185,6 +242,11 @@ class SafeRolloutSpec(Model):
     model_config = ConfigDict(json_schema_extra={"x-kubernetes-validations": [
         cel("has(self.template) || has(self.strategy.canary) && !has(self.strategy.canary.traffic.replicas)",
             TARGET_TEMPLATE_ROUTERS),
+        cel("self.targetRef.kind != 'StatefulSet' || has(self.strategy.canary) && "
+            "has(self.strategy.canary.traffic.partition)", STATEFULSET_PARTITION, ".targetRef.kind"),
+        cel("!has(self.strategy.canary) || !has(self.strategy.canary.traffic.partition) || "
+            "self.targetRef.kind == 'StatefulSet'", PARTITION_STATEFULSET, ".strategy.canary.traffic.partition"),
+        cel("self.targetRef.kind != 'StatefulSet' || has(self.template)", STATEFULSET_TEMPLATE, ".targetRef.kind"),
         cel("!has(self.migration) || has(self.database)", MIGRATION_NEEDS_DATABASE, ".migration"),
         cel("!has(self.migration) || !has(self.database) || self.database.restoreOnRollback || "
             "self.database.forwardOnly", MIGRATION_NEEDS_RESTORE, ".migration"),
@@ -225,9 +287,21 @@ class SafeRolloutSpec(Model):
         if self.migration is not None and self.database is not None and not (
                 self.database.restore_on_rollback or self.database.forward_only):
             raise ValueError(MIGRATION_NEEDS_RESTORE)
+        partition = self.strategy.canary is not None and self.strategy.canary.traffic.partition is not None
+        if self.target_ref.kind == "StatefulSet" and not partition:
+            raise ValueError(STATEFULSET_PARTITION)
+        if partition and self.target_ref.kind != "StatefulSet":
+            raise ValueError(PARTITION_STATEFULSET)
+        if self.target_ref.kind == "StatefulSet" and self.template is None:
+            raise ValueError(STATEFULSET_TEMPLATE)
         if self.template is None and (self.strategy.canary is None or self.strategy.canary.traffic.replicas is not None):
             raise ValueError(TARGET_TEMPLATE_ROUTERS)
         return self
+
+    @property
+    def partition(self) -> bool:
+        """A StatefulSet target, rolled out in place by its partition (strategy.canary.traffic.partition)."""
+        return self.target_ref.kind == "StatefulSet"
 
     @property
     def target_template(self) -> bool:

@@ -121,6 +121,29 @@ class AnalysisStatus(Model):
     dry_run: list[DryRunStatus] = Field(default_factory=list, description="dryRun metrics over this rollout.")
 
 
+class PartitionStatus(Model):
+    """A StatefulSet rolled out by its partition: what the pods came from, and the partition last written."""
+
+    replicas: int = Field(description="spec.replicas when the rollout began: every partition is computed from it, "
+                          "so a restarted operator writes the same numbers.")
+    stable_revision: str | None = Field(default=None, description="The ControllerRevision the pods ran when the "
+                                        "rollout began (status.currentRevision); a rollback writes its template back.")
+    canary_revision: str | None = Field(default=None, description="The new template's ControllerRevision "
+                                        "(status.updateRevision); the canary Service selects its pods.")
+    written: int | None = Field(default=None, description="updateStrategy.rollingUpdate.partition as last written "
+                                "(replicas: the template is written and no pod moved yet; 0 after a promotion or a "
+                                "rollback).")
+    template: Literal["stable", "canary"] | None = Field(default=None, description="Which template the StatefulSet "
+                                                         "held when the partition was written.")
+
+    @property
+    def canary_pods(self) -> int:
+        """Pods the last write put on the new revision (ordinals partition .. replicas-1)."""
+        if self.written is None or self.template != "canary":
+            return 0
+        return max(0, self.replicas - self.written)
+
+
 class SnapshotStatus(Model):
     id: str
     provider: Literal["postgres", "volumeSnapshot"]
@@ -152,7 +175,11 @@ class MigrationStatus(Model):
     operator finds the name and never creates a second Job."""
 
     job: str = Field(description="The Job's name: <rollout>-migrate-<attempt>.")
-    state: Literal["Creating", "Running", "Succeeded", "Failed", "TimedOut"] = "Creating"
+    state: Literal["Creating", "Running", "Succeeded", "Failed", "TimedOut", "NotStopped"] = Field(
+        default="Creating", description="NotStopped: asked to stop, and not confirmed gone (the Job and every pod of "
+        "it) in time; the database is then never restored, since the Job may still write to it.")
+    stop_requested_at: str | None = Field(default=None, description="When the operator first asked the Job to stop "
+                                          "(the wait for its pods to be gone is bounded from here).")
     created_at: str | None = Field(default=None, description="When the Job was created (the timeout counts from it).")
     finished_at: str | None = None
     duration_seconds: float | None = None
@@ -279,6 +306,7 @@ class SafeRolloutStatus(Model):
     stable_revision: str | None = None
     canary_revision: str | None = None
     canary_ready: bool = False
+    partition: PartitionStatus | None = Field(default=None, description="A StatefulSet target: its partition.")
     promoted_at: str | None = None
     started_at: str | None = None
     finished_at: str | None = None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import re
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -23,7 +24,9 @@ from saferollout.core.models.base import (
 
 
 class TargetRef(Model):
-    kind: Literal["Deployment"] = "Deployment"
+    kind: Literal["Deployment", "StatefulSet"] = Field(
+        default="Deployment", description="StatefulSet: updated in place, pod by pod, by the partition router "
+        "(strategy.canary.traffic.partition); no canary workload is made beside it.")
     name: TargetName = Field(description=f"At most {TARGET_NAME_MAX} characters: "
                                         f"the canary is named <name>{CANARY_SUFFIX}.")
 
@@ -61,6 +64,19 @@ class HeaderMatch(Model):
     value: str = Field(min_length=1, max_length=1024, pattern=r"^[^\r\n]*$")
     type: Literal["Exact", "RegularExpression"] = Field(
         default="Exact", description="RegularExpression: RE2, matched against the whole value.")
+
+    @model_validator(mode="after")
+    def _a_whole_expression(self) -> HeaderMatch:
+        """The value is anchored as one group (`^(?:value)$`): one that does not compile on its own, say `x)|(.*`,
+        would close that group and match every value; RE2 has no lookaround and no backreference."""
+        if self.type == "RegularExpression":
+            try:
+                re.compile(self.value)
+            except re.error as e:
+                raise ValueError(f"header {self.name}: not a regular expression on its own: {e}") from None
+            if re.search(r"\(\?<?[=!]|\\[1-9]", self.value):
+                raise ValueError(f"header {self.name}: RE2 has no lookaround and no backreference")
+        return self
 
 
 class CookieMatch(Model):
@@ -163,6 +179,18 @@ class ReplicasRouter(Model):
     canary_service: ServiceName | None = None
 
 
+class PartitionRouter(Model):
+    """A StatefulSet's canary is its own pods on the new revision: the template is written with
+    updateStrategy.rollingUpdate.partition = replicas (nothing moves), then each stage lowers the partition so that
+    ceil(replicas x weight / 100) pods (at least one) run the new revision. The weight is that share of the pods,
+    so it is coarse with few replicas. `canaryService` is made by the operator and selects the new revision's pods
+    (their controller-revision-hash), so the metrics of the canary are read under its name; `stableService`
+    selects every pod of the StatefulSet, both revisions."""
+
+    stable_service: ServiceName | None = None
+    canary_service: ServiceName | None = None
+
+
 def _router_names(traffic: type[BaseModel]) -> tuple[str, ...]:
     """The routers by their names in the manifest: the fields of Traffic, the one list of them."""
     return tuple(f.alias or name for name, f in traffic.model_fields.items())
@@ -188,6 +216,7 @@ class Traffic(Model):
     istio: IstioRouter | None = None
     nginx: NginxRouter | None = None
     replicas: ReplicasRouter | None = None
+    partition: PartitionRouter | None = None
 
     @model_validator(mode="after")
     def _one_router(self) -> Traffic:

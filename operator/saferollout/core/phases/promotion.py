@@ -23,7 +23,11 @@ def step(run: Run) -> None:
             if a.ReadTarget not in run.polled:
                 run.act(a.ReadTarget())
         case Step.route_to_target:
-            run.act(a.SetWeight(0))
+            if run.spec.partition:  # a StatefulSet's pods are the target: there is no route to take back
+                run.s.weight, run.s.routing, run.s.step = 0, None, Step.remove_canary
+                run.act(a.DeleteCanary())
+            else:
+                run.act(a.SetWeight(0))
         case Step.remove_canary:
             run.act(a.DeleteCanary())
         case Step.watch:

@@ -39,7 +39,8 @@ def step(run: Run) -> None:
         case Step.verify:
             _verify(run)
         case Step.report:
-            _report(run)
+            if not migration.stop_before_restore(run):  # onProgressDeadline: fail comes here straight: stop it too
+                _report(run)
 
 
 def _keep_target(run: Run) -> None:
@@ -58,16 +59,36 @@ def _keep_target(run: Run) -> None:
                   f"{run.spec.target_ref.name} stays paused on it until its template changes (revert the commit)",
                   warning=True)
     run.s.incident.images_reverted_at = refused.at  # the target never ran it (or, promoted, is left as Git says)
-    run.s.step = Step.restore_database if _needs_restore(run) else Step.verify
+    _after_images(run)
     step(run)
 
 
 def _needs_restore(run: Run) -> bool:
-    db, snap = run.spec.database, run.s.snapshot
+    """Never for a forwardOnly database (in any rollback: a breach, an abort, the deadline, a refusal, an internal
+    error), nor while a migration Job that could not be confirmed stopped may still write."""
+    db, snap, ms = run.spec.database, run.s.snapshot, run.s.migration
+    if ms is not None and ms.state == "NotStopped":
+        return False
     return bool(db and db.restore_on_rollback and not db.forward_only and snap and snap.state in ("Taken", "Verified"))
 
 
+def _after_images(run: Run) -> None:
+    """The workload is back: restore the database next when asked, else verify. A forwardOnly database is left as
+    the rollout left it, and the stable version now runs on it: said, at critical severity."""
+    run.s.step = Step.restore_database if _needs_restore(run) else Step.verify
+    db = run.spec.database
+    if db is not None and db.forward_only:
+        text = ("the database is forwardOnly: it is not restored, and the stable version now runs on it as the "
+                "rollout left it (migrated, if the migration ran); check that the stable version works on it")
+        run.event("DatabaseNotRestored", text, warning=True)
+        run.notify(Severity.critical, "forwardOnly database: stable version runs on the migrated database",
+                   f"{run.inp.name}: {text}")
+
+
 def _restore(run: Run) -> None:
+    if not _needs_restore(run):  # checked again at the destructive step itself: forwardOnly is never restored
+        run.s.step = Step.verify
+        return
     snap = run.s.snapshot
     assert snap is not None
     rs = run.s.restore
@@ -147,6 +168,9 @@ def _report(run: Run) -> None:
         else:
             text = run.s.failure or f"rolled back to {images(run.s.stable_images)}{unproven}"
         reason = "RollbackFailed" if run.s.failure else "RolledBack"
+        if run.s.migration is not None and run.s.migration.state == "NotStopped":  # said last, where it is seen
+            reason = "MigrationNotStopped"
+            run.condition("Degraded", "True", reason, text)
         go.finish(run, phase, "RolloutFailed" if deadline.keeps_canary(run) else reason, text)
         return
     name = f"{run.inp.name}-incident-{run.s.attempt}"
@@ -175,7 +199,7 @@ def apply(run: Run, r: a.Result) -> None:
         assert run.s.incident is not None
         run.s.incident.images_reverted_at = iso(run.now)
         run.event("ImagesReverted", f"the target runs {images(run.s.stable_images)}")
-        run.s.step = Step.restore_database if _needs_restore(run) else Step.verify
+        _after_images(run)
     elif isinstance(r, a.RestoreResult):
         _restore_result(run, r)
     elif isinstance(r, a.MigrationState):

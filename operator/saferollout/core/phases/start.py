@@ -10,7 +10,7 @@ from saferollout.core import analysis, deadline, migration
 from saferollout.core import transitions as go
 from saferollout.core.clock import iso
 from saferollout.core.durations import parse_duration
-from saferollout.core.models import Phase, SnapshotStatus, Step, Verdict
+from saferollout.core.models import PartitionStatus, Phase, SnapshotStatus, Step, Verdict
 from saferollout.core.run import Run, images
 
 
@@ -31,7 +31,10 @@ def step(run: Run) -> None:
 
 
 def _pending(run: Run) -> None:
-    """A new template: first undo what an earlier attempt left (weight, canary), then read the target."""
+    """A new template: first undo what an earlier attempt left (a migration Job, weight, canary), then read the
+    target. The Job is stopped, and gone, first: this attempt's snapshot and Job must not run beside it."""
+    if migration.stop_previous(run):
+        return
     if run.spec.paused:
         run.s.message = "paused before start"
         return
@@ -123,6 +126,8 @@ def apply(run: Run, r: a.Result) -> None:
         _snapshot_result(run, r)
     elif isinstance(r, a.MigrationState) and run.s.step == Step.migrate:
         migration.apply(run, r)
+    elif isinstance(r, a.MigrationState) and run.s.phase == Phase.pending:
+        migration.previous_stopped(run, r)
 
 
 def _target_template(run: Run, r: a.TargetState) -> None:
@@ -169,8 +174,25 @@ def _target(run: Run, r: a.TargetState) -> None:
     if run.s.canary_images == run.s.stable_images:
         go.finish(run, Phase.succeeded, "NothingToRollOut", "the target already runs this template")
         return
+    if run.spec.partition and not _partition_start(run, r):
+        return
     run.s.phase, run.s.step = Phase.preflight, Step.gate_database
     run.s.message = f"pre-flight gates for {images(run.s.canary_images)}"
+
+
+def _partition_start(run: Run, r: a.TargetState) -> bool:
+    """A StatefulSet: its partition must be 0 (all pods on the current revision: no update held by someone
+    else), and what its pods run now is recorded before anything is written."""
+    name = run.spec.target_ref.name
+    if r.replicas is None:
+        go.block(run, "TargetNotStatefulSet", f"StatefulSet {name}: its replicas could not be read")
+        return False
+    if r.partition:
+        go.block(run, "PartitionHeld", f"StatefulSet {name} has updateStrategy.rollingUpdate.partition "
+                 f"{r.partition}: an update is held by someone else; set it to 0 and the rollout starts")
+        return False
+    run.s.partition = PartitionStatus(replicas=r.replicas, stable_revision=r.revision)
+    return True
 
 
 def _stable_health(run: Run, r: a.MetricValues) -> None:
