@@ -133,6 +133,9 @@ def test_the_backtest_finds_the_bad_release_when_the_live_core_did_and_not_the_g
     prom, apps = world
     spec = SafeRolloutSpec.model_validate(ROLLOUT["spec"])
     good, good_at = live(spec, prom.url, 60)
+    # the next release replaces this one in the replay: a replayed decision may come up to an interval after the
+    # live one, so the bad release starts a little later than the good one ended, not at once
+    time.sleep(2 * INTERVAL)
 
     def go_bad() -> None:
         time.sleep(BAD_AFTER)
