@@ -44,7 +44,6 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from functools import partial
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -55,7 +54,14 @@ from harness.format import Behaviour  # noqa: E402
 from harness.kube import GATEWAY, GATEWAY_CLASS, Kube, default_kubectl, get_or_none  # noqa: E402
 from harness.router import Backend, Router  # noqa: E402
 from harness.scenario import DemoProcess, OperatorLaunch, OperatorProcess, operator_launch  # noqa: E402
-from harness.services import Prometheus, ScrapeTarget, free_port, stop_process, wait_http  # noqa: E402
+from harness.services import (  # noqa: E402
+    Prometheus,
+    ScrapeTarget,
+    TextExporter,
+    free_port,
+    stop_process,
+    wait_http,
+)
 from harness.timeline import Timeline  # noqa: E402
 from harness.versions import RouteReader  # noqa: E402
 
@@ -532,12 +538,11 @@ def run_once(ctrl: Controller, case: str, i: int, root: Path, timeout: float) ->
     return out
 
 
-class Exporter(ThreadingHTTPServer):
+class Exporter(TextExporter):
     """Row 5's load: a healthy request counter (20/s, no errors) per Service the load's rollouts query."""
 
     def __init__(self) -> None:
-        super().__init__(("127.0.0.1", 0), _ExporterHandler)
-        self.daemon_threads = True
+        super().__init__()
         self.namespaces: list[str] = []
         self.start = time.time()
 
@@ -549,21 +554,6 @@ class Exporter(ThreadingHTTPServer):
                 lines += [f'http_requests_total{{service="{svc}",namespace="{ns}",code="200"}} {t:.3f}',
                           f'http_requests_total{{service="{svc}",namespace="{ns}",code="500"}} 0']
         return ("\n".join(lines) + "\n").encode()
-
-
-class _ExporterHandler(BaseHTTPRequestHandler):
-    server: Exporter
-
-    def do_GET(self) -> None:
-        data = self.server.body()
-        self.send_response(200)
-        self.send_header("Content-Type", "text/plain; version=0.0.4")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def log_message(self, format: str, *args: object) -> None:
-        return
 
 
 def load_usage(ctrl: Controller, n: int, seconds: float, exporter: Exporter) -> tuple[float, float, int, int] | None:
@@ -582,14 +572,10 @@ def load_usage(ctrl: Controller, n: int, seconds: float, exporter: Exporter) -> 
             ctrl.begin(ns)
         time.sleep(45)  # every rollout started and analysing
         before = sum(ctrl.state(ns) not in ("rollback", "promoted", "none") for ns in namespaces)
-        pid = ctrl.pid
-        if pid is None:
+        sampled = idle_usage(ctrl, seconds)
+        if sampled is None:
             return None
-        c0, _ = usage(pid)
-        t0 = time.monotonic()
-        time.sleep(seconds)
-        c1, rss = usage(pid)
-        cpu = 100 * (c1 - c0) / (time.monotonic() - t0)
+        cpu, rss = sampled
         after = sum(ctrl.state(ns) not in ("rollback", "promoted", "none") for ns in namespaces)
         return cpu, rss, before, after
     finally:
@@ -600,7 +586,7 @@ def load_usage(ctrl: Controller, n: int, seconds: float, exporter: Exporter) -> 
 
 
 def idle_usage(ctrl: Controller, seconds: float) -> tuple[float, float] | None:
-    """(CPU %, resident MB) over `seconds` with no rollout of its own running."""
+    """(CPU %, resident MB) of the controller over the next `seconds`, whatever it runs."""
     pid = ctrl.pid
     if pid is None:
         return None

@@ -20,7 +20,6 @@ import tempfile
 import threading
 import time
 import urllib.request
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -29,13 +28,13 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "operator"), str(ROOT)]
 
-from harness.services import Prometheus, free_port, wait_http  # noqa: E402
+from harness.services import Prometheus, TextExporter, free_port, wait_http  # noqa: E402
 from tests.e2e.cluster import ensure_cluster, kubectl  # noqa: E402
 
 START = time.time()
 
 
-class Exporter(ThreadingHTTPServer):
+class Exporter(TextExporter):
     """One healthy counter per canary and stable Service: 20 requests/s, 0.1% errors."""
 
     services: list[tuple[str, str]] = []
@@ -47,21 +46,6 @@ class Exporter(ThreadingHTTPServer):
             lines.append(f'http_requests_total{{service="{svc}",namespace="{ns}",code="200"}} {20 * t * 0.999:.3f}')
             lines.append(f'http_requests_total{{service="{svc}",namespace="{ns}",code="500"}} {20 * t * 0.001:.3f}')
         return ("\n".join(lines) + "\n").encode()
-
-
-class _Handler(BaseHTTPRequestHandler):
-    server: Exporter
-
-    def do_GET(self) -> None:
-        data = self.server.body()
-        self.send_response(200)
-        self.send_header("Content-Type", "text/plain; version=0.0.4")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def log_message(self, format: str, *args: object) -> None:
-        return
 
 
 class BenchPrometheus(Prometheus):
@@ -214,7 +198,7 @@ def main() -> None:
     a = p.parse_args()
     os.environ["KUBECONFIG"] = str(ensure_cluster())
     kubectl("apply", "--server-side", "--force-conflicts", "-f", str(ROOT / "crds"))
-    exporter = Exporter(("127.0.0.1", free_port()), _Handler)
+    exporter = Exporter(free_port())
     threading.Thread(target=exporter.serve_forever, daemon=True).start()
     root = Path(tempfile.mkdtemp(prefix="sr-scale-"))
     BenchPrometheus.exporter_port = exporter.server_address[1]

@@ -26,6 +26,7 @@ import urllib.parse
 import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -60,6 +61,33 @@ def wait_http(url: str, timeout: float, ok: tuple[int, ...] = (200,)) -> bool:
 
 
 # ------------------------------------------------------------------------------------------------ Prometheus
+
+
+class TextExporter(ThreadingHTTPServer):
+    """A synthetic exporter the benches' Prometheus scrapes, on loopback: `body()` is its whole answer, in the text
+    format."""
+
+    def __init__(self, port: int = 0) -> None:
+        super().__init__(("127.0.0.1", port), _TextHandler)
+        self.daemon_threads = True
+
+    def body(self) -> bytes:
+        raise NotImplementedError
+
+
+class _TextHandler(BaseHTTPRequestHandler):
+    server: TextExporter
+
+    def do_GET(self) -> None:
+        data = self.server.body()
+        self.send_response(200)
+        self.send_header("Content-Type", "text/plain; version=0.0.4")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, format: str, *args: object) -> None:
+        return
 
 
 @dataclass(frozen=True)

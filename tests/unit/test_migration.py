@@ -13,7 +13,7 @@ from saferollout.adapters.kube import RolloutRef
 from saferollout.core import actions as a
 from saferollout.core.migration import JOB_NAME_MAX, job_name
 from saferollout.core.models import MIGRATION_LOG_MAX, Migration, SafeRolloutSpec
-from tests.unit import world as world_module
+from tests.unit.test_engine import clock as clock  # every test under both clocks
 from tests.unit.world import World, make_spec
 
 JOB = {"spec": {"template": {"spec": {"containers": [
@@ -23,16 +23,6 @@ DB: dict[str, Any] = {"postgres": {"secretRef": {"name": "web-db", "key": "dsn"}
 FORWARD_ONLY: dict[str, Any] = {"postgres": {"secretRef": {"name": "web-db", "key": "dsn"}},
                                 "snapshotBeforeRollout": True, "forwardOnly": True}
 
-
-@pytest.fixture(autouse=True, params=["every-second", "on-wake"])
-def clock(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
-    if request.param == "on-wake":
-        run = world_module.World.run
-
-        def on_wake(self: World, seconds: float, until: Any = None, step: float | None = 1.0) -> World:
-            return run(self, seconds, until, None)
-        monkeypatch.setattr(world_module.World, "run", on_wake)
-    return str(request.param)
 
 
 def spec(database: dict[str, Any] | None = None, timeout: str | None = None) -> SafeRolloutSpec:

@@ -25,6 +25,18 @@ def cookie_regex(name: str, value: str) -> str:
     return "^(.*;[ ]*)?{}={}(;.*)?$".format(name.replace(".", "\\."), value.replace(".", "\\."))
 
 
+def match_sets(routing: a.Routing | None) -> list[tuple[a.HeaderCondition, ...]]:
+    """The header conditions that send a request to the canary, one set per way in: the stage's match, and the
+    sticky cookie; every router writes one match per set."""
+    sets: list[tuple[a.HeaderCondition, ...]] = []
+    if routing and routing.match:
+        sets.append(routing.match)
+    if routing and routing.sticky:
+        name, _, value = routing.sticky.partition("=")
+        sets.append((a.HeaderCondition("cookie", cookie_regex(name, value), True),))
+    return sets
+
+
 def sticky_cookie(run: Run) -> str:
     """`name=value` of the sticky cookie: one name per target, one value per release (its template hash), so a
     user who saw an earlier canary is not taken for one of this release's."""

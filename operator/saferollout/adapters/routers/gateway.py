@@ -16,7 +16,7 @@ from saferollout.adapters.kube import RolloutRef
 from saferollout.adapters.workloads import CanaryPlan
 from saferollout.core.actions import HeaderCondition, Routing
 from saferollout.core.models import SafeRolloutSpec
-from saferollout.core.stages import cookie_regex
+from saferollout.core.stages import match_sets
 
 GROUP, VERSION, PLURAL = "gateway.networking.k8s.io", "v1", "httproutes"
 
@@ -107,12 +107,7 @@ def routed_rules(rules: list[dict[str, Any]], stable: str, canary: str, weight: 
                 ref = _set_filters(ref, ref_filters)
             new_refs.append(ref)
         out[i] = _set_filters({**rule, "backendRefs": new_refs}, filters)
-    sets: list[tuple[HeaderCondition, ...]] = []
-    if routing and routing.match:
-        sets.append(routing.match)
-    if routing and routing.sticky:
-        name, _, value = routing.sticky.partition("=")
-        sets.append((HeaderCondition("cookie", cookie_regex(name, value), True),))
+    sets = match_sets(routing)
     if sets:
         first = out[stable_rules[0]]
         matches = first.get("matches") or [{"path": {"type": "PathPrefix", "value": "/"}}]

@@ -23,9 +23,9 @@ from kubernetes.client.rest import ApiException
 from saferollout.adapters import kube
 from saferollout.adapters.kube import RolloutRef
 from saferollout.adapters.workloads import CanaryPlan
-from saferollout.core.actions import HeaderCondition, Routing
+from saferollout.core.actions import Routing
 from saferollout.core.models import SafeRolloutSpec
-from saferollout.core.stages import cookie_regex
+from saferollout.core.stages import match_sets
 
 GROUP, PLURAL = "networking.istio.io", "virtualservices"
 VERSIONS = ("v1", "v1beta1")  # v1 since Istio 1.22; older control planes serve only v1beta1 (and v1alpha3)
@@ -130,12 +130,7 @@ def routed_http(http: list[dict[str, Any]], route: str | None, namespace: str, s
         canary_d["headers"] = headers
     else:
         canary_d.pop("headers", None)
-    sets: list[tuple[HeaderCondition, ...]] = []
-    if routing and routing.match:
-        sets.append(routing.match)
-    if routing and routing.sticky:
-        name, _, value = routing.sticky.partition("=")
-        sets.append((HeaderCondition("cookie", cookie_regex(name, value), True),))
+    sets = match_sets(routing)
     if sets:
         matches = chosen.get("match") or [{}]
         extra = {k: copy.deepcopy(v) for k, v in chosen.items()
