@@ -13,7 +13,7 @@ from typing import Protocol
 
 import requests
 
-from saferollout.adapters.prometheus import PrometheusProvider
+from saferollout.adapters.prometheus import PrometheusProvider, Reading
 from saferollout.adapters.workloads import service_names
 from saferollout.core import actions as a
 from saferollout.core.clock import iso, parse_time
@@ -153,7 +153,11 @@ def measure_all(prom: PrometheusProvider, spec: SafeRolloutSpec, act: a.QueryMet
             errors[m.name] = redact(got.error)
     if TRAFFIC_CHECK in act.metrics:  # both Services' request counts; the core compares the share with the weight
         counter = Metric(name=REQUESTS, template=REQUESTS, min=0)
-        canary, stable = prom.read(counter, ctx), prom.read(counter, stable_context(ctx))
+        # the built-in error-rate read the canary's count just now, in this context: not asked for twice
+        counted = next((samples[m.name] for m in wanted if m.query is None and m.template == "error-rate"
+                        and m.name in samples), None)
+        canary = Reading(counted) if counted is not None else prom.read(counter, ctx)
+        stable = prom.read(counter, stable_context(ctx))
         values[TRAFFIC_CHECK], pairs[TRAFFIC_CHECK] = None, (canary.value, stable.value)
         if canary.error or stable.error:
             errors[TRAFFIC_CHECK] = redact(f"request count: {canary.error or stable.error}")
