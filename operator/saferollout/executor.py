@@ -228,7 +228,10 @@ class Executor:
         elif self.spec.partition:
             statefulsets.revert(self.ref, self.spec)
         else:
-            workloads.set_target_images(self.ref, self.spec, act.images)
+            raised = workloads.set_target_images(self.ref, self.spec, act.images, act.keep_capacity)
+            if raised:
+                log.info("%s", raised)
+            return a.Outcome(act, True, raised)
         return a.Outcome(act, True)
 
     def label_target(self, act: a.LabelTarget) -> a.Outcome:
@@ -245,11 +248,11 @@ class Executor:
         return a.Outcome(act, True)
 
     def release_target(self, act: a.ReleaseTarget) -> a.Outcome:
-        workloads.release_target(self.ref, self.spec, act.stable_hash)
+        raised = workloads.release_target(self.ref, self.spec, act.stable_hash, act.keep_capacity)
         observability.TARGET_WRITES.labels(f"release-{act.reason}").inc()
-        log.info("target %s unpaused (%s): pod template %s is the stable version", self.spec.target_ref.name,
-                 act.reason, act.stable_hash)
-        return a.Outcome(act, True)
+        log.info("target %s unpaused (%s): pod template %s is the stable version%s", self.spec.target_ref.name,
+                 act.reason, act.stable_hash, f"; {raised}" if raised else "")
+        return a.Outcome(act, True, raised)
 
     def write_report(self, act: a.WriteReport) -> a.ReportWritten:
         body: dict[str, Any] = {

@@ -153,6 +153,7 @@ class World:
     events: list[a.Event] = field(default_factory=list)
     notes: list[a.Notify] = field(default_factory=list)
     log: list[str] = field(default_factory=list)
+    actions: list[a.Action] = field(default_factory=list)  # every action executed, in order
     command: str | None = None
     database_up: bool = True
     db_state: str = "v1"
@@ -197,6 +198,7 @@ class World:
     stopping: dict[str, int] = field(default_factory=dict)  # Job deleted, its pods still ending: polls left
     overlaps: list[str] = field(default_factory=list)  # what ran while another migration Job's pod still could
     sts: StatefulSet | None = None  # a StatefulSet target (the partition router) in place of the Deployment
+    raised: str = ""  # what a promotion write with keep_capacity says it raised (an autoscaled target)
 
     def __post_init__(self) -> None:
         if self.deployment is not None:
@@ -256,7 +258,7 @@ class World:
             patch = {"metadata": {"annotations": {STABLE_ANNOTATION: act.stable_hash, HELD_ANNOTATION: None}},
                      "spec": {"paused": False}}
         self.update_target(merge(self.deployment, patch), "operator")
-        return a.Outcome(act, True)
+        return a.Outcome(act, True, self.raised if isinstance(act, a.ReleaseTarget) and act.keep_capacity else "")
 
     @property
     def t(self) -> float:
@@ -264,6 +266,7 @@ class World:
 
     def execute(self, act: a.Action) -> a.Result | None:
         self.log.append(f"{self.t:5.1f} {act!r}")
+        self.actions.append(act)
         result = self._execute(act)
         if self.crash_after is not None and isinstance(act, self.crash_after):
             self.crash_after = None
@@ -319,7 +322,7 @@ class World:
         if isinstance(act, a.SetTargetImages):
             assert self.deployment is None, "a rollout without spec.template never writes images into the target"
             self.target_images = dict(act.images)
-            return a.Outcome(act, True)
+            return a.Outcome(act, True, self.raised if act.keep_capacity else "")
         if isinstance(act, a.QueryMetrics):
             names = act.metrics
             if act.definitions:  # as the executor: what the core resolved; an unresolved reference is not measured

@@ -5,6 +5,10 @@ of the target's aimed at the canary Deployment: it starts with the target's curr
 by its own load, as the target is, and the operator stops writing its replicas. It is removed with the canary.
 The replica-ratio router scales the target itself to move traffic, which an HPA would undo (or the router would
 undo the HPA): a rollout of that router on an autoscaled target is refused before anything is made.
+
+At promotion the canary's share of the load comes back to the target, which its HPA sized for what was left: the
+promotion's write raises it to the replicas both versions run (capped by its maxReplicas), and the route returns
+to it only once those are available. The HPA then sizes it from the load it carries.
 """
 
 from __future__ import annotations
@@ -30,6 +34,25 @@ def target_hpa(namespace: str, target: str) -> dict[str, Any] | None:
                 str(ref.get("apiVersion", "apps/v1")).startswith("apps/"):
             return h
     return None
+
+
+def promotion_replicas(namespace: str, target: dict[str, Any], canary: str) -> tuple[int | None, str]:
+    """spec.replicas for the target's promotion write, and why (None: leave it); only an autoscaled target."""
+    hpa = target_hpa(namespace, target["metadata"]["name"])
+    if hpa is None:
+        return None, ""
+    dep = kube.read_or_none(kube.apps().read_namespaced_deployment, canary, namespace)
+    if dep is None:
+        return None, ""
+    have = int(target["spec"].get("replicas", 1))
+    canary_n = max(int(dep["spec"].get("replicas", 0) or 0), int((dep.get("status") or {}).get("replicas", 0) or 0))
+    cap = int(hpa["spec"].get("maxReplicas", have + canary_n))
+    want = min(cap, have + canary_n)
+    if want <= have:
+        return None, ""
+    return want, (f"Deployment {target['metadata']['name']} raised from {have} to {want} replicas before the "
+                  f"switch: its {have} and the canary's {canary_n} carried the load (HorizontalPodAutoscaler "
+                  f"{hpa['metadata']['name']}, maxReplicas {cap})")
 
 
 def canary_hpa(target: dict[str, Any], canary: str, ref: RolloutRef) -> dict[str, Any]:

@@ -79,27 +79,34 @@ def label_target(ref: RolloutRef, spec: SafeRolloutSpec) -> None:
 
 
 def _write_target(ref: RolloutRef, spec: SafeRolloutSpec, template_hash: str, annotations: dict[str, str | None],
-                  paused: bool) -> None:
+                  paused: bool, keep_capacity: bool = False) -> str:
     """One write of `spec.paused` and our annotations, only while the target still holds `template_hash`: the
-    resourceVersion makes it a compare-and-swap (409 if anyone wrote in between; the core asks again)."""
+    resourceVersion makes it a compare-and-swap (409 if anyone wrote in between; the core asks again). With
+    `keep_capacity` an autoscaled target's replicas are raised in it too; returns what was raised, if anything."""
     dep = raw_deployment(ref.namespace, spec.target_ref.name)
     if ((dep.get("metadata") or {}).get("labels") or {}).get(TARGET_LABEL) != ref.name:
         raise kube.Refused(f"Deployment {spec.target_ref.name} is not labelled {TARGET_LABEL}={ref.name}")
     current = template_hash_of(dep["spec"].get("template"))
     if current != template_hash:
         raise RuntimeError(f"the target's pod template is {current} now, not {template_hash}; not written")
-    body = {"metadata": {"resourceVersion": dep["metadata"]["resourceVersion"], "annotations": annotations},
-            "spec": {"paused": paused}}
+    body: dict[str, Any] = {"metadata": {"resourceVersion": dep["metadata"]["resourceVersion"],
+                                         "annotations": annotations}, "spec": {"paused": paused}}
+    replicas, why = autoscaling.promotion_replicas(ref.namespace, dep, canary_name(spec)) if keep_capacity else \
+        (None, "")
+    if replicas is not None:
+        body["spec"]["replicas"] = replicas
     kube.apps().patch_namespaced_deployment(spec.target_ref.name, ref.namespace, body, _content_type=MERGE)
+    return why
 
 
 def hold_target(ref: RolloutRef, spec: SafeRolloutSpec, stable_hash: str, held_hash: str) -> None:
     _write_target(ref, spec, held_hash, {STABLE_ANNOTATION: stable_hash, HELD_ANNOTATION: held_hash}, True)
 
 
-def release_target(ref: RolloutRef, spec: SafeRolloutSpec, stable_hash: str) -> None:
+def release_target(ref: RolloutRef, spec: SafeRolloutSpec, stable_hash: str, keep_capacity: bool = False) -> str:
     """Unpause, with `stable_hash` the approved template (the webhook then lets the unpause through)."""
-    _write_target(ref, spec, stable_hash, {STABLE_ANNOTATION: stable_hash, HELD_ANNOTATION: None}, False)
+    return _write_target(ref, spec, stable_hash, {STABLE_ANNOTATION: stable_hash, HELD_ANNOTATION: None}, False,
+                         keep_capacity)
 
 
 def let_go(ref: RolloutRef, target: str) -> bool:
@@ -146,9 +153,19 @@ def patch_containers(images: dict[str, str], spec: SafeRolloutSpec) -> list[dict
     return out
 
 
-def set_target_images(ref: RolloutRef, spec: SafeRolloutSpec, images: dict[str, str]) -> None:
-    body = {"spec": {"template": {"spec": {"containers": patch_containers(images, spec)}}}}
+def set_target_images(ref: RolloutRef, spec: SafeRolloutSpec, images: dict[str, str],
+                      keep_capacity: bool = False) -> str:
+    """The images in one write, with an autoscaled target's replicas raised in it (`keep_capacity`); returns
+    what was raised, if anything."""
+    body: dict[str, Any] = {"spec": {"template": {"spec": {"containers": patch_containers(images, spec)}}}}
+    why = ""
+    if keep_capacity:
+        replicas, why = autoscaling.promotion_replicas(ref.namespace, _dep(ref.namespace, spec.target_ref.name),
+                                                       canary_name(spec))
+        if replicas is not None:
+            body["spec"]["replicas"] = replicas
     kube.apps().patch_namespaced_deployment(spec.target_ref.name, ref.namespace, body, _content_type=SMP)
+    return why
 
 
 def _selector_keys(ref: RolloutRef, spec: SafeRolloutSpec, target: dict[str, Any]) -> set[str]:

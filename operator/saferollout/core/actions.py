@@ -144,6 +144,9 @@ class SetWeight:
 class SetTargetImages:
     images: dict[str, str] = field(hash=False)
     reason: Literal["promote", "revert"] = "promote"
+    # promotion of a canary: an autoscaled target is raised in the same write to the replicas both versions run
+    # now (capped by its HPA's maxReplicas), so the switch does not leave it at what its HPA sized for its share
+    keep_capacity: bool = False
 
 
 @dataclass(frozen=True)
@@ -168,6 +171,7 @@ class ReleaseTarget:
 
     stable_hash: str
     reason: Literal["promote", "revert"] = "promote"
+    keep_capacity: bool = False  # as SetTargetImages'
 
 
 TARGET_WRITES = (LabelTarget, HoldTarget, ReleaseTarget)

@@ -15,10 +15,12 @@ from saferollout.core.run import Run, images
 def step(run: Run) -> None:
     match run.s.step:
         case Step.promote_target:
+            # a canary carried part of the load beside the target: an autoscaled target keeps both's replicas
+            keep = run.spec.strategy.canary is not None and not run.spec.partition
             if run.spec.target_template:  # the target holds the new template already: unpause it, in one write
-                run.act(a.ReleaseTarget(run.s.template_hash or "", "promote"))
+                run.act(a.ReleaseTarget(run.s.template_hash or "", "promote", keep_capacity=keep))
             else:
-                run.act(a.SetTargetImages(dict(run.s.canary_images or {}), "promote"))
+                run.act(a.SetTargetImages(dict(run.s.canary_images or {}), "promote", keep_capacity=keep))
         case Step.wait_target:
             if a.ReadTarget not in run.polled:
                 run.act(a.ReadTarget())
@@ -54,6 +56,9 @@ def _watch(run: Run) -> None:
 
 def apply(run: Run, r: a.Result) -> None:
     act = r.action if isinstance(r, a.Outcome) and r.ok else None
+    if isinstance(r, a.Outcome) and isinstance(act, a.SetTargetImages | a.ReleaseTarget) and act.keep_capacity \
+            and r.message and run.s.step == Step.promote_target:  # it raised an autoscaled target: by how much
+        run.event("TargetScaled", r.message)
     if isinstance(act, a.SetTargetImages) and act.reason == "promote" and run.s.step == Step.promote_target:
         run.s.step = Step.wait_target
     elif isinstance(act, a.ReleaseTarget) and act.reason == "promote" and run.s.step == Step.promote_target:
