@@ -169,6 +169,16 @@ class Traefik:
         out = self.api("/api/http/services")
         return out if isinstance(out, list) else []
 
+    def routers(self) -> list[dict[str, Any]]:
+        """The HTTP routers its Gateway provider made (one per match of an HTTPRoute rule)."""
+        out = self.api("/api/http/routers")
+        return [r for r in out if r.get("provider") == "kubernetesgateway"] if isinstance(out, list) else []
+
+    def middlewares(self) -> list[dict[str, Any]]:
+        """The HTTP middlewares its Gateway provider made (one per filter it applies)."""
+        out = self.api("/api/http/middlewares")
+        return [m for m in out if m.get("provider") == "kubernetesgateway"] if isinstance(out, list) else []
+
     def wait_routers(self, count: int = 1, timeout: float = 30) -> list[dict[str, Any]]:
         """Wait until the Gateway provider has loaded at least `count` HTTP routers; RuntimeError on timeout."""
         deadline = time.monotonic() + timeout

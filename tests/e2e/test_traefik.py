@@ -14,6 +14,7 @@ made here (a veth pair, addresses from a /24 of `NET_POOL` that nothing on the m
 the namespace): the API server refuses loopback addresses in an EndpointSlice, and these addresses lead nowhere but
 into that namespace. The Services have no selector; the test writes their EndpointSlices. Namespace and veth are
 removed in teardown. Needs root (ip netns); no skip: a missing Traefik binary or missing privileges fail.
+tests/e2e/test_traefik_routing.py runs the routing stages in a world of its own made the same way (`open_world`).
 """
 
 from __future__ import annotations
@@ -26,11 +27,13 @@ import os
 import random
 import secrets
 import signal
+import socketserver
 import statistics
 import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -147,9 +150,14 @@ def serve(argv: list[str]) -> int:
     """A backend inside the namespace: the demo app on one of its addresses (`python -m tests.e2e.test_traefik`).
 
     The demo app's command line takes loopback only; here the address is one that exists only in our namespace.
+    Its answers go out in two writes (head, then body): without TCP_NODELAY the body waits for Traefik's delayed
+    ACK, some 40 ms a request, which would be the resolution of every delay measured here.
     """
     host, port, service, version = argv
     app = DemoApp(int(port), service, "traefik-e2e", version, Behaviour(0.0, 1.0, 2.0), host=host)
+    handler = app.server.RequestHandlerClass
+    assert isinstance(handler, type) and issubclass(handler, socketserver.StreamRequestHandler)
+    handler.disable_nagle_algorithm = True
     signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=app.server.shutdown, daemon=True).start())
     print(f"backend {version} on {host}:{app.port}", flush=True)
     app.server.serve_forever(poll_interval=0.2)
@@ -158,6 +166,12 @@ def serve(argv: list[str]) -> int:
 
 
 # ------------------------------------------------------------------------------------------------ the world
+
+
+@dataclass
+class Answer:
+    version: str  # the answering backend's version, or "HTTP <code>" when it is not a backend's 200
+    headers: http.client.HTTPMessage
 
 
 @dataclass
@@ -171,13 +185,13 @@ class World:
     conn: http.client.HTTPConnection | None = None
 
     # ------------------------------------------------------------------------------------------- requests
-    def get(self) -> str:
-        """One request through Traefik: the answering backend's version, or "HTTP <code>" (kept alive)."""
+    def fetch(self, headers: dict[str, str] | None = None) -> Answer:
+        """One request through Traefik (the connection kept alive), with these request headers."""
         for attempt in (1, 2):
             if self.conn is None:
                 self.conn = http.client.HTTPConnection("127.0.0.1", self.traefik.port, timeout=5)
             try:
-                self.conn.request("GET", "/")
+                self.conn.request("GET", "/", headers=headers or {})
                 resp = self.conn.getresponse()
                 body = resp.read()
             except (OSError, http.client.HTTPException):
@@ -187,16 +201,29 @@ class World:
                     raise
                 continue
             if resp.status != 200:
-                return f"HTTP {resp.status}"
-            return str(json.loads(body)["version"])
+                return Answer(f"HTTP {resp.status}", resp.headers)
+            return Answer(str(json.loads(body)["version"]), resp.headers)
         raise AssertionError("unreachable")
 
-    def split(self, n: int = SPLIT_REQUESTS) -> Counter[str]:
-        return Counter(self.get() for _ in range(n))
+    def get(self, headers: dict[str, str] | None = None) -> str:
+        """The answering backend's version, or "HTTP <code>"."""
+        return self.fetch(headers).version
+
+    def split(self, n: int = SPLIT_REQUESTS, headers: dict[str, str] | None = None) -> Counter[str]:
+        return Counter(self.get(headers) for _ in range(n))
+
+    def received(self, version: str) -> int:
+        """Application requests the backend has served, whoever sent them (its demo app's counter, read directly)."""
+        address = next(a for a, v in self.versions.items() if v == version)
+        with urllib.request.urlopen(f"http://{address}:{BACKEND_PORT}/metrics", timeout=5) as r:
+            text = r.read().decode()
+        return int(sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+                       if line.startswith("http_requests_total{")))
 
     # --------------------------------------------------------------------------------------------- writes
     def quiet(self) -> None:
-        """Wait until the previous change is older than Traefik's throttle, so this one is not held back."""
+        """Wait until the previous change (its write, or once seen, its taking effect) is older than Traefik's
+        throttle, so this one is not held back."""
         time.sleep(max(0.0, self.last_change + QUIET_SECONDS - time.monotonic()))
 
     def set_weights(self, canary: int) -> float:
@@ -237,24 +264,27 @@ class World:
         raise AssertionError(f"traefik did not load weights {weights} in {timeout:g}s (its weighted services: {seen})")
 
 
-def settle(world: World, t0: float, done: Callable[[str], bool], what: str, confirm: bool = True) -> float:
+def settle(world: World, t0: float, done: Callable[[str], bool], what: str, confirm: bool = True,
+           headers: dict[str, str] | None = None, record: list[Delay] | None = None) -> float:
     """Seconds from `t0` (a write's success) to the first request after which every answer satisfies `done`.
 
-    Requests go back to back. With `confirm` the change counts as applied once `CONFIRM_SECONDS` of answers (at
-    least 50) all satisfy `done`; without, at the first answer that does. AssertionError after `PROPAGATION_LIMIT`.
+    Requests (with `headers`) go back to back. With `confirm` the change counts as applied once `CONFIRM_SECONDS`
+    of answers (at least 50) all satisfy `done`; without, at the first answer that does. AssertionError after
+    `PROPAGATION_LIMIT`. The delay goes into `record` (DELAYS by default).
     """
     good_since: float | None = None
     good = 0
     while True:
         sent = time.monotonic()
-        answer = world.get()
+        answer = world.get(headers)
         if done(answer):
             if good_since is None:
                 good_since = sent
             good += 1
             if not confirm or (sent - good_since >= CONFIRM_SECONDS and good >= 50):
                 delay = good_since - t0
-                DELAYS.append(Delay(what, delay))
+                (DELAYS if record is None else record).append(Delay(what, delay))
+                world.last_change = max(world.last_change, good_since)  # Traefik's throttle runs from here
                 return delay
         else:
             good_since, good = None, 0
@@ -262,21 +292,29 @@ def settle(world: World, t0: float, done: Callable[[str], bool], what: str, conf
                 raise AssertionError(f"{what}: still answered by {answer!r} {sent - t0:.2f}s after the write")
 
 
+def print_uncaptured(request: pytest.FixtureRequest, lines: list[str]) -> None:
+    """Past pytest's capture, so that the figures show in a plain run."""
+    capture = request.config.pluginmanager.get_plugin("capturemanager")
+    with capture.global_and_fixture_disabled() if capture is not None else contextlib.nullcontext():
+        print("\n".join(lines), flush=True)
+
+
+def delay_lines(delays: list[Delay], kinds: tuple[str, ...]) -> list[str]:
+    lines = ["", "Traefik: from the write's success to every following request obeying it (seconds)"]
+    lines += [f"  {d.what:<64} {d.seconds:6.3f}" for d in delays]
+    for kind in kinds:
+        xs = [d.seconds for d in delays if d.what.startswith(kind)]
+        if xs:
+            lines.append(f"  {kind}: median {statistics.median(xs):.3f}  max {max(xs):.3f}  over {len(xs)}")
+    return lines
+
+
 @pytest.fixture(scope="module", autouse=True)
 def delay_table(request: pytest.FixtureRequest) -> Iterator[None]:
     """Print, after the module, how long each change took from its write to the traffic."""
     yield
-    if not DELAYS:
-        return
-    lines = ["", "Traefik: from the write's success to every following request obeying it (seconds)"]
-    lines += [f"  {d.what:<58} {d.seconds:6.3f}" for d in DELAYS]
-    for kind in ("weights, quiet", "weights, right after"):
-        xs = [d.seconds for d in DELAYS if d.what.startswith(kind)]
-        if xs:
-            lines.append(f"  {kind}: median {statistics.median(xs):.3f}  max {max(xs):.3f}  over {len(xs)}")
-    capture = request.config.pluginmanager.get_plugin("capturemanager")
-    with capture.global_and_fixture_disabled() if capture is not None else contextlib.nullcontext():
-        print("\n".join(lines), flush=True)
+    if DELAYS:
+        print_uncaptured(request, delay_lines(DELAYS, ("weights, quiet", "weights, right after")))
 
 
 def _objects(ns: str, netns: Netns, port: int) -> list[dict[str, Any]]:
@@ -308,8 +346,9 @@ def _objects(ns: str, netns: Netns, port: int) -> list[dict[str, Any]]:
     ]
 
 
-@pytest.fixture(scope="module")
-def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
+@contextlib.contextmanager
+def open_world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
+    """A namespace, three backends in a network namespace and a Traefik of its own; all removed on exit."""
     kubeconfig = ensure_cluster()
     binary = tr.default_binary()
     if not binary.is_file():
@@ -353,6 +392,12 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
         kubectl("delete", "namespace", ns, "--wait=false", "--ignore-not-found", check=False)
         api.close()
         netns.delete()
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
+    with open_world(tmp_path_factory) as w:
+        yield w
 
 
 # ----------------------------------------------------------------------------------------------------- tests

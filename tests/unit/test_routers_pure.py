@@ -333,3 +333,90 @@ def test_gateway_routing_an_older_crd_cannot_hold_is_taken_out_again_and_refused
         GatewayAPIRouter().set_routing(RolloutRef("default", "web", "u"), make_spec(), 0, routing)
     assert fake.route["spec"]["rules"] == http_rules()  # as before: no rule of ours left, no mirror, weight 0
     assert fake.patches == 2
+
+
+class ClassedRoutes:
+    """An HTTPRoute attached to a Gateway whose GatewayClass lists what its data plane supports (or nothing)."""
+
+    def __init__(self, features: list[Any] | None, gateway_status: int | None = None) -> None:
+        self.route: dict[str, Any] = {"metadata": {"resourceVersion": "1"},
+                                      "spec": {"parentRefs": [{"name": "gw"}], "rules": http_rules()}}
+        self.features = features
+        self.gateway_status = gateway_status  # an API error reading the Gateway
+        self.patches = 0
+        self.reads: list[str] = []
+
+    def get_namespaced_custom_object(self, group: str, version: str, ns: str, plural: str, name: str) -> Any:
+        self.reads.append(plural)
+        if plural == "gateways":
+            if self.gateway_status is not None:
+                from kubernetes.client.rest import ApiException
+                raise ApiException(status=self.gateway_status)
+            return {"spec": {"gatewayClassName": "traefik"}}
+        return copy.deepcopy(self.route)
+
+    def get_cluster_custom_object(self, group: str, version: str, plural: str, name: str) -> Any:
+        self.reads.append(plural)
+        return {"status": {"supportedFeatures": self.features}} if self.features is not None else {"status": {}}
+
+    def patch_namespaced_custom_object(self, *args: Any) -> dict[str, Any]:
+        self.patches += 1
+        self.route = {"metadata": {"resourceVersion": str(self.patches + 1)}, "spec": copy.deepcopy(args[-1]["spec"])}
+        return copy.deepcopy(self.route)
+
+
+TRAEFIK_36 = [{"name": "HTTPRoute"}, {"name": "GRPCRoute"}, {"name": "HTTPRouteQueryParamMatching"}]
+
+
+@pytest.mark.parametrize(("features", "routing", "refused"), [
+    (TRAEFIK_36, MIRROR, "HTTPRouteRequestMirror"),  # Traefik v3.6: a mirror answers the whole rule 500
+    (TRAEFIK_36, STICKY, "HTTPRouteBackendRequestHeaderModification"),  # backendRef filters dropped
+    ([{"name": "HTTPRouteRequestMirror"}], MIRROR, "HTTPRouteRequestPercentageMirror"),  # MIRROR is below 100%
+    (TRAEFIK_36, HEADER, None),  # header matches are core: never asked
+    ([{"name": "HTTPRouteRequestMirror"}, {"name": "HTTPRouteRequestPercentageMirror"}], MIRROR, None),
+    (["HTTPRouteRequestMirror", "HTTPRouteRequestPercentageMirror"], MIRROR, None),  # v1.1's list of names
+    (None, MIRROR, None),  # a class that says nothing is taken at its word
+    ([], STICKY, None),
+])
+def test_gateway_routing_the_gateway_class_does_not_support_is_refused_before_any_write(
+        monkeypatch: pytest.MonkeyPatch, features: list[Any] | None, routing: Routing, refused: str | None) -> None:
+    from saferollout.adapters import kube
+    from saferollout.adapters.kube import RolloutRef
+    from saferollout.adapters.routers.gateway import GatewayAPIRouter
+    from tests.unit.world import make_spec
+
+    fake = ClassedRoutes(features)
+    monkeypatch.setattr(kube, "custom", lambda: fake)
+    if refused is None:
+        GatewayAPIRouter().set_routing(RolloutRef("default", "web", "u"), make_spec(), 0, routing)
+        assert fake.patches == 1
+        return
+    with pytest.raises(kube.Refused, match=f"GatewayClass traefik .* does not list {refused}"):
+        GatewayAPIRouter().set_routing(RolloutRef("default", "web", "u"), make_spec(), 0, routing)
+    assert fake.patches == 0 and fake.route["spec"]["rules"] == http_rules()  # nothing written
+
+
+def test_gateway_weights_alone_never_ask_the_gateway_class(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A rollback's write (weight 0, no routing) and a weight stage are never held by a read of the class."""
+    from saferollout.adapters import kube
+    from saferollout.adapters.kube import RolloutRef
+    from saferollout.adapters.routers.gateway import GatewayAPIRouter
+    from tests.unit.world import make_spec
+
+    fake = ClassedRoutes(TRAEFIK_36)
+    monkeypatch.setattr(kube, "custom", lambda: fake)
+    GatewayAPIRouter().set_routing(RolloutRef("default", "web", "u"), make_spec(), 25, None)
+    GatewayAPIRouter().set_weight(RolloutRef("default", "web", "u"), make_spec(), 0)
+    assert "gateways" not in fake.reads and "gatewayclasses" not in fake.reads
+
+
+def test_gateway_a_gateway_the_operator_may_not_read_is_no_answer(monkeypatch: pytest.MonkeyPatch) -> None:
+    from saferollout.adapters import kube
+    from saferollout.adapters.kube import RolloutRef
+    from saferollout.adapters.routers.gateway import GatewayAPIRouter
+    from tests.unit.world import make_spec
+
+    fake = ClassedRoutes(TRAEFIK_36, gateway_status=403)
+    monkeypatch.setattr(kube, "custom", lambda: fake)
+    GatewayAPIRouter().set_routing(RolloutRef("default", "web", "u"), make_spec(), 0, MIRROR)
+    assert fake.patches == 1

@@ -5,11 +5,19 @@ A stage's match (headers, a cookie) and its sticky cookie are one rule of the op
 more header matches than the stable rule, it wins by the Gateway API's precedence. A mirror is a `RequestMirror`
 filter on the stable rule; a sticky stage's canary backendRef carries a `ResponseHeaderModifier` that sets the
 cookie. Weight 0 without routing takes all of it out again, in the same single write as the weights.
+
+Traefik v3.6 applies the match rule but has no RequestMirror (it answers the whole rule with 500, and the route's
+status says nothing) and ignores backendRef filters (no sticky cookie). So before a mirror or sticky stage is
+written, the GatewayClass of each Gateway the route is attached to is asked what it supports: a class that lists
+its `status.supportedFeatures` without the stage's feature refuses the stage, with nothing written
+(docs/routing.md). A class that lists nothing is taken at its word as before.
 """
 
 from __future__ import annotations
 
 from typing import Any
+
+from kubernetes.client.rest import ApiException
 
 from saferollout.adapters import kube
 from saferollout.adapters.kube import RolloutRef
@@ -19,6 +27,9 @@ from saferollout.core.models import SafeRolloutSpec
 from saferollout.core.stages import match_sets
 
 GROUP, VERSION, PLURAL = "gateway.networking.k8s.io", "v1", "httproutes"
+# the Gateway API feature names (GatewayClass status.supportedFeatures) a stage's routing needs
+MIRROR_FEATURE, PERCENT_MIRROR_FEATURE = "HTTPRouteRequestMirror", "HTTPRouteRequestPercentageMirror"
+BACKEND_FILTER_FEATURE = "HTTPRouteBackendRequestHeaderModification"  # backendRef filters are applied at all
 
 
 def weighted_rules(rules: list[dict[str, Any]], stable: str, canary: str, weight: int) -> list[dict[str, Any]]:
@@ -137,6 +148,60 @@ def dropped(stored: list[dict[str, Any]], routing: Routing | None, canary: str) 
     return None
 
 
+def needed_features(routing: Routing | None) -> list[str]:
+    """What the data plane must support for this routing; none for weights and header matches (the core set)."""
+    if routing is None:
+        return []
+    out = [MIRROR_FEATURE] if routing.mirror else []
+    if routing.mirror and routing.mirror < 100:
+        out.append(PERCENT_MIRROR_FEATURE)
+    if routing.sticky:
+        out.append(BACKEND_FILTER_FEATURE)
+    return out
+
+
+def feature_names(gateway_class: dict[str, Any]) -> set[str] | None:
+    """The class's supportedFeatures (v1.4: [{name}], v1.1: [name]); None when it says nothing."""
+    listed = (gateway_class.get("status") or {}).get("supportedFeatures")
+    if not listed:
+        return None
+    return {str(f.get("name") if isinstance(f, dict) else f) for f in listed}
+
+
+def unsupported(route: dict[str, Any], namespace: str, routing: Routing | None) -> str | None:
+    """Why the data plane behind the route cannot do this routing, as its GatewayClass says; None: it can, or
+    it does not say (a Gateway that is not there, a class without supportedFeatures)."""
+    needed = needed_features(routing)
+    if not needed:
+        return None
+    api = kube.custom()
+
+    def read(fn: Any, *args: Any) -> dict[str, Any] | None:
+        try:
+            out: dict[str, Any] = fn(*args)
+        except ApiException as e:
+            if e.status in (403, 404):  # not there, or in a namespace the operator may not read: it cannot tell
+                return None
+            raise
+        return out
+    for parent in (route.get("spec") or {}).get("parentRefs") or []:
+        if parent.get("kind", "Gateway") != "Gateway" or parent.get("group", GROUP) != GROUP:
+            continue
+        ns = parent.get("namespace") or namespace
+        gw = read(api.get_namespaced_custom_object, GROUP, VERSION, ns, "gateways", parent.get("name"))
+        cls_name = ((gw or {}).get("spec") or {}).get("gatewayClassName")
+        if not cls_name:
+            continue
+        cls = read(api.get_cluster_custom_object, GROUP, VERSION, "gatewayclasses", cls_name)
+        names = feature_names(cls or {})
+        missing = [f for f in needed if names is not None and f not in names]
+        if missing:
+            return (f"GatewayClass {cls_name} (of Gateway {ns}/{parent.get('name')}) does not list {missing[0]} in "
+                    "status.supportedFeatures: its data plane cannot carry this stage (a mirror it cannot apply "
+                    "may fail the whole route; a sticky cookie on a backendRef is dropped)")
+    return None
+
+
 class GatewayAPIRouter:
     def prepare(self, ref: RolloutRef, spec: SafeRolloutSpec, first_weight: int) -> CanaryPlan:
         return CanaryPlan()  # the canary Service is a backendRef of its own: nothing to make
@@ -155,6 +220,9 @@ class GatewayAPIRouter:
 
         def write() -> None:
             route: dict[str, Any] = api.get_namespaced_custom_object(GROUP, VERSION, ref.namespace, PLURAL, cfg.http_route)
+            why = unsupported(route, ref.namespace, routing)  # never for weights alone: a rollback is never held
+            if why is not None:
+                raise kube.Refused(why)
             rules = routed_rules(route["spec"].get("rules", []), cfg.stable_service, cfg.canary_service, weight,
                                  routing)
             if rules == route["spec"].get("rules"):
