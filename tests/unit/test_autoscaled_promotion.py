@@ -35,6 +35,14 @@ def test_nothing_raised_means_no_event() -> None:
     assert w.phase() == "Succeeded" and "TargetScaled" not in w.reasons()
 
 
+def test_a_last_stage_without_weight_adds_nothing() -> None:
+    # a mirror's copies (or a match's few requests) sized the canary's HPA: the target carried all of the load
+    spec = make_spec(**{"strategy.canary.stages": [{"mirror": 50, "duration": "10s"}]})
+    w = World(spec, raised=RAISED).run(300, until=World.done)
+    assert w.phase() == "Succeeded"
+    assert [p.keep_capacity for p in _promotions(w)] == [False]
+
+
 def test_blue_green_promotion_does_not_add_the_preview_to_the_target() -> None:
     # the active version carried all of the load until the switch: its HPA sized it for that already
     w = World(_bg_spec(), raised=RAISED).run(300, until=World.done)

@@ -308,7 +308,6 @@ NAMESPACED_VERBS: dict[tuple[str, str], set[str]] = {
     ("", "persistentvolumeclaims"): {"get", "list", "create", "delete"},  # snapshots/volume.py
     ("snapshot.storage.k8s.io", "volumesnapshots"): {"get", "list", "create", "delete"},  # snapshots/volume.py
     ("gateway.networking.k8s.io", "httproutes"): {"get", "patch"},  # routers/gateway.py
-    ("gateway.networking.k8s.io", "gateways"): {"get"},  # routers/gateway.py: the route's GatewayClass
     ("networking.istio.io", "virtualservices"): {"get", "patch"},  # routers/istio.py
     ("networking.k8s.io", "ingresses"): {"get", "create", "patch", "delete"},  # routers/nginx.py
     ("batch", "jobs"): {"get", "create", "delete"},  # adapters/migrations.py: spec.migration's Job
@@ -320,6 +319,7 @@ CLUSTER_SCOPED_VERBS: dict[tuple[str, str], set[str]] = {
     ("storage.k8s.io", "storageclasses"): {"get"},  # VolumeSnapshotProvider.reachable
     ("saferollout.dev", "clusteranalysistemplates"): {"get"},  # adapters/analysis_templates.py
     ("gateway.networking.k8s.io", "gatewayclasses"): {"get"},  # adapters/routers/gateway.py: supportedFeatures
+    ("gateway.networking.k8s.io", "gateways"): {"get"},  # ... of the route's Gateways, in any namespace
 }
 NAMESPACES_VERBS = {("", "namespaces"): {"list", "watch"}}  # kopf's namespace observer, only with --namespace
 
@@ -432,7 +432,7 @@ def test_namespaced_scope_makes_a_role_per_namespace() -> None:
     # the same namespaced grants as the cluster mode, minus the cluster-scoped CRD read
     cluster_grants = grants(rules_of(render()))
     cluster_scoped = {"customresourcedefinitions", "namespaces", "storageclasses", "clusteranalysistemplates",
-                      "gatewayclasses"}
+                      "gatewayclasses", "gateways"}
     for role in roles:
         assert grants(role["rules"]) == {g for g in cluster_grants if g[1] not in cluster_scoped}
     # cluster-wide: only what kopf needs to start (CRDs, namespace names) and the volume snapshot gate's StorageClass
@@ -442,8 +442,8 @@ def test_namespaced_scope_makes_a_role_per_namespace() -> None:
                                      {"apiGroups": [""], "resources": ["namespaces"], "verbs": ["list", "watch"]},
                                      {"apiGroups": ["saferollout.dev"], "resources": ["clusteranalysistemplates"],
                                       "verbs": ["get"]},
-                                     {"apiGroups": ["gateway.networking.k8s.io"], "resources": ["gatewayclasses"],
-                                      "verbs": ["get"]},
+                                     {"apiGroups": ["gateway.networking.k8s.io"],
+                                      "resources": ["gateways", "gatewayclasses"], "verbs": ["get"]},
                                      {"apiGroups": ["storage.k8s.io"], "resources": ["storageclasses"], "verbs": ["get"]}]
     assert one(objs, "ClusterRoleBinding")["roleRef"]["name"] == cluster_role["metadata"]["name"]
 

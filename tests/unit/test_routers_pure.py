@@ -410,7 +410,8 @@ def test_gateway_weights_alone_never_ask_the_gateway_class(monkeypatch: pytest.M
     assert "gateways" not in fake.reads and "gatewayclasses" not in fake.reads
 
 
-def test_gateway_a_gateway_the_operator_may_not_read_is_no_answer(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_gateway_a_gateway_the_operator_may_not_read_refuses_the_stage(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Fail closed: a mirror the data plane cannot carry answers every user with 500 (Traefik v3.6)."""
     from saferollout.adapters import kube
     from saferollout.adapters.kube import RolloutRef
     from saferollout.adapters.routers.gateway import GatewayAPIRouter
@@ -418,5 +419,22 @@ def test_gateway_a_gateway_the_operator_may_not_read_is_no_answer(monkeypatch: p
 
     fake = ClassedRoutes(TRAEFIK_36, gateway_status=403)
     monkeypatch.setattr(kube, "custom", lambda: fake)
+    with pytest.raises(kube.Refused, match="may not read Gateway default/gw"):
+        GatewayAPIRouter().set_routing(RolloutRef("default", "web", "u"), make_spec(), 0, MIRROR)
+    assert fake.patches == 0
+    fake.gateway_status = 404  # a parentRef to a Gateway that is not there carries nothing
     GatewayAPIRouter().set_routing(RolloutRef("default", "web", "u"), make_spec(), 0, MIRROR)
     assert fake.patches == 1
+
+
+def test_gateway_only_the_gateways_that_accepted_the_route_are_asked(monkeypatch: pytest.MonkeyPatch) -> None:
+    from saferollout.adapters.routers.gateway import _accepted
+
+    def status(name: str, accepted: str) -> dict[str, Any]:
+        return {"parentRef": {"name": name}, "conditions": [{"type": "Accepted", "status": accepted}]}
+    route = {"spec": {"parentRefs": [{"name": "old"}, {"name": "gw", "namespace": "infra"},
+                                     {"kind": "Service", "group": "", "name": "mesh"}]},
+             "status": {"parents": [status("old", "False"), {**status("gw", "True"),
+                                                             "parentRef": {"name": "gw", "namespace": "infra"}}]}}
+    assert _accepted(route, "app") == [{"name": "gw", "namespace": "infra"}]
+    assert [p["name"] for p in _accepted({"spec": route["spec"]}, "app")] == ["old", "gw"]  # no status: all

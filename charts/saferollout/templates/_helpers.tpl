@@ -160,10 +160,6 @@ unless noted. tests/unit/test_chart.py pins every verb; change it together with 
 - apiGroups: [gateway.networking.k8s.io]
   resources: [httproutes]
   verbs: [get, patch]
-# ... and the route's Gateways read, for their GatewayClass (a mirror or sticky stage it cannot carry is refused).
-- apiGroups: [gateway.networking.k8s.io]
-  resources: [gateways]
-  verbs: [get]
 # Istio router: the VirtualService read, its route weights patched.
 - apiGroups: [networking.istio.io]
   resources: [virtualservices]
@@ -192,9 +188,10 @@ unless noted. tests/unit/test_chart.py pins every verb; change it together with 
 - apiGroups: [saferollout.dev]
   resources: [clusteranalysistemplates]
   verbs: [get]
-# GatewayClasses (cluster-scoped): what a route's data plane supports, before a mirror or sticky stage.
+# A route's Gateways (often in another namespace than the route: a shared Gateway) and their GatewayClasses
+# (cluster-scoped), read for what the data plane supports before a mirror or sticky stage: in both scopes.
 - apiGroups: [gateway.networking.k8s.io]
-  resources: [gatewayclasses]
+  resources: [gateways, gatewayclasses]
   verbs: [get]
 # Volume snapshots: reachable() reads the claim's StorageClass to accept Pending + WaitForFirstConsumer.
 - apiGroups: [storage.k8s.io]

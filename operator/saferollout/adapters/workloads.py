@@ -91,8 +91,9 @@ def _write_target(ref: RolloutRef, spec: SafeRolloutSpec, template_hash: str, an
         raise RuntimeError(f"the target's pod template is {current} now, not {template_hash}; not written")
     body: dict[str, Any] = {"metadata": {"resourceVersion": dep["metadata"]["resourceVersion"],
                                          "annotations": annotations}, "spec": {"paused": paused}}
-    replicas, why = autoscaling.promotion_replicas(ref.namespace, dep, canary_name(spec)) if keep_capacity else \
-        (None, "")
+    # raised once: a retry of a write that landed (the target unpaused already) must not add the canary again
+    replicas, why = autoscaling.promotion_replicas(ref.namespace, dep, canary_name(spec)) \
+        if keep_capacity and dep["spec"].get("paused") else (None, "")
     if replicas is not None:
         body["spec"]["replicas"] = replicas
     kube.apps().patch_namespaced_deployment(spec.target_ref.name, ref.namespace, body, _content_type=MERGE)
@@ -159,9 +160,10 @@ def set_target_images(ref: RolloutRef, spec: SafeRolloutSpec, images: dict[str, 
     what was raised, if anything."""
     body: dict[str, Any] = {"spec": {"template": {"spec": {"containers": patch_containers(images, spec)}}}}
     why = ""
-    if keep_capacity:
-        replicas, why = autoscaling.promotion_replicas(ref.namespace, _dep(ref.namespace, spec.target_ref.name),
-                                                       canary_name(spec))
+    target = _dep(ref.namespace, spec.target_ref.name) if keep_capacity else None
+    # raised once: a retry of a write that landed (the images are there already) must not add the canary again
+    if target is not None and any(images_of(target).get(k) != v for k, v in images.items()):
+        replicas, why = autoscaling.promotion_replicas(ref.namespace, target, canary_name(spec))
         if replicas is not None:
             body["spec"]["replicas"] = replicas
     kube.apps().patch_namespaced_deployment(spec.target_ref.name, ref.namespace, body, _content_type=SMP)

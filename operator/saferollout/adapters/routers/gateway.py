@@ -168,35 +168,45 @@ def feature_names(gateway_class: dict[str, Any]) -> set[str] | None:
     return {str(f.get("name") if isinstance(f, dict) else f) for f in listed}
 
 
+def _accepted(route: dict[str, Any], namespace: str) -> list[dict[str, Any]]:
+    """The parentRefs that carry the route: those whose Gateway accepted it (route.status.parents), or all of them
+    while no status says (a controller that writes none, or has not yet)."""
+    refs = [p for p in (route.get("spec") or {}).get("parentRefs") or []
+            if p.get("kind", "Gateway") == "Gateway" and p.get("group", GROUP) == GROUP]
+    parents = (route.get("status") or {}).get("parents") or []
+
+    def key(p: dict[str, Any]) -> tuple[str, str]:
+        return str(p.get("namespace") or namespace), str(p.get("name"))
+    accepted = {key(p.get("parentRef") or {}) for p in parents
+                if any(c.get("type") == "Accepted" and c.get("status") == "True" for c in p.get("conditions") or [])}
+    return [p for p in refs if key(p) in accepted] if parents else refs
+
+
 def unsupported(route: dict[str, Any], namespace: str, routing: Routing | None) -> str | None:
     """Why the data plane behind the route cannot do this routing, as its GatewayClass says; None: it can, or
-    it does not say (a Gateway that is not there, a class without supportedFeatures)."""
+    it does not say (a Gateway that is not there, a class without supportedFeatures). A Gateway the operator may
+    not read is a refusal: the stage could break the route for every user (fail closed)."""
     needed = needed_features(routing)
     if not needed:
         return None
     api = kube.custom()
-
-    def read(fn: Any, *args: Any) -> dict[str, Any] | None:
+    for parent in _accepted(route, namespace):
+        ns, name = parent.get("namespace") or namespace, parent.get("name")
         try:
-            out: dict[str, Any] = fn(*args)
+            gw = api.get_namespaced_custom_object(GROUP, VERSION, ns, "gateways", name)
+            cls_name = ((gw or {}).get("spec") or {}).get("gatewayClassName")
+            cls = api.get_cluster_custom_object(GROUP, VERSION, "gatewayclasses", cls_name) if cls_name else {}
         except ApiException as e:
-            if e.status in (403, 404):  # not there, or in a namespace the operator may not read: it cannot tell
-                return None
+            if e.status == 404:
+                continue
+            if e.status == 403:
+                return (f"the operator may not read Gateway {ns}/{name} or its GatewayClass (grant get on gateways "
+                        "and gatewayclasses), so it cannot tell whether its data plane carries this stage")
             raise
-        return out
-    for parent in (route.get("spec") or {}).get("parentRefs") or []:
-        if parent.get("kind", "Gateway") != "Gateway" or parent.get("group", GROUP) != GROUP:
-            continue
-        ns = parent.get("namespace") or namespace
-        gw = read(api.get_namespaced_custom_object, GROUP, VERSION, ns, "gateways", parent.get("name"))
-        cls_name = ((gw or {}).get("spec") or {}).get("gatewayClassName")
-        if not cls_name:
-            continue
-        cls = read(api.get_cluster_custom_object, GROUP, VERSION, "gatewayclasses", cls_name)
         names = feature_names(cls or {})
         missing = [f for f in needed if names is not None and f not in names]
         if missing:
-            return (f"GatewayClass {cls_name} (of Gateway {ns}/{parent.get('name')}) does not list {missing[0]} in "
+            return (f"GatewayClass {cls_name} (of Gateway {ns}/{name}) does not list {missing[0]} in "
                     "status.supportedFeatures: its data plane cannot carry this stage (a mirror it cannot apply "
                     "may fail the whole route; a sticky cookie on a backendRef is dropped)")
     return None

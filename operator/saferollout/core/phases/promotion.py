@@ -15,8 +15,9 @@ from saferollout.core.run import Run, images
 def step(run: Run) -> None:
     match run.s.step:
         case Step.promote_target:
-            # a canary carried part of the load beside the target: an autoscaled target keeps both's replicas
-            keep = run.spec.strategy.canary is not None and not run.spec.partition
+            # a canary carried part of the load beside the target: an autoscaled target keeps both's replicas (not
+            # after a last stage of weight 0: a match or a mirror's copies, the target carried everything already)
+            keep = run.spec.strategy.canary is not None and not run.spec.partition and run.s.weight > 0
             if run.spec.target_template:  # the target holds the new template already: unpause it, in one write
                 run.act(a.ReleaseTarget(run.s.template_hash or "", "promote", keep_capacity=keep))
             else:
