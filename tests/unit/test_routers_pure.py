@@ -438,3 +438,22 @@ def test_gateway_only_the_gateways_that_accepted_the_route_are_asked(monkeypatch
                                                              "parentRef": {"name": "gw", "namespace": "infra"}}]}}
     assert _accepted(route, "app") == [{"name": "gw", "namespace": "infra"}]
     assert [p["name"] for p in _accepted({"spec": route["spec"]}, "app")] == ["old", "gw"]  # no status: all
+
+
+def test_gateway_prepare_refuses_a_stage_the_data_plane_cannot_carry_before_the_canary_exists(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from saferollout.adapters import kube
+    from saferollout.adapters.kube import RolloutRef
+    from saferollout.adapters.routers.gateway import GatewayAPIRouter
+    from tests.unit.world import make_spec
+
+    fake = ClassedRoutes(TRAEFIK_36)
+    monkeypatch.setattr(kube, "custom", lambda: fake)
+    ref = RolloutRef("default", "web", "u")
+    GatewayAPIRouter().prepare(ref, make_spec(), 5)  # weights only: nothing read
+    assert fake.reads == []
+    sticky = make_spec(**{"strategy.canary.stages": [{"weight": 25, "duration": "10s", "sticky": True},
+                                                     {"weight": 100, "duration": "10s"}]})
+    with pytest.raises(kube.Refused, match="HTTPRouteBackendRequestHeaderModification"):
+        GatewayAPIRouter().prepare(ref, sticky, 25)
+    assert fake.patches == 0

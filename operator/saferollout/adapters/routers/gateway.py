@@ -214,7 +214,19 @@ def unsupported(route: dict[str, Any], namespace: str, routing: Routing | None) 
 
 class GatewayAPIRouter:
     def prepare(self, ref: RolloutRef, spec: SafeRolloutSpec, first_weight: int) -> CanaryPlan:
-        return CanaryPlan()  # the canary Service is a backendRef of its own: nothing to make
+        """Nothing to make (the canary Service is a backendRef of its own); but a mirror or sticky stage the data
+        plane cannot carry is refused here, before the canary exists and any traffic moved, not at its stage."""
+        assert spec.strategy.canary and spec.strategy.canary.traffic.gateway_api
+        needs = [Routing(mirror=st.mirror or 0, sticky="check" if st.sticky else None)
+                 for st in spec.strategy.canary.stages or () if st.mirror or st.sticky]  # defaults have none
+        if needs:
+            route: dict[str, Any] = kube.custom().get_namespaced_custom_object(
+                GROUP, VERSION, ref.namespace, PLURAL, spec.strategy.canary.traffic.gateway_api.http_route)
+            for routing in needs:
+                why = unsupported(route, ref.namespace, routing)
+                if why is not None:
+                    raise kube.Refused(why)
+        return CanaryPlan()
 
     def clean_up(self, ref: RolloutRef, spec: SafeRolloutSpec) -> None:
         """Nothing to remove: the HTTPRoute is the user's, and at weight 0 its canary backendRef carries nothing."""
