@@ -73,7 +73,9 @@ class OperatorConfig:
                               settle_seconds=parse_duration(e.get("SAFEROLLOUT_RATE_WINDOW", cls.rate_window)),
                               # rollouts wake at their deadline: only clock jitter to absorb
                               due_slack=0.01,
-                              poll_seconds=float(e.get("SAFEROLLOUT_TICK_SECONDS", cls.tick_seconds))),
+                              poll_seconds=float(e.get("SAFEROLLOUT_TICK_SECONDS", cls.tick_seconds)),
+                              autoscaled_return_hold=parse_duration(e.get("SAFEROLLOUT_AUTOSCALED_RETURN_HOLD",
+                                                                          "30s"))),
             log_format=e.get("SAFEROLLOUT_LOG_FORMAT", cls.log_format),
             metrics_port=int(e.get("SAFEROLLOUT_METRICS_PORT", cls.metrics_port)),
             metrics_host=e.get("SAFEROLLOUT_METRICS_HOST", cls.metrics_host),

@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 from typing import Any, assert_never
 
 from saferollout import observability
-from saferollout.adapters import events, kube, migrations, notify, routers, statefulsets, workloads
+from saferollout.adapters import autoscaling, events, kube, migrations, notify, routers, statefulsets, workloads
 from saferollout.adapters.kube import RolloutRef
 from saferollout.adapters.metrics import context, measure_all
 from saferollout.adapters.prometheus import PrometheusProvider
@@ -134,12 +134,15 @@ class Executor:
             dep = workloads.raw_deployment(self.ref.namespace, self.spec.target_ref.name)
             view = workloads.view_of(dep)
             revision = ((dep.get("metadata") or {}).get("annotations") or {}).get("deployment.kubernetes.io/revision")
-            return a.TargetState(dict(view.images), view.available and not view.paused, revision, view)
+            hpa = autoscaling.target_hpa(self.ref.namespace, self.spec.target_ref.name)
+            return a.TargetState(dict(view.images), view.available and not view.paused, revision, view,
+                                 autoscaler=hpa["metadata"]["name"] if hpa else None)
         if self.spec.partition:
             images, ok, revision, replicas, partition = statefulsets.read_target(self.ref, self.spec)
             return a.TargetState(images, ok, revision, replicas=replicas, partition=partition)
         images, ok, revision = workloads.read_target(self.ref, self.spec)
-        return a.TargetState(images, ok, revision)
+        hpa = autoscaling.target_hpa(self.ref.namespace, self.spec.target_ref.name)
+        return a.TargetState(images, ok, revision, autoscaler=hpa["metadata"]["name"] if hpa else None)
 
     def check_database(self, act: a.CheckDatabase) -> a.Outcome:
         self.snapshots().reachable(act.timeout)

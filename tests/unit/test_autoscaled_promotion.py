@@ -61,6 +61,40 @@ def test_the_webhook_models_unpause_keeps_capacity_in_the_same_write() -> None:
     assert "TargetScaled" in w.reasons()
 
 
+def _weight_times(w: World) -> list[tuple[float, int]]:
+    return [(float(line.split()[0]), int(line.split("weight=")[1].split(")")[0].split(",")[0]))
+            for line in w.log if "SetWeight(" in line]
+
+
+def test_an_autoscaled_target_takes_the_load_back_by_the_stages_in_reverse() -> None:
+    w = World(make_spec(), autoscaler="web", raised=RAISED).run(400, until=World.done)
+    assert w.phase() == "Succeeded", w.status.message
+    assert w.weights_seen == [5, 25, 50, 100, 50, 25, 5] and w.weight == 0  # (0 is not listed)
+    back = _weight_times(w)[-4:]
+    assert [wt for _, wt in back] == [50, 25, 5, 0]
+    gaps = [b[0] - a[0] for a, b in zip(back, back[1:], strict=False)]
+    assert all(29 <= g <= 32 for g in gaps), gaps  # each step held for an HPA sync and a fresh sample (30 s)
+    reasons = w.reasons()
+    assert reasons.index("TargetScaled") < reasons.index("ReturningLoad") < reasons.index("Promoted")
+    assert w.status.returning_to is None  # done
+
+
+def test_the_return_resumes_where_it_was_after_a_restart() -> None:
+    w = World(make_spec(), autoscaler="web").run(400, until=lambda x: x.weights_seen[-2:] == [100, 50])
+    assert w.status.returning_to == "web"
+    restarted = World(make_spec(), autoscaler="web", status=w.status.model_copy(deep=True), now=w.now,
+                      weight=w.weight, target_images=dict(w.target_images), canary=w.canary)
+    restarted.run(400, until=World.done)
+    assert restarted.phase() == "Succeeded"
+    assert restarted.weights_seen == [25, 5] and restarted.weight == 0  # on from 50: none repeated or skipped
+
+
+def test_not_autoscaled_means_one_switch() -> None:
+    w = World(make_spec()).run(300, until=World.done)
+    assert w.weights_seen == [5, 25, 50, 100] and [wt for _, wt in _weight_times(w)][-2:] == [100, 0]
+    assert "ReturningLoad" not in w.reasons()
+
+
 # ------------------------------------------------------------------------------------- the adapter's arithmetic
 
 

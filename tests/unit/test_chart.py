@@ -203,6 +203,7 @@ def test_every_setting_is_an_env_var() -> None:
         "SAFEROLLOUT_PROMETHEUS_TIMEOUT": "5",
         "SAFEROLLOUT_QUERY_GROUP_TTL": "1",
         "SAFEROLLOUT_RATE_WINDOW": "1m",
+        "SAFEROLLOUT_AUTOSCALED_RETURN_HOLD": "30s",
         "SAFEROLLOUT_TICK_SECONDS": "1",
         "SAFEROLLOUT_MAX_SLEEP_SECONDS": "60",
         "SAFEROLLOUT_WORKERS": "16",

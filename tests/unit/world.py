@@ -199,6 +199,7 @@ class World:
     overlaps: list[str] = field(default_factory=list)  # what ran while another migration Job's pod still could
     sts: StatefulSet | None = None  # a StatefulSet target (the partition router) in place of the Deployment
     raised: str = ""  # what a promotion write with keep_capacity says it raised (an autoscaled target)
+    autoscaler: str | None = None  # the HPA ReadTarget reports on the target
 
     def __post_init__(self) -> None:
         if self.deployment is not None:
@@ -285,8 +286,9 @@ class World:
         if isinstance(act, a.ReadTarget):
             if self.deployment is not None:
                 v = self.view()
-                return a.TargetState(dict(v.images), v.available and not v.paused, "1", v)
-            return a.TargetState(dict(self.target_images), self.t >= self.target_available_at, "1")
+                return a.TargetState(dict(v.images), v.available and not v.paused, "1", v, autoscaler=self.autoscaler)
+            return a.TargetState(dict(self.target_images), self.t >= self.target_available_at, "1",
+                                 autoscaler=self.autoscaler)
         if isinstance(act, a.TARGET_WRITES):
             return self._target_write(act)
         if isinstance(act, a.SetWeight):

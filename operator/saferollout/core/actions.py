@@ -247,6 +247,7 @@ class TargetState:
     # are those of status.currentRevision: what its stable pods run)
     replicas: int | None = None
     partition: int | None = None
+    autoscaler: str | None = None  # the HorizontalPodAutoscaler that scales the target Deployment, if any
 
 
 @dataclass(frozen=True)

@@ -43,6 +43,9 @@ class Settings:
     due_slack: float = 0.0
     # while the world is catching up (a workload rolling out, a write refused) ask again this often
     poll_seconds: float = 1.0
+    # promotion onto an autoscaled target returns the canary's load in steps, each held this long: an HPA sync
+    # (15 s) and a fresh metrics sample, so the target's HPA scales it from the load it then carries
+    autoscaled_return_hold: float = 30.0
 
 
 @dataclass

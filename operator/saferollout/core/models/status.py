@@ -308,6 +308,9 @@ class SafeRolloutStatus(Model):
     canary_ready: bool = False
     partition: PartitionStatus | None = Field(default=None, description="A StatefulSet target: its partition.")
     promoted_at: str | None = None
+    returning_to: str | None = Field(default=None, description=(
+        "Promotion onto an autoscaled target: its HorizontalPodAutoscaler, while the canary's load is returned to "
+        "it in steps."))
     started_at: str | None = None
     finished_at: str | None = None
     verify_started_at: str | None = None

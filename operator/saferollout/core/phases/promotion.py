@@ -29,12 +29,33 @@ def step(run: Run) -> None:
             if run.spec.partition:  # a StatefulSet's pods are the target: there is no route to take back
                 run.s.weight, run.s.routing, run.s.step = 0, None, Step.remove_canary
                 run.act(a.DeleteCanary())
+            elif run.s.returning_to:
+                _return_step(run)
             else:
                 run.act(a.SetWeight(0))
         case Step.remove_canary:
             run.act(a.DeleteCanary())
         case Step.watch:
             _watch(run)
+
+
+def _lower(run: Run) -> int:
+    """The next weight down the stages' ladder from the canary's current one (0 below the lowest)."""
+    return max((st.weight for st in run.stages if 0 < st.weight < run.s.weight), default=0)
+
+
+def _return_step(run: Run) -> None:
+    """An autoscaled target takes the canary's load back by the stages' weights in reverse, each held for an HPA
+    sync and a fresh metrics sample, so its HPA scales it from the load it carries (an HPA sees the raise alone
+    as idle pods, and may undo it before a one-step switch)."""
+    hold = run.settings.autoscaled_return_hold
+    elapsed = run.stage_elapsed()
+    if run.s.stage_resumed_at and elapsed < hold:
+        run.wake_in(hold - elapsed)
+        run.s.message = (f"returning the load to the autoscaled target ({run.s.returning_to}): canary at "
+                         f"{run.s.weight}%, {_lower(run)}% in {format_duration(hold - elapsed)}")
+        return
+    run.act(a.SetWeight(_lower(run)))  # the last step is 0
 
 
 def _watch(run: Run) -> None:
@@ -74,10 +95,20 @@ def apply(run: Run, r: a.Result) -> None:
         if view_ok and r.available and all(r.images.get(k) == v for k, v in (run.s.canary_images or {}).items()):
             deadline.done(run, deadline.TARGET)
             run.s.step = Step.route_to_target
+            if r.autoscaler and run.spec.strategy.canary is not None and run.s.weight > 0:
+                run.s.returning_to = r.autoscaler
+                run.s.stage_resumed_at = None  # the first step goes at once: the raise is in place already
+                run.event("ReturningLoad", f"the canary's {run.s.weight}% goes back to the target by the stages' "
+                          f"weights in reverse, each held {format_duration(run.settings.autoscaled_return_hold)}, "
+                          f"so HorizontalPodAutoscaler {r.autoscaler} scales it from the load it carries")
         else:
             run.polled.add(a.ReadTarget)
             deadline.waiting(run, deadline.TARGET, f"Deployment {run.spec.target_ref.name} to run the promoted version")
+    elif isinstance(act, a.SetWeight) and act.weight > 0 and run.s.step == Step.route_to_target:
+        run.s.stage_resumed_at = iso(run.now)  # one step of an autoscaled target's return: held from now
+        run.s.stage_elapsed_seconds = 0
     elif isinstance(act, a.SetWeight) and act.weight == 0 and run.s.step == Step.route_to_target:
+        run.s.returning_to = None
         run.s.step = Step.remove_canary
     elif isinstance(act, a.DeleteCanary) and run.s.step == Step.remove_canary:
         _promoted(run)
