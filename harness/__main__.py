@@ -9,7 +9,8 @@ from pathlib import Path
 
 from harness.format import ScenarioError, load
 from harness.kube import default_kubeconfig
-from harness.scenario import Session
+from harness.pool import ScenarioPool
+from harness.scenario import Result, Session
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -25,6 +26,8 @@ def main(argv: list[str] | None = None) -> int:
                      help="do not start the operator (it runs elsewhere, e.g. installed with Helm)")
     run.add_argument("--skip-crds", action="store_true",
                      help="do not apply crds/*.yaml; use the SafeRollout CRD already in the cluster")
+    run.add_argument("--workers", type=int, default=1,
+                     help="run this many files at a time (docs/harness.md: isolation, the exclusive rule)")
     check = sub.add_parser("check", help="only read and validate scenario files")
     check.add_argument("files", nargs="+", type=Path, metavar="FILE")
     a = p.parse_args(argv)
@@ -46,15 +49,27 @@ def main(argv: list[str] | None = None) -> int:
         except (ScenarioError, OSError) as e:
             print(f"invalid scenario {f}: {e}", file=sys.stderr)
             return 2
+    if a.workers < 1:
+        p.error("--workers must be 1 or more")
     kubeconfig = a.kubeconfig or default_kubeconfig()
     failed = 0
+
+    def report(result: Result) -> None:
+        nonlocal failed
+        print(result.report(), flush=True)
+        if a.json:
+            print(json.dumps(result.to_json(), indent=2), flush=True)
+        failed += not result.passed
+
     with Session(kubeconfig, a.kubectl, operator=not a.no_operator, crds=[] if a.skip_crds else None) as session:
-        for f in a.files:
-            result = session.run(f)
-            print(result.report(), flush=True)
-            if a.json:
-                print(json.dumps(result.to_json(), indent=2), flush=True)
-            failed += not result.passed
+        if a.workers == 1:
+            for f in a.files:
+                report(session.run(f))
+        else:
+            files = list(dict.fromkeys(a.files))  # a result per file
+            with ScenarioPool(session, files, a.workers) as pool:
+                for f in files:
+                    report(pool.result(f))
     return 1 if failed else 0
 
 

@@ -47,7 +47,7 @@ class Observed:
     phase: str | None = None
     router_changes: list[WeightChange] = field(default_factory=list)
     # requests: (the router's plan: weight, match or mirror; carried load.tagged's headers; stable, canary, mirror)
-    requests_seen: dict[tuple[str, bool, str], int] = field(default_factory=dict)
+    requests_seen: dict[tuple[str, bool, str, bool], int] = field(default_factory=dict)
     advances: list[Advance] = field(default_factory=list)
     outages: dict[str, tuple[list[float], list[float]]] = field(default_factory=dict)  # kind: (downs, ups)
     conditions_seen: set[tuple[str, str, str]] = field(default_factory=set)
@@ -57,6 +57,7 @@ class Observed:
     initial_revision: str | None = None  # ... its status.currentRevision before the rollout
     rollout: dict[str, Any] | None = None
     target_images: dict[str, str] = field(default_factory=dict)
+    target_replicas: int | None = None  # spec.replicas at the end
     canary_present: bool = False
     events: list[dict[str, Any]] = field(default_factory=list)
     report: dict[str, Any] | None = None
@@ -192,9 +193,11 @@ def _final_weight(want: Bounds, s: Seen) -> list[Check]:
 def _requests(want: tuple[RequestsExpect, ...], s: Seen) -> list[Check]:
     out = []
     for r in want:
-        n = sum(count for (during, tagged, to), count in s.obs.requests_seen.items()
-                if r.during in ("any", during) and r.tagged in (None, tagged) and to == r.to)
+        n = sum(count for (during, tagged, to, bearer), count in s.obs.requests_seen.items()
+                if r.during in ("any", during) and r.tagged in (None, tagged) and to == r.to
+                and r.cookie in (None, bearer))
         which = "" if r.tagged is None else " tagged" if r.tagged else " untagged"
+        which += "" if r.cookie is None else " cookie-bearing" if r.cookie else " cookieless"
         out.append(Check("requests", r.count.holds(n), f"{n}{which} requests to {r.to} while {r.during}, "
                                                          f"want {r.count.describe()}"))
     return out
@@ -230,6 +233,13 @@ def _never_promoted(want: bool, s: Seen) -> list[Check]:
 def _target_images(want: dict[str, str], s: Seen) -> list[Check]:
     got = {k: s.obs.target_images.get(k) for k in want}
     return [Check("targetImages", got == want, f"target images {s.obs.target_images}, want {want}")]
+
+
+@checks("target_replicas")
+def _target_replicas(want: Bounds, s: Seen) -> list[Check]:
+    got = s.obs.target_replicas
+    return [Check("targetReplicas", got is not None and want.holds(got),
+                  f"target spec.replicas {got}, want {want.describe()}")]
 
 
 @checks("canary_workload")

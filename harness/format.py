@@ -226,6 +226,8 @@ class LoadIn(Strict):
     canary_share: Annotated[int, Field(ge=0, le=100)] | None = None
     # extension: this percent of the requests carries these headers (a header or cookie match's audience)
     tagged: TaggedIn | None = None
+    # extension: the requests come from this many users in turn, each keeping the cookies answers set (sticky)
+    users: Annotated[int, Field(ge=1, le=1000)] | None = None
 
 
 # extension `resourceQuota`: a ResourceQuota's spec.hard, by resource name (pods, requests.cpu, count/deployments.apps)
@@ -575,16 +577,18 @@ class RequestsExpect:
     tagged: bool | None
     to: str
     count: Bounds
+    cookie: bool | None = None  # its user held a cookie the data plane set on an earlier answer (load.users)
 
 
 class RequestsIn(Strict):
-    during: Literal["weight", "match", "mirror", "any"] = Field(alias="while")
+    during: Literal["weight", "match", "sticky", "mirror", "any"] = Field(alias="while")
     tagged: bool | None = None
+    cookie: bool | None = None
     to: Literal["stable", "canary", "mirror"]
     count: Annotated[Bounds, Via(ExactlyIn, _BoundsIn.bounds)]
 
     def wanted(self) -> RequestsExpect:
-        return RequestsExpect(self.during, self.tagged, self.to, self.count)
+        return RequestsExpect(self.during, self.tagged, self.to, self.count, self.cookie)
 
 
 def _requests(value: Any) -> tuple[RequestsExpect, ...]:
@@ -661,6 +665,7 @@ class Expect(Strict):
     # extensions
     service_selector: Annotated[list[tuple[str, dict[str, str]]], Via(one_or_list(SelectorIn), _selectors)] | None = None
     target_unchanged: bool | None = None
+    target_replicas: ExactBound | None = None
     stateful_set: StatefulSetExpect | None = None
     events_in_order: list[str] | None = None
     notifications: Annotated[NotificationExpect, Via(NotificationsIn, NotificationsIn.wanted)] | None = None
@@ -950,6 +955,7 @@ class Scenario:
     objects: tuple[dict[str, Any], ...] = ()  # extension: applied before the rollout
     canary_share: int | None = None  # extension: the router sends this percent to the canary whatever the weights
     tagged: tuple[int, dict[str, str]] | None = None  # extension: (percent, headers) of the requests that carry them
+    users: int | None = None  # extension: the load's users, each with its cookie jar
 
     @property
     def made_objects(self) -> list[dict[str, Any]]:
@@ -1119,7 +1125,8 @@ def parse(data: object, path: Path) -> Scenario:
                         f.expect.as_dict(), (), dict(target.images), target.replicas, f.load.preview_rps,
                         {k: str(v) for k, v in (f.resource_quota or {}).items()}, tuple(f.objects or ()),
                         f.load.canary_share,
-                        (f.load.tagged.percent, dict(f.load.tagged.headers)) if f.load.tagged else None)
+                        (f.load.tagged.percent, dict(f.load.tagged.headers)) if f.load.tagged else None,
+                        f.load.users)
     _cross_check(scenario, f.expect, where)
     return scenario
 

@@ -205,6 +205,12 @@ def available(deployment: dict[str, Any] | None) -> bool:
     return int(status.get("availableReplicas") or 0) >= 1
 
 
+def gateway_class() -> dict[str, Any]:
+    """The GatewayClass of every run's Gateway: cluster-scoped, made once and left in place."""
+    return {"apiVersion": f"{GW_GROUP}/{GW_VERSION}", "kind": "GatewayClass", "metadata": {"name": GATEWAY_CLASS},
+            "spec": {"controllerName": "saferollout.dev/harness"}}
+
+
 def world(ns: str, target: str, images: dict[str, str], replicas: int, refs: TrafficRefs,
           secret: tuple[str, str, str] | None) -> list[dict[str, Any]]:
     """The objects a rollout refers to: namespace, target Deployment, Services, the router's object, DSN Secret.
@@ -242,8 +248,7 @@ def world(ns: str, target: str, images: dict[str, str], replicas: int, refs: Tra
         docs = [d for d in docs if not (d["kind"] == "Service" and d["metadata"]["name"] == canary_svc)]
     if refs.kind == "gatewayAPI":
         docs += [
-            {"apiVersion": f"{GW_GROUP}/{GW_VERSION}", "kind": "GatewayClass", "metadata": {"name": GATEWAY_CLASS},
-             "spec": {"controllerName": "saferollout.dev/harness"}},
+            gateway_class(),
             {"apiVersion": f"{GW_GROUP}/{GW_VERSION}", "kind": "Gateway", "metadata": {"name": GATEWAY, "namespace": ns},
              "spec": {"gatewayClassName": GATEWAY_CLASS,
                       "listeners": [{"name": "http", "port": 80, "protocol": "HTTP"}]}},

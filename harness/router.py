@@ -74,11 +74,12 @@ class Plan:
     weights: dict[str, int]
     matches: tuple[tuple[str, tuple[Condition, ...]], ...] = ()  # (weights key, every header it needs)
     mirror: tuple[str, int] | None = None  # (weights key, percent) each request is copied to
+    cookies: tuple[tuple[str, str], ...] = ()  # (weights key, "name=value") its answers set: a sticky stage's
 
     @property
     def label(self) -> str:
-        """How the expectations name it: `mirror`, `match` or `weight`."""
-        return "mirror" if self.mirror else "match" if self.matches else "weight"
+        """How the expectations name it: `mirror`, `sticky`, `match` or `weight`."""
+        return "mirror" if self.mirror else "sticky" if self.cookies else "match" if self.matches else "weight"
 
     def describe(self) -> str:
         parts = []
@@ -87,16 +88,30 @@ class Plan:
             parts.append(f"match {shown} -> {key}")
         if self.mirror:
             parts.append(f"mirror {self.mirror[1]}% -> {self.mirror[0]}")
+        parts += [f"{key} sets cookie {cookie}" for key, cookie in self.cookies]
         return "; ".join(parts)
+
+
+def set_cookies(ref: dict[str, Any]) -> list[str]:
+    """The `name=value` of each Set-Cookie a backendRef's ResponseHeaderModifier adds or sets on its answers."""
+    out = []
+    for f in ref.get("filters") or []:
+        mod = f.get("responseHeaderModifier") or {}
+        if f.get("type") == "ResponseHeaderModifier":
+            out += [str(h.get("value", "")).split(";", 1)[0].strip() for h in (mod.get("add") or []) + (mod.get("set") or [])
+                    if str(h.get("name", "")).lower() == "set-cookie"]
+    return [c for c in out if "=" in c]
 
 
 def rule_plan(route: dict[str, Any]) -> Plan:
     """An HTTPRoute's rules as the harness's data plane applies them: the first rule without header matches
-    gives the weights (absent weights read as 0) and its RequestMirror filter the mirror; a rule whose every match
-    needs headers is a match rule to its backendRef of highest weight. Paths are not looked at: the load asks `/`."""
+    gives the weights (absent weights read as 0), its RequestMirror filter the mirror and its backendRefs'
+    Set-Cookie the cookies; a rule whose every match needs headers is a match rule to its backendRef of highest
+    weight. Paths are not looked at: the load asks `/`."""
     rules = (route.get("spec") or {}).get("rules") or []
     weights: dict[str, int] | None = None
     mirror: tuple[str, int] | None = None
+    cookies: list[tuple[str, str]] = []
     matches: list[tuple[str, tuple[Condition, ...]]] = []
     for rule in rules:
         refs = [r for r in rule.get("backendRefs") or [] if isinstance(r.get("name"), str)]
@@ -113,6 +128,7 @@ def rule_plan(route: dict[str, Any]) -> Plan:
         for ref in refs:
             w = ref.get("weight")
             weights[ref["name"]] = weights.get(ref["name"], 0) + (int(w) if isinstance(w, int) and w > 0 else 0)
+            cookies += [(str(ref["name"]), c) for c in set_cookies(ref)]
         for f in rule.get("filters") or []:
             rm = f.get("requestMirror") or {}
             name = (rm.get("backendRef") or {}).get("name")
@@ -126,7 +142,7 @@ def rule_plan(route: dict[str, Any]) -> Plan:
                 else:
                     mirror = (name, 100)
     matches.sort(key=lambda m: -len(m[1]))  # stable sort: more header matches first, then the route's order
-    return Plan(weights or {}, tuple(matches), mirror)
+    return Plan(weights or {}, tuple(matches), mirror, tuple(cookies))
 
 
 @dataclass(frozen=True)
@@ -148,9 +164,9 @@ class RouterStats:
     failed: int = 0  # connection errors and timeouts
     dropped: int = 0  # no slot free (MAX_IN_FLIGHT) or no backend with weight
     unrouted: int = 0  # weight on a backendRef that is neither Service
-    # (the plan's label: weight, match or mirror; the request carried load.tagged's headers; stable, canary or
-    # mirror: where it, or for mirror its copy, went)
-    seen: Counter[tuple[str, bool, str]] = field(default_factory=Counter)
+    # (the plan's label: weight, match, sticky or mirror; the request carried load.tagged's headers; stable,
+    # canary or mirror: where it, or for mirror its copy, went; its user held a cookie the data plane had set)
+    seen: Counter[tuple[str, bool, str, bool]] = field(default_factory=Counter)
     mirrored: int = 0  # copies sent to the mirror (their answers are counted as "mirror <code>" and dropped)
 
 
@@ -164,10 +180,13 @@ class Router:
     def __init__(self, read_weights: Callable[[], dict[str, int] | Plan | None], backends: dict[str, Backend],
                  ports: dict[str, int], rps: float, max_seconds: float,
                  on_change: Callable[[str], None] | None = None, what: str = "weights",
-                 canary_share: int | None = None, tagged: tuple[int, dict[str, str]] | None = None) -> None:
+                 canary_share: int | None = None, tagged: tuple[int, dict[str, str]] | None = None,
+                 users: int | None = None) -> None:
         self._read_weights = read_weights
         # load.tagged: this percent of the requests carries these headers (spread evenly, as the errors are)
         self.tagged = tagged
+        # load.users: the requests come from this many users in turn, each keeping the cookies answers set
+        self.jars: list[dict[str, str]] = [{} for _ in range(users or 0)]
         self._plan = Plan({})
         self.backends = dict(backends)
         roles = {b.role: k for k, b in backends.items()}
@@ -255,11 +274,13 @@ class Router:
         self._on_change(f"{self.what} {shown} (canary {canary}%){extra}")
 
     # ------------------------------------------------------------------------------------------------ load
-    def _pick(self, headers: dict[str, str] | None = None) -> str | None:
-        """The weights key for one request, "other" for weight on a key that leads to no process, None for none."""
+    def _pick(self, headers: dict[str, str] | None = None, plan: Plan | None = None) -> str | None:
+        """The weights key for one request, "other" for weight on a key that leads to no process, None for none.
+        `plan`: the one the caller counts the request under (read once, so a change in between cannot split them)."""
         with self._lock:
-            w = self._weights
-            for key, conds in self._plan.matches:
+            plan = plan or self._plan
+            w = plan.weights
+            for key, conds in plan.matches:
                 if headers is not None and satisfies(headers, conds):
                     return key if key in self.backends else "other"
             stable = max(0, w.get(self.stable_key, 0))
@@ -292,9 +313,15 @@ class Router:
                 break
             tagged = self.tagged is not None and (i + 1) * self.tagged[0] // 100 > i * self.tagged[0] // 100
             headers = dict(self.tagged[1]) if tagged and self.tagged else {}
+            jar = self.jars[i % len(self.jars)] if self.jars else {}
+            bearer = bool(jar)
+            if jar:
+                held = "; ".join(f"{k}={v}" for k, v in jar.items())
+                name = next((k for k in headers if k.lower() == "cookie"), "Cookie")  # tagged's, in any case
+                headers[name] = f"{headers[name]}; {held}" if headers.get(name) else held
             with self._lock:
                 plan = self._plan
-            key = self._pick(headers)
+            key = self._pick(headers, plan)
             if key is None:
                 self.stats.dropped += 1
                 continue
@@ -305,15 +332,19 @@ class Router:
                 self.stats.dropped += 1
                 continue
             self.stats.sent[self.backends[key].role] += 1
-            self.stats.seen[(plan.label, tagged, self.backends[key].role)] += 1
+            self.stats.seen[(plan.label, tagged, self.backends[key].role, bearer)] += 1
             self._pool.submit(self._send, self.backends[key], headers)
+            for by, cookie in plan.cookies:  # the answer's Set-Cookie, kept by its user (the data plane adds it)
+                if by == key and self.jars:
+                    name, _, value = cookie.partition("=")
+                    jar[name] = value
             if plan.mirror and plan.mirror[0] in self.backends and self.canary_share is None:
                 percent = plan.mirror[1]
                 self._mirror_count += 1
                 n = self._mirror_count
                 if n * percent // 100 > (n - 1) * percent // 100 and self._slots.acquire(blocking=False):
                     self.stats.mirrored += 1
-                    self.stats.seen[(plan.label, tagged, "mirror")] += 1
+                    self.stats.seen[(plan.label, tagged, "mirror", bearer)] += 1
                     self._pool.submit(self._send, self.backends[plan.mirror[0]], headers, True)
 
     def _send(self, backend: Backend, extra: dict[str, str] | None = None, mirror: bool = False) -> None:
@@ -340,8 +371,9 @@ class Router:
     def summary(self) -> str:
         s = self.stats
         codes = ", ".join(f"{k}: {v}" for k, v in sorted(s.codes.items()))
-        seen = ", ".join(f"{label}/{'tagged' if tagged else 'untagged'}->{to}={n}"
-                         for (label, tagged, to), n in sorted(s.seen.items()) if label != "weight" or tagged)
+        seen = ", ".join(f"{label}/{'tagged' if tagged else 'untagged'}{'+cookie' if bearer else ''}->{to}={n}"
+                         for (label, tagged, to, bearer), n in sorted(s.seen.items())
+                         if label != "weight" or tagged or bearer)
         return (f"sent stable={s.sent['stable']} canary={s.sent['canary']} mirrored={s.mirrored}"
                 f"{'; ' + seen if seen else ''}; answers {codes or 'none'}; "
                 f"failed={s.failed} dropped={s.dropped} unrouted={s.unrouted} route-read-errors={self.read_errors}")

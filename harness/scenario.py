@@ -17,6 +17,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 from collections.abc import Iterable
@@ -40,11 +41,22 @@ from harness.format import (
     object_name,
     substitute,
 )
+from harness.isolation import database_names, isolated, tagged_name
 from harness.jobrunner import JobRunner
-from harness.kube import REPO, SR_PLURAL, Kube, available, default_kubeconfig, default_kubectl, images_of, world
+from harness.kube import (
+    REPO,
+    SR_PLURAL,
+    Kube,
+    available,
+    default_kubeconfig,
+    default_kubectl,
+    gateway_class,
+    images_of,
+    world,
+)
 from harness.router import POLL_SECONDS as ROUTER_POLL
 from harness.router import Router
-from harness.services import Postgres, Prometheus, ScrapeTarget, free_port, stop_process, wait_http
+from harness.services import AppDatabase, Postgres, Prometheus, ScrapeTarget, free_port, stop_process, wait_http
 from harness.timeline import Timeline
 from harness.traffic import traffic_sources
 from harness.webhook import WebhookReceiver
@@ -235,7 +247,11 @@ class Result:
 
 
 class Session:
-    """Owns Prometheus, PostgreSQL and the cluster connection across scenario runs (the e2e suite uses one)."""
+    """Owns Prometheus, PostgreSQL and the cluster connection across scenario runs (the e2e suite uses one).
+
+    Runs may go on in several threads at once (harness.pool): the servers start once, and each thread has its own
+    API client.
+    """
 
     def __init__(self, kubeconfig: Path | None = None, kubectl: Path | None = None, *, operator: bool = True,
                  runs_dir: Path | None = None, crds: list[Path] | None = None) -> None:
@@ -246,7 +262,8 @@ class Session:
                                          REPO / ".cache" / "harness" / "runs")
         self.crds = crds if crds is not None else sorted((REPO / "crds").glob("*.yaml"))
         self.root: Path | None = None
-        self._kube: Kube | None = None
+        self._local = threading.local()
+        self._lock = threading.RLock()
         self._prometheus: Prometheus | None = None
         self._postgres: Postgres | None = None
         self._cluster_checked = False
@@ -270,26 +287,29 @@ class Session:
 
     @property
     def kube(self) -> Kube:
-        if self._kube is None:
-            self._kube = Kube(self.kubeconfig, self.kubectl_path)
-        return self._kube
+        kube: Kube | None = getattr(self._local, "kube", None)
+        if kube is None:
+            kube = self._local.kube = Kube(self.kubeconfig, self.kubectl_path)
+        return kube
 
     @property
     def prometheus(self) -> Prometheus:
-        if self._prometheus is None:
-            assert self.root is not None, "use Session as a context manager"
-            self._prometheus = Prometheus(self.root / "prometheus")
-        self._prometheus.start()
-        return self._prometheus
+        with self._lock:
+            if self._prometheus is None:
+                assert self.root is not None, "use Session as a context manager"
+                self._prometheus = Prometheus(self.root / "prometheus")
+            self._prometheus.start()
+            return self._prometheus
 
     @property
     def postgres(self) -> Postgres:
-        if self._postgres is None:
-            assert self.root is not None, "use Session as a context manager"
-            self._postgres = Postgres(self.root / "postgres")
-        if not self._postgres.running:
-            self._postgres.start()
-        return self._postgres
+        with self._lock:
+            if self._postgres is None:
+                assert self.root is not None, "use Session as a context manager"
+                self._postgres = Postgres(self.root / "postgres")
+            if not self._postgres.running:
+                self._postgres.start()
+            return self._postgres
 
     def stop_prometheus(self) -> None:
         """The `stopPrometheus` fault: the server goes away, its data directory and port stay for the restart."""
@@ -297,30 +317,43 @@ class Session:
             self._prometheus.stop()
 
     def prepare_cluster(self) -> None:
-        """Apply the project's CRDs once and check the Gateway API is installed."""
-        if self._cluster_checked:
-            return
-        self.kube.ensure_crds(self.crds)
-        if not self.kube.has_crd(GATEWAY_CRD):
-            raise RuntimeError(f"the cluster has no {GATEWAY_CRD} CRD: the Gateway API CRDs must be installed "
-                               "(cluster/up.sh does it)")
-        self._cluster_checked = True
+        """Apply the project's CRDs once and check the Gateway API is installed; the shared GatewayClass too, so
+        concurrent runs do not race to create it."""
+        with self._lock:
+            if self._cluster_checked:
+                return
+            self.kube.ensure_crds(self.crds)
+            if not self.kube.has_crd(GATEWAY_CRD):
+                raise RuntimeError(f"the cluster has no {GATEWAY_CRD} CRD: the Gateway API CRDs must be installed "
+                                   "(cluster/up.sh does it)")
+            self.kube.apply([gateway_class()])
+            self._cluster_checked = True
 
-    def run(self, scenario: str | Path | Scenario) -> Result:
-        """Run one scenario; invalid files and harness failures come back as a failed Result, never raise."""
+    def run(self, scenario: str | Path | Scenario, *, isolate: str | None = None) -> Result:
+        """Run one scenario; invalid files and harness failures come back as a failed Result, never raise.
+
+        `isolate` (a tag such as `s3`) renames what the run makes so that it may run beside others
+        (harness.isolation): namespace `<ns>-s3`, database and role `app_s3`, its own Prometheus jobs.
+        """
         started = time.monotonic()
         try:
             s = scenario if isinstance(scenario, Scenario) else load(scenario)
         except (ScenarioError, OSError) as e:
             return Result(Path(str(scenario)).stem, str(scenario), False, errors=[f"invalid scenario: {e}"])
+        if isolate is not None:
+            s = isolated(s, isolate)
         stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-        run_dir = self.runs_dir / f"{s.name}-{stamp}"
+        self.runs_dir.mkdir(parents=True, exist_ok=True)
         n = 1
-        while run_dir.exists():
-            n += 1
-            run_dir = self.runs_dir / f"{s.name}-{stamp}-{n}"
-        run_dir.mkdir(parents=True)
-        runner: _CasesRun | _RolloutRun = _CasesRun(self, s, run_dir) if s.cases else _RolloutRun(self, s, run_dir)
+        while True:
+            run_dir = self.runs_dir / (f"{s.name}-{stamp}" + (f"-{n}" if n > 1 else ""))
+            try:
+                run_dir.mkdir()
+                break
+            except FileExistsError:
+                n += 1
+        runner: _CasesRun | _RolloutRun = (_CasesRun(self, s, run_dir, isolate) if s.cases
+                                           else _RolloutRun(self, s, run_dir, isolate))
         result = runner.execute()
         result.seconds = time.monotonic() - started
         (run_dir / "result.json").write_text(json.dumps(result.to_json(), indent=2))
@@ -332,8 +365,8 @@ class Session:
 
 
 class _BaseRun:
-    def __init__(self, session: Session, s: Scenario, run_dir: Path) -> None:
-        self.sess, self.s, self.run_dir = session, s, run_dir
+    def __init__(self, session: Session, s: Scenario, run_dir: Path, isolate: str | None = None) -> None:
+        self.sess, self.s, self.run_dir, self.isolate = session, s, run_dir, isolate
         self.tl = Timeline()
         self.errors: list[str] = []
         self.operator: OperatorProcess | None = None
@@ -369,7 +402,7 @@ class _CasesRun(_BaseRun):
     """Each case's patch on the base manifest must be refused by `kubectl apply`, naming the field, creating nothing."""
 
     def execute(self) -> Result:
-        ns = f"harness-{self.s.name}"
+        ns = f"harness-{self.s.name}" if self.isolate is None else tagged_name(f"harness-{self.s.name}", self.isolate)
         checks: list[Check] = []
         try:
             self.sess.prepare_cluster()
@@ -420,8 +453,8 @@ class _CasesRun(_BaseRun):
 
 
 class _RolloutRun(_BaseRun):
-    def __init__(self, session: Session, s: Scenario, run_dir: Path) -> None:
-        super().__init__(session, s, run_dir)
+    def __init__(self, session: Session, s: Scenario, run_dir: Path, isolate: str | None = None) -> None:
+        super().__init__(session, s, run_dir, isolate)
         self.ns, self.name, self.target = s.namespace, s.rollout_name, s.target
         self.refs = s.traffic
         self.obs = Observed(store=self.store)
@@ -431,6 +464,7 @@ class _RolloutRun(_BaseRun):
         self.preview: Router | None = None  # blueGreen: the test load through the preview Service
         self.webhook: WebhookReceiver | None = None
         self.pg: Postgres | None = None
+        self.db: AppDatabase | None = None  # the scenario's role and database on self.pg
         self.password: str | None = None
         # what the last poll saw
         self.last: dict[str, Any] = {"phase": None, "stage": None, "weight": None, "images": None,
@@ -487,15 +521,17 @@ class _RolloutRun(_BaseRun):
             self.password = (s.database.password if s.database and s.database.password
                              else "pw-" + secrets.token_hex(12))
             self.obs.password = self.password
-            dsn = self.pg.reset_app(self.password)
-            tl.add("database", f"fresh database app on 127.0.0.1:{self.pg.port}")
+            user, dbname = database_names(self.isolate) if self.isolate else (Postgres.APP_USER, Postgres.APP_DB)
+            self.db = self.pg.reset_database(self.password, user, dbname)
+            dsn = self.db.dsn()
+            tl.add("database", f"fresh database {dbname} (role {user}) on 127.0.0.1:{self.pg.port}")
             if s.database and s.database.seed:
-                self.pg.run_as_app(s.database.seed)
+                self.db.run(s.database.seed)
                 tl.add("database", "seed run")
             if "database" in s.expect:
-                self.obs.checksum_before = self.pg.checksum()
+                self.obs.checksum_before = self.db.checksum()
                 tl.add("database", f"checksum before the rollout {self.obs.checksum_before[:12]}")
-            secret_value = s.database.render_secret(self.pg.facts(self.password)) if s.database else None
+            secret_value = s.database.render_secret(self.db.facts()) if s.database else None
             if secret_value is not None:  # extension: database.secretValue replaces the DSN in the Secret
                 dsn = secret_value
                 tl.add("database", "the Secret holds the scenario's secretValue, not the harness's DSN")
@@ -515,7 +551,8 @@ class _RolloutRun(_BaseRun):
             tl.add("harness", f"webhook receiver on {self.webhook.url}")
         prom = self.sess.prometheus
         prom.set_targets([ScrapeTarget(f"{self.ns}-stable", self.stable.port, self.refs.stable_service, self.ns),
-                          ScrapeTarget(f"{self.ns}-canary", self.canary.port, self.refs.canary_service, self.ns)])
+                          ScrapeTarget(f"{self.ns}-canary", self.canary.port, self.refs.canary_service, self.ns)],
+                         key=self.isolate)
         secret = (*s.secret_ref, dsn) if s.secret_ref and dsn else None
         docs = world(self.ns, self.target, s.initial_target_images(), s.target_replicas, self.refs, secret)
         self.kube.apply(docs)
@@ -547,7 +584,7 @@ class _RolloutRun(_BaseRun):
         main = sources["main"]
         self.router = Router(main.read, main.backends, ports, s.rps, s.within_seconds + 120,
                              on_change=lambda text: self.tl.add("router", text), what=main.what,
-                             canary_share=s.canary_share, tagged=s.tagged)
+                             canary_share=s.canary_share, tagged=s.tagged, users=s.users)
         self.router.start()
         if not self.router.first_read.wait(15):
             raise RuntimeError(f"the router could not read {self.refs.describe}: {self.router.last_error}")
@@ -767,9 +804,9 @@ class _RolloutRun(_BaseRun):
             last["canary"] = canary_state
         if canary_state == "available" and not self.migrated:
             self.migrated = True
-            if self.s.database and self.s.database.migration and self.pg is not None:
+            if self.s.database and self.s.database.migration and self.db is not None:
                 try:
-                    self.pg.run_as_app(self.s.database.migration)
+                    self.db.run(self.s.database.migration)
                     tl.add("database", "the canary ran its migration")
                 except Exception as e:
                     self.error(f"migration failed: {e}")
@@ -874,8 +911,8 @@ class _RolloutRun(_BaseRun):
             self.kube.kubectl("patch", SR_PLURAL, self.name, "-n", self.ns, "--type=merge", "-p",
                               json.dumps(f.patch))
         elif f.do == "sql":
-            assert self.pg is not None and f.sql is not None
-            self.pg.run_as_app(f.sql)
+            assert self.db is not None and f.sql is not None
+            self.db.run(f.sql)
         elif f.do == "stopDatabase":
             assert self.pg is not None
             self.pg.stop()
@@ -920,6 +957,7 @@ class _RolloutRun(_BaseRun):
         obs.phase = obs.status.get("phase")
         final_target = self.kube.get_target(self.ns, self.target, self.refs)
         obs.target_images = images_of(final_target)
+        obs.target_replicas = ((final_target or {}).get("spec") or {}).get("replicas")
         if self.refs.kind == "partition":
             obs.statefulset = final_target
         canary = self.kube.get_deployment(self.ns, f"{self.target}-canary")
@@ -931,9 +969,9 @@ class _RolloutRun(_BaseRun):
             ns, _, name = ref.rpartition("/")
             obs.report_name = name
             obs.report = self.kube.get_configmap(ns or self.ns, name)
-        if "database" in self.s.expect and self.pg is not None:
+        if "database" in self.s.expect and self.db is not None:
             try:
-                obs.checksum_after = self.pg.checksum()
+                obs.checksum_after = self.db.checksum()
                 self.tl.add("database", f"checksum after the run {obs.checksum_after[:12]}")
             except Exception as e:
                 obs.checksum_error = str(e)
@@ -989,8 +1027,9 @@ class _RolloutRun(_BaseRun):
             ("webhook receiver", lambda: self.webhook.stop() if self.webhook else None),
             ("objects", self._delete_objects),
             ("namespace", lambda: self.kube.delete_namespace(self.ns)),
-            ("prometheus", lambda: self.sess.prometheus.set_targets([])),
+            ("prometheus", lambda: self.sess.prometheus.set_targets([], key=self.isolate)),
             ("postgres", lambda: self.sess.postgres if self.pg is not None else None),
+            ("database", self._drop_database),
         ]
         for what, step in steps:
             began = time.monotonic()
@@ -1000,6 +1039,12 @@ class _RolloutRun(_BaseRun):
                 self.error(f"clean-up of {what}: {e}")
             if time.monotonic() - began > 2:
                 self.tl.add("harness", f"clean-up of {what} took {time.monotonic() - began:.1f}s")
+
+
+    def _drop_database(self) -> None:
+        """An isolated run's role and database go with it (the next run of the same name starts afresh anyway)."""
+        if self.isolate is not None and self.db is not None:
+            self.sess.postgres.drop_database(self.db)
 
 
 def clear_paths(paths: Iterable[str]) -> list[str]:

@@ -24,7 +24,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -39,11 +39,23 @@ PG_BIN = Path(os.environ.get("SAFEROLLOUT_PG_BIN", "/usr/lib/postgresql/15/bin")
 PG_OS_USER = "postgres"
 
 
+_handed_out: set[int] = set()
+_handed_out_lock = threading.Lock()
+
+
 def free_port() -> int:
-    """A loopback port nobody listens on now (the usual small race is acceptable for a test harness)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A loopback port nobody listens on now, and never one this process handed out before: concurrent runs start
+    their servers a moment after asking, and must not be given the same port in between (another process may still
+    take it: the usual small race, acceptable for a test harness)."""
+    for _ in range(100):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.bind(("127.0.0.1", 0))
+            port = int(s.getsockname()[1])
+        with _handed_out_lock:
+            if port not in _handed_out:
+                _handed_out.add(port)
+                return port
+    raise RuntimeError("no loopback port that this process has not handed out already")
 
 
 def wait_http(url: str, timeout: float, ok: tuple[int, ...] = (200,)) -> bool:
@@ -101,6 +113,28 @@ class ScrapeTarget:
     host: str = "127.0.0.1"  # e.g. a ClusterIP, reached through kube-proxy's rules on the host (the real node)
 
 
+def merge_targets(groups: Mapping[str | None, list[ScrapeTarget]]) -> list[ScrapeTarget]:
+    """Every group's targets, in the groups' order; a job name in two places is an error (Prometheus would refuse
+    the whole config, and every run's scrapes with it)."""
+    out: list[ScrapeTarget] = []
+    seen: dict[str, str | None] = {}
+    for key, targets in groups.items():
+        for t in targets:
+            if t.job in seen:
+                raise ValueError(f"scrape job {t.job!r} is set under {seen[t.job]!r} and {key!r}")
+            seen[t.job] = key
+            out.append(t)
+    return out
+
+
+def scrape_configs(targets: list[ScrapeTarget]) -> list[dict[str, Any]]:
+    """One job per target, labelled as its Service; honor_labels: the demo app's own `service` label (the Service a
+    request came through) wins."""
+    return [{"job_name": t.job, "honor_labels": True, "static_configs": [
+        {"targets": [f"{t.host}:{t.port}"], "labels": {"service": t.service, "namespace": t.namespace}}
+    ]} for t in targets]
+
+
 class Prometheus:
     """A real Prometheus (Debian's package) scraping the demo processes every second."""
 
@@ -114,7 +148,8 @@ class Prometheus:
         self.config = root / "prometheus.yml"
         self.log = root / "prometheus.log"
         self._proc: subprocess.Popen[bytes] | None = None
-        self._targets: list[ScrapeTarget] = []
+        self._groups: dict[str | None, list[ScrapeTarget]] = {}
+        self._lock = threading.Lock()
         self.data.mkdir(parents=True, exist_ok=True)
         self._write_config()
 
@@ -129,26 +164,31 @@ class Prometheus:
     def _write_config(self) -> None:
         cfg: dict[str, Any] = {
             "global": {"scrape_interval": "1s", "scrape_timeout": "1s", "evaluation_interval": "1s"},
-            "scrape_configs": [
-                # honor_labels: the demo app's own `service` label (the Service a request came through) wins
-                {"job_name": t.job, "honor_labels": True, "static_configs": [
-                    {"targets": [f"{t.host}:{t.port}"], "labels": {"service": t.service, "namespace": t.namespace}}
-                ]} for t in self._targets
-            ],
+            "scrape_configs": scrape_configs(merge_targets(self._groups)),
         }
         tmp = self.config.with_suffix(".tmp")
         tmp.write_text(yaml.safe_dump(cfg, sort_keys=False))
         tmp.replace(self.config)
 
-    def set_targets(self, targets: list[ScrapeTarget]) -> None:
-        """Scrape these processes from now on (reloads a running server)."""
-        self._targets = list(targets)
-        self._write_config()
-        if self.running:
-            req = urllib.request.Request(f"{self.url}/-/reload", method="POST")
-            with urllib.request.urlopen(req, timeout=10) as r:
-                if r.status != 200:
-                    raise RuntimeError(f"prometheus reload answered {r.status}")
+    def set_targets(self, targets: list[ScrapeTarget], key: str | None = None) -> None:
+        """Scrape these processes from now on (reloads a running server).
+
+        Without a key they replace every target; with one, only the targets last set under that key, so concurrent
+        scenario runs each keep their own (an empty list drops the key).
+        """
+        with self._lock:
+            groups = {} if key is None else dict(self._groups)
+            groups.pop(key, None)
+            if targets:
+                groups[key] = list(targets)
+            merge_targets(groups)  # a job name in two groups is refused before the config changes
+            self._groups = groups
+            self._write_config()
+            if self.running:
+                req = urllib.request.Request(f"{self.url}/-/reload", method="POST")
+                with urllib.request.urlopen(req, timeout=10) as r:
+                    if r.status != 200:
+                        raise RuntimeError(f"prometheus reload answered {r.status}")
 
     def start(self, timeout: float = 60) -> None:
         """Start on the same port and data directory as before; returns once /-/ready answers."""
@@ -222,6 +262,7 @@ class Postgres:
         self.sock = root / "sock"
         self.log = root / "postgres.log"
         self.password: str | None = None
+        self._lock = threading.Lock()  # role and database changes, one at a time
 
     @property
     def running(self) -> bool:
@@ -272,47 +313,89 @@ class Postgres:
                                autocommit=True, connect_timeout=5)
 
     def dsn(self, password: str) -> str:
-        return (f"postgresql://{self.APP_USER}:{urllib.parse.quote(password, safe='')}"
-                f"@127.0.0.1:{self.port}/{self.APP_DB}")
+        return self.app_database(password).dsn()
 
     def facts(self, password: str) -> dict[str, str]:
         """What a `database.secretValue` may name: {password} as is, {dsn} URL-encoded, {user}, {host}, ..."""
-        return {"password": password, "dsn": self.dsn(password), "user": self.APP_USER, "host": "127.0.0.1",
-                "port": str(self.port), "dbname": self.APP_DB}
+        return self.app_database(password).facts()
+
+    def app_database(self, password: str, user: str = APP_USER, dbname: str = APP_DB) -> AppDatabase:
+        return AppDatabase(self.port, user, dbname, password)
 
     def reset_app(self, password: str) -> str:
         """A fresh role `app` (with this password, CREATEDB for scratch restores) owning a fresh database `app`.
 
         Databases the previous scenario's role owned (scratch copies) are dropped with it. Returns the DSN.
         """
-        with self.admin() as conn:
-            row = conn.execute("SELECT oid FROM pg_roles WHERE rolname = %s", (self.APP_USER,)).fetchone()
-            if row is not None:
-                owned = conn.execute("SELECT datname FROM pg_database WHERE datdba = %s", (row[0],)).fetchall()
-                for (name,) in owned:
-                    conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
-                conn.execute(sql.SQL("DROP OWNED BY {} CASCADE").format(sql.Identifier(self.APP_USER)))
-                conn.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(self.APP_USER)))
-            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(self.APP_DB)))
-            conn.execute(sql.SQL("CREATE ROLE {} LOGIN CREATEDB PASSWORD {}").format(
-                sql.Identifier(self.APP_USER), sql.Literal(password)))
-            conn.execute(sql.SQL("CREATE DATABASE {} OWNER {}").format(
-                sql.Identifier(self.APP_DB), sql.Identifier(self.APP_USER)))
+        self.reset_database(password)
         self.password = password
         return self.dsn(password)
+
+    def reset_database(self, password: str, user: str = APP_USER, dbname: str = APP_DB) -> AppDatabase:
+        """`reset_app` for any role and database name: concurrent scenario runs each get their own pair."""
+        with self._lock, self.admin() as conn:
+            _drop_role(conn, user)
+            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(dbname)))
+            conn.execute(sql.SQL("CREATE ROLE {} LOGIN CREATEDB PASSWORD {}").format(
+                sql.Identifier(user), sql.Literal(password)))
+            conn.execute(sql.SQL("CREATE DATABASE {} OWNER {}").format(sql.Identifier(dbname), sql.Identifier(user)))
+        return self.app_database(password, user, dbname)
+
+    def drop_database(self, db: AppDatabase) -> None:
+        """The role and every database it owns (its own, and the operator's scratch copies)."""
+        with self._lock, self.admin() as conn:
+            _drop_role(conn, db.user)
+            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(db.dbname)))
 
     def run_as_app(self, statements: str) -> None:
         """Run SQL as the database's owner over TCP, as the application would."""
         if self.password is None:
             raise RuntimeError("no scenario database yet")
-        with psycopg.connect(self.dsn(self.password), autocommit=True, connect_timeout=5) as conn:
-            conn.execute(statements.encode())
+        self.app_database(self.password).run(statements)
 
     def checksum(self) -> str:
         """See `checksum`; for the scenario database."""
         if self.password is None:
             raise RuntimeError("no scenario database yet")
-        return checksum(self.dsn(self.password))
+        return self.app_database(self.password).checksum()
+
+
+def _drop_role(conn: psycopg.Connection[Any], user: str) -> None:
+    row = conn.execute("SELECT oid FROM pg_roles WHERE rolname = %s", (user,)).fetchone()
+    if row is None:
+        return
+    owned = conn.execute("SELECT datname FROM pg_database WHERE datdba = %s", (row[0],)).fetchall()
+    for (name,) in owned:
+        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+    conn.execute(sql.SQL("DROP OWNED BY {} CASCADE").format(sql.Identifier(user)))
+    conn.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(user)))
+
+
+@dataclass(frozen=True)
+class AppDatabase:
+    """One scenario's role and database on the harness's PostgreSQL, reached over TCP as the application would."""
+
+    port: int
+    user: str
+    dbname: str
+    password: str
+
+    def dsn(self) -> str:
+        return (f"postgresql://{self.user}:{urllib.parse.quote(self.password, safe='')}"
+                f"@127.0.0.1:{self.port}/{self.dbname}")
+
+    def facts(self) -> dict[str, str]:
+        """What a `database.secretValue` may name: {password} as is, {dsn} URL-encoded, {user}, {host}, ..."""
+        return {"password": self.password, "dsn": self.dsn(), "user": self.user, "host": "127.0.0.1",
+                "port": str(self.port), "dbname": self.dbname}
+
+    def run(self, statements: str) -> None:
+        """Run SQL as the database's owner."""
+        with psycopg.connect(self.dsn(), autocommit=True, connect_timeout=5) as conn:
+            conn.execute(statements.encode())
+
+    def checksum(self) -> str:
+        return checksum(self.dsn())
 
 
 def checksum(dsn: str) -> str:

@@ -73,10 +73,17 @@ def istio_plan(vs: dict[str, Any], route: str | None, namespace: str, stable: st
                           for n, v in (m.get("headers") or {}).items() if isinstance(v, dict))
             matches.append((key(str((best.get("destination") or {}).get("host", ""))), conds))
     mirror = None
+    cookies: list[tuple[str, str]] = []
     if chosen is not None and chosen.get("mirror"):
         pct = (chosen.get("mirrorPercentage") or {}).get("value", 100)
         mirror = (key(str(chosen["mirror"].get("host", ""))), round(float(pct)))
-    return Plan(weights, tuple(matches), mirror)
+    for d in (chosen or {}).get("route") or []:  # a destination's answers that set a cookie (a sticky stage's)
+        response = ((d.get("headers") or {}).get("response") or {})
+        for k, v in {**(response.get("add") or {}), **(response.get("set") or {})}.items():
+            cookie = str(v).split(";", 1)[0].strip()
+            if str(k).lower() == "set-cookie" and "=" in cookie:
+                cookies.append((key(str((d.get("destination") or {}).get("host", ""))), cookie))
+    return Plan(weights, tuple(matches), mirror, tuple(cookies))
 
 
 def istio_weights(vs: dict[str, Any], route: str | None, namespace: str, stable: str, canary: str) -> dict[str, int]:

@@ -4,6 +4,7 @@ where a canary carried load beside it), says what the adapter raised, and routes
 
 from __future__ import annotations
 
+from itertools import pairwise
 from typing import Any
 
 import pytest
@@ -72,7 +73,7 @@ def test_an_autoscaled_target_takes_the_load_back_by_the_stages_in_reverse() -> 
     assert w.weights_seen == [5, 25, 50, 100, 50, 25, 5] and w.weight == 0  # (0 is not listed)
     back = _weight_times(w)[-4:]
     assert [wt for _, wt in back] == [50, 25, 5, 0]
-    gaps = [b[0] - a[0] for a, b in zip(back, back[1:], strict=False)]
+    gaps = [b[0] - a[0] for a, b in pairwise(back)]
     assert all(29 <= g <= 32 for g in gaps), gaps  # each step held for an HPA sync and a fresh sample (30 s)
     reasons = w.reasons()
     assert reasons.index("TargetScaled") < reasons.index("ReturningLoad") < reasons.index("Promoted")

@@ -101,6 +101,30 @@ def test_a_router_with_a_fixed_canary_share_reads_the_weights_and_ignores_them(a
     assert sent["canary"] + sent["stable"] > 100 and 0.35 < sent["canary"] / (sent["canary"] + sent["stable"]) < 0.65
 
 
+def test_router_users_keep_the_sticky_cookie_and_the_rule_keeps_them_on_the_canary(apps: tuple[DemoApp, DemoApp]
+                                                                                    ) -> None:
+    from harness.router import rule_plan
+    from saferollout.adapters.routers.gateway import routed_rules
+    from saferollout.core.actions import Routing
+
+    stable, canary = apps
+    base = [{"backendRefs": [{"name": "web", "weight": 100}, {"name": "web-canary", "weight": 0}]}]
+    route = {"spec": {"rules": routed_rules(base, "web", "web-canary", 25, Routing(sticky="sr-web=v2"))}}
+    backends = {"web": Backend("stable", "web"), "web-canary": Backend("canary", "web-canary")}
+    r = Router(lambda: rule_plan(route), backends, {"stable": stable.port, "canary": canary.port}, rps=100,
+               max_seconds=3, users=5)
+    r.start()
+    try:
+        time.sleep(2.0)
+    finally:
+        r.stop()
+    seen = r.stats.seen
+    assert seen[("sticky", False, "canary", False)] >= 1  # the weight brought users there
+    assert seen[("sticky", False, "canary", True)] > 50  # the cookie kept them
+    assert seen[("sticky", False, "stable", True)] == 0
+    assert all(jar == {"sr-web": "v2"} for jar in r.jars)  # 5 users, 25%: every one got the canary soon
+
+
 def test_demoapp_labels_by_the_service_the_request_came_through(apps: tuple[DemoApp, DemoApp]) -> None:
     stable, _ = apps
     base = f"http://127.0.0.1:{stable.port}"

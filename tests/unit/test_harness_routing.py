@@ -51,3 +51,27 @@ def test_istio_match_route_and_mirror_are_read() -> None:
     http = routed_http(http, None, "ns", "web", "web-canary", 0, Routing(mirror=30))
     plan = istio_plan({"spec": {"http": http}}, None, "ns", "web", "web-canary")
     assert plan.matches == () and plan.mirror == ("web-canary", 30)
+
+
+STICKY = Routing(sticky="saferollout-web=abc123")
+
+
+def test_gateway_sticky_stage_sets_the_cookie_its_rule_matches() -> None:
+    plan = rule_plan(route(routed_rules(RULES, "web", "web-canary", 25, STICKY)))
+    assert plan.weights == {"web": 75, "web-canary": 25} and plan.label == "sticky"
+    assert plan.cookies == (("web-canary", "saferollout-web=abc123"),)
+    assert plan.matches[0][0] == "web-canary"
+    assert satisfies({"Cookie": "theme=dark; saferollout-web=abc123"}, plan.matches[0][1])
+    assert not satisfies({"Cookie": "saferollout-web=abc1234"}, plan.matches[0][1])
+    back = rule_plan(route(routed_rules(routed_rules(RULES, "web", "web-canary", 25, STICKY), "web", "web-canary",
+                                        0, None)))
+    assert back == Plan({"web": 100, "web-canary": 0})
+
+
+def test_istio_sticky_stage_sets_the_cookie_its_route_matches() -> None:
+    http = routed_http(HTTP, None, "ns", "web", "web-canary", 25, STICKY)
+    plan = istio_plan({"spec": {"http": http}}, None, "ns", "web", "web-canary")
+    assert plan.label == "sticky" and plan.cookies == (("web-canary", "saferollout-web=abc123"),)
+    assert satisfies({"Cookie": "saferollout-web=abc123"}, plan.matches[0][1])
+    http = routed_http(http, None, "ns", "web", "web-canary", 0, None)
+    assert istio_plan({"spec": {"http": http}}, None, "ns", "web", "web-canary").cookies == ()
