@@ -134,15 +134,14 @@ class Executor:
             dep = workloads.raw_deployment(self.ref.namespace, self.spec.target_ref.name)
             view = workloads.view_of(dep)
             revision = ((dep.get("metadata") or {}).get("annotations") or {}).get("deployment.kubernetes.io/revision")
-            hpa = autoscaling.target_hpa(self.ref.namespace, self.spec.target_ref.name)
             return a.TargetState(dict(view.images), view.available and not view.paused, revision, view,
-                                 autoscaler=hpa["metadata"]["name"] if hpa else None)
+                                 autoscaler=autoscaling.target_autoscaler(self.ref.namespace, self.spec.target_ref.name))
         if self.spec.partition:
             images, ok, revision, replicas, partition = statefulsets.read_target(self.ref, self.spec)
             return a.TargetState(images, ok, revision, replicas=replicas, partition=partition)
         images, ok, revision = workloads.read_target(self.ref, self.spec)
-        hpa = autoscaling.target_hpa(self.ref.namespace, self.spec.target_ref.name)
-        return a.TargetState(images, ok, revision, autoscaler=hpa["metadata"]["name"] if hpa else None)
+        return a.TargetState(images, ok, revision,
+                             autoscaler=autoscaling.target_autoscaler(self.ref.namespace, self.spec.target_ref.name))
 
     def check_database(self, act: a.CheckDatabase) -> a.Outcome:
         self.snapshots().reachable(act.timeout)

@@ -59,6 +59,16 @@ def test_demoapp_answers_counts_and_reconfigures(apps: tuple[DemoApp, DemoApp]) 
     assert 'le="2.5"' in metrics
 
 
+def run_for(seconds: float, r: Router) -> Router:
+    """The router's load for this long, then stopped (also when the wait is interrupted)."""
+    r.start()
+    try:
+        time.sleep(seconds)
+    finally:
+        r.stop()
+    return r
+
+
 def test_router_follows_weights(apps: tuple[DemoApp, DemoApp]) -> None:
     stable, canary = apps
     route: dict[str, Any] = {"spec": {"rules": [{"backendRefs": [{"name": "web", "weight": 100},
@@ -89,13 +99,8 @@ def test_a_router_with_a_fixed_canary_share_reads_the_weights_and_ignores_them(a
     route: dict[str, Any] = {"spec": {"rules": [{"backendRefs": [{"name": "web", "weight": 95},
                                                                  {"name": "web-canary", "weight": 5}]}]}}
     backends = {"web": Backend("stable", "web"), "web-canary": Backend("canary", "web-canary")}
-    r = Router(lambda: backend_weights(route), backends, {"stable": stable.port, "canary": canary.port}, rps=100,
-               max_seconds=3, canary_share=50)
-    r.start()
-    try:
-        time.sleep(2.0)
-    finally:
-        r.stop()
+    r = run_for(2.0, Router(lambda: backend_weights(route), backends, {"stable": stable.port, "canary": canary.port},
+                            rps=100, max_seconds=3, canary_share=50))
     assert r.canary_weight == 5  # what the route says, as the timeline shows it
     sent = r.stats.sent
     assert sent["canary"] + sent["stable"] > 100 and 0.35 < sent["canary"] / (sent["canary"] + sent["stable"]) < 0.65
@@ -111,13 +116,8 @@ def test_router_users_keep_the_sticky_cookie_and_the_rule_keeps_them_on_the_cana
     base = [{"backendRefs": [{"name": "web", "weight": 100}, {"name": "web-canary", "weight": 0}]}]
     route = {"spec": {"rules": routed_rules(base, "web", "web-canary", 25, Routing(sticky="sr-web=v2"))}}
     backends = {"web": Backend("stable", "web"), "web-canary": Backend("canary", "web-canary")}
-    r = Router(lambda: rule_plan(route), backends, {"stable": stable.port, "canary": canary.port}, rps=100,
-               max_seconds=3, users=5)
-    r.start()
-    try:
-        time.sleep(2.0)
-    finally:
-        r.stop()
+    r = run_for(2.0, Router(lambda: rule_plan(route), backends, {"stable": stable.port, "canary": canary.port},
+                            rps=100, max_seconds=3, users=5))
     seen = r.stats.seen
     assert seen[("sticky", False, "canary", False)] >= 1  # the weight brought users there
     assert seen[("sticky", False, "canary", True)] > 50  # the cookie kept them

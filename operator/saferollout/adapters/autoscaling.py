@@ -36,6 +36,12 @@ def target_hpa(namespace: str, target: str) -> dict[str, Any] | None:
     return None
 
 
+def target_autoscaler(namespace: str, target: str) -> str | None:
+    """The name of the HPA that scales the target Deployment, if any."""
+    hpa = target_hpa(namespace, target)
+    return str(hpa["metadata"]["name"]) if hpa else None
+
+
 def promotion_replicas(namespace: str, target: dict[str, Any], canary: str) -> tuple[int | None, str]:
     """spec.replicas for the target's promotion write, and why (None: leave it); only an autoscaled target."""
     hpa = target_hpa(namespace, target["metadata"]["name"])
