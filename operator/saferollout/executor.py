@@ -250,7 +250,8 @@ class Executor:
         return a.Outcome(act, True)
 
     def release_target(self, act: a.ReleaseTarget) -> a.Outcome:
-        raised = workloads.release_target(self.ref, self.spec, act.stable_hash, act.keep_capacity)
+        raised = workloads.release_target(self.ref, self.spec, act.stable_hash, act.keep_capacity,
+                                          track=act.reason == "track")
         observability.TARGET_WRITES.labels(f"release-{act.reason}").inc()
         log.info("target %s unpaused (%s): pod template %s is the stable version%s", self.spec.target_ref.name,
                  act.reason, act.stable_hash, f"; {raised}" if raised else "")

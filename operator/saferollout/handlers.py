@@ -26,6 +26,7 @@ from saferollout.adapters.routers import router_for
 from saferollout.config import OperatorConfig
 from saferollout.core import actions as a
 from saferollout.core.analysis_templates import wanted
+from saferollout.core.configs import CONFIG_LABEL, pod_patch
 from saferollout.core.engine import Inputs
 from saferollout.core.loop import drive
 from saferollout.core.models import (
@@ -114,9 +115,26 @@ def _wake_later(namespace: str, name: str) -> None:
         loop.call_later(delay, lambda: _wakeups[uid].set() if uid in _wakeups else None)
 
 
+CONFIG_WEBHOOK_ID = "config-copies"  # https://<host>:<port>/config-copies
+
+
+async def config_copies(body: kopf.Body, patch: kopf.Patch, logger: kopf.Logger, **_: Any) -> None:
+    """CREATE of a pod of a trackConfig target (its template's label saferollout.dev/config): its ConfigMap and
+    Secret references are renamed to the copies of that config version (core.configs.pod_patch), so an edit of
+    the objects Git names never reaches a stable pod unanalysed. No API call: the label names the copies."""
+    changes = pod_patch(dict(body))
+    for key, value in changes.items():
+        patch[key] = value
+    if changes:
+        logger.debug("admission: pod given the copies of config %s",
+                     ((body.get("metadata") or {}).get("labels") or {}).get(CONFIG_LABEL))
+
+
 if CFG.webhook_port:  # registered only when served: kopf refuses admission handlers without a server
     kopf.on.mutate("apps", "v1", "deployments", id=WEBHOOK_ID, operations=["UPDATE"],
                    labels={TARGET_LABEL: kopf.PRESENT})(hold_template)
+    kopf.on.mutate("v1", "pods", id=CONFIG_WEBHOOK_ID, operations=["CREATE"],
+                   labels={CONFIG_LABEL: kopf.PRESENT})(config_copies)
 
 
 def quiet_gc() -> None:

@@ -33,7 +33,7 @@ def test_the_webhook_is_off_by_default() -> None:
 def test_the_webhook_holds_only_updates_of_labelled_deployments_and_fails_closed() -> None:
     objs = render(*ON)
     config = one(objs, "MutatingWebhookConfiguration")
-    (hook,) = config["webhooks"]
+    hook, pods = config["webhooks"]
     assert hook["failurePolicy"] == "Fail" and hook["sideEffects"] == "None" and hook["timeoutSeconds"] == 5
     assert hook["admissionReviewVersions"] == ["v1"] and hook["reinvocationPolicy"] == "IfNeeded"
     assert hook["rules"] == [{"apiGroups": ["apps"], "apiVersions": ["v1"], "resources": ["deployments"],
@@ -44,8 +44,17 @@ def test_the_webhook_holds_only_updates_of_labelled_deployments_and_fails_closed
     assert service == {"name": f"{FULLNAME}-webhook", "namespace": NAMESPACE, "path": "/hold-template", "port": 443}
     svc = next(s for s in of_kind(objs, "Service") if s["metadata"]["name"] == f"{FULLNAME}-webhook")
     assert svc["spec"]["ports"] == [{"name": "webhook", "port": 443, "targetPort": "webhook", "protocol": "TCP"}]
-    namespaced = one(render(*ON, "--set", "watchNamespaces={a,b}"), "MutatingWebhookConfiguration")["webhooks"][0]
-    assert namespaced["namespaceSelector"]["matchExpressions"][0]["values"] == ["a", "b"]
+    namespaced = one(render(*ON, "--set", "watchNamespaces={a,b}"), "MutatingWebhookConfiguration")["webhooks"]
+    assert [h["namespaceSelector"]["matchExpressions"][0]["values"] for h in namespaced] == [["a", "b"]] * 2
+    # trackConfig's: only CREATE of pods labelled saferollout.dev/config, failing closed unless told otherwise
+    assert pods["name"] == "config-copies.saferollout.dev" and pods["failurePolicy"] == "Fail"
+    assert pods["rules"] == [{"apiGroups": [""], "apiVersions": ["v1"], "resources": ["pods"],
+                              "operations": ["CREATE"], "scope": "Namespaced"}]
+    assert pods["objectSelector"] == {"matchExpressions": [{"key": "saferollout.dev/config", "operator": "Exists"}]}
+    assert pods["clientConfig"]["service"]["path"] == "/config-copies"
+    assert pods["clientConfig"]["caBundle"] == hook["clientConfig"]["caBundle"]
+    ignore = one(render(*ON, "--set", "webhook.podFailurePolicy=Ignore"), "MutatingWebhookConfiguration")
+    assert [h["failurePolicy"] for h in ignore["webhooks"]] == ["Fail", "Ignore"]
 
 
 def test_the_generated_certificate_names_the_service_and_is_the_ca_bundle() -> None:

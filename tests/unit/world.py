@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -11,7 +12,9 @@ from typing import Any, Literal
 
 import yaml
 
+from saferollout.adapters.workloads import target_patch, view_of
 from saferollout.core import actions as a
+from saferollout.core import configs
 from saferollout.core.analysis_templates import wanted
 from saferollout.core.engine import Inputs, Settings, iso
 from saferollout.core.loop import drive
@@ -200,12 +203,51 @@ class World:
     sts: StatefulSet | None = None  # a StatefulSet target (the partition router) in place of the Deployment
     raised: str = ""  # what a promotion write with keep_capacity says it raised (an autoscaled target)
     autoscaler: str | None = None  # the HPA ReadTarget reports on the target
+    # trackConfig: the ConfigMaps and Secrets as the API server holds them, (kind, name) -> data; the copies made;
+    # the config version each pod of the stable ones and the canary reads (a pod given no copies reads the objects
+    # as they are at that moment); every version the stable pods ever read
+    config_objects: dict[configs.Ref, dict[str, Any]] | None = None
+    copies: set[str] = field(default_factory=set)
+    canary_config: str | None = None
+    configs_read: set[str] = field(default_factory=set)
 
     def __post_init__(self) -> None:
         if self.deployment is not None:
             self.running = template_hash_of(self.deployment["spec"]["template"])
             self.ran.add(self.running)
             self.target_images = self._images()
+            self._note_config()
+
+    # --------------------------------------------------------------------------------- trackConfig's objects
+    def config(self) -> str | None:
+        """The config version of what the target's template references now (None: config is not tracked)."""
+        if self.config_objects is None or not self.spec.track_config or self.deployment is None:
+            return None
+        refs = configs.references(self.deployment["spec"]["template"].get("spec"))
+        return configs.config_hash({r: self.config_objects.get(r) for r in refs})
+
+    def stable_config(self) -> str | None:
+        """What the stable pods read: the copies their template's label names, else the objects as they are."""
+        if self.config_objects is None or self.deployment is None:
+            return None
+        label = (self.deployment["spec"]["template"]["metadata"].get("labels") or {}).get(configs.CONFIG_LABEL)
+        if label and self.running == template_hash_of(self.deployment["spec"]["template"]):
+            assert label in self.copies, f"the stable pods are given copies of {label}, which were never made"
+            return str(label)
+        refs = configs.references(self.deployment["spec"]["template"].get("spec"))
+        return configs.config_hash({r: self.config_objects.get(r) for r in refs})
+
+    def _note_config(self) -> None:
+        cfg = self.stable_config()
+        if cfg is not None:
+            self.configs_read.add(cfg)
+
+    def edit_config(self, kind: str, name: str, data: dict[str, str]) -> None:
+        """A sync of a commit that changes a ConfigMap or Secret in place (the Deployment is not written)."""
+        assert self.config_objects is not None
+        self.config_objects[(kind, name)] = {"data": dict(data)}
+        self.target_writes["git"] += 1
+        self._note_config()
 
     # ----------------------------------------------------------------------- the target Deployment (no template)
     def _images(self) -> dict[str, str]:
@@ -228,6 +270,7 @@ class World:
             self.running = template_hash_of(new["spec"]["template"])
             self.ran.add(self.running)
             self.target_images = self._images()
+        self._note_config()
 
     def commit(self, template: dict[str, Any], revision: str | None = None) -> None:
         """A sync of a commit that changes the pod template (Argo CD, or kubectl apply)."""
@@ -241,6 +284,9 @@ class World:
     def view(self) -> a.TargetView:
         d = self.deployment
         assert d is not None
+        if self.config() is not None:  # the adapter's own view of a tracked target
+            v = view_of(d, self.config())
+            return dataclasses.replace(v, available=self.running == template_hash_of(d["spec"]["template"]))
         ann = d["metadata"].get("annotations") or {}
         h = template_hash_of(d["spec"]["template"])
         return a.TargetView(h, self._images(), bool(d["spec"].get("paused")), d["metadata"]["generation"],
@@ -249,6 +295,8 @@ class World:
 
     def _target_write(self, act: a.Action) -> a.Result:
         assert self.deployment is not None
+        if self.config() is not None and isinstance(act, a.HoldTarget | a.ReleaseTarget):
+            return self._tracked_write(act)
         if isinstance(act, a.LabelTarget):
             patch: dict[str, Any] = {"metadata": {"labels": {TARGET_LABEL: "web"}}}
         elif isinstance(act, a.HoldTarget):
@@ -260,6 +308,21 @@ class World:
                      "spec": {"paused": False}}
         self.update_target(merge(self.deployment, patch), "operator")
         return a.Outcome(act, True, self.raised if isinstance(act, a.ReleaseTarget) and act.keep_capacity else "")
+
+    def _tracked_write(self, act: a.HoldTarget | a.ReleaseTarget) -> a.Result:
+        """The adapter's own patch (workloads.target_patch), with the copies made first, as _write_target does."""
+        assert self.deployment is not None
+        cfg = self.config()
+        if isinstance(act, a.HoldTarget):
+            body = target_patch(self.deployment, act.held_hash, {STABLE_ANNOTATION: act.stable_hash,
+                                                                 HELD_ANNOTATION: act.held_hash}, True, cfg, False)
+        else:
+            self.copies.add(str(cfg))
+            body = target_patch(self.deployment, act.stable_hash, {STABLE_ANNOTATION: act.stable_hash,
+                                                                   HELD_ANNOTATION: None},
+                                None if act.reason == "track" else False, cfg, True)
+        self.update_target(merge(self.deployment, body), "operator")
+        return a.Outcome(act, True)
 
     @property
     def t(self) -> float:
@@ -307,9 +370,12 @@ class World:
             if act.template_hash is not None:  # the canary is the target's template as it is
                 assert self.deployment is not None
                 template = self.deployment["spec"]["template"]
-                if template_hash_of(template) != act.template_hash:
+                if configs.version_hash(template, self.config()) != act.template_hash:
                     return a.Outcome(act, False, "the target's pod template changed")
                 self.canary_hash, self.canary_template = act.template_hash, copy.deepcopy(template)
+                self.canary_config = self.config()
+                if self.canary_config is not None:
+                    self.copies.add(self.canary_config)
             if self.fail_ensure_canary:
                 self.fail_ensure_canary -= 1
                 return a.Outcome(act, False, "deployments.apps is forbidden: exceeded quota")
@@ -319,7 +385,7 @@ class World:
             self.db_state = self.migration or self.db_state
             return a.CanaryState(True, "c1")
         if isinstance(act, a.DeleteCanary):
-            self.canary = self.canary_hash = self.canary_template = None
+            self.canary = self.canary_hash = self.canary_template = self.canary_config = None
             return a.Outcome(act, True)
         if isinstance(act, a.SetTargetImages):
             assert self.deployment is None, "a rollout without spec.template never writes images into the target"

@@ -127,14 +127,17 @@ unless noted. tests/unit/test_chart.py pins every verb; change it together with 
 - apiGroups: [""]
   resources: [services]
   verbs: [get, create, patch]
-# The database DSN of a snapshot, read by name only (no list: the operator cannot enumerate secrets).
+# The database DSN of a snapshot, and (trackConfig) the Secrets a target's pod template references, read by name
+# only (no list: the operator cannot enumerate secrets); trackConfig's immutable copies of them created, and
+# deleted by name once no pod is given them.
 - apiGroups: [""]
   resources: [secrets]
-  verbs: [get]
-# Incident reports: created, or replaced (update) when one exists already; never read back.
+  verbs: [get, create, delete]
+# Incident reports: created, or replaced (update) when one exists already; never read back. trackConfig: the
+# ConfigMaps a target's pod template references read, their copies created, listed by label and deleted.
 - apiGroups: [""]
   resources: [configmaps]
-  verbs: [create, update]
+  verbs: [get, list, create, update, delete]
 # Volume snapshots: the source claim read, restore targets and verify's scratch claims created, leftovers of an
 # interrupted verify listed by label, scratch claims deleted (one by one: no deletecollection).
 - apiGroups: [""]

@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import copy
 import json
+import logging
 from dataclasses import dataclass
 from typing import Any
 
 from kubernetes.client.rest import ApiException
 
 from saferollout.adapters import autoscaling, kube
+from saferollout.adapters import configs as config_copies
 from saferollout.adapters.kube import RolloutRef
+from saferollout.core import configs
 from saferollout.core.actions import TargetView
+from saferollout.core.configs import CONFIG_LABEL
 from saferollout.core.models import CANARY_SUFFIX, SafeRolloutSpec
 from saferollout.core.templates import (
     ARGOCD_TRACKING,
@@ -26,6 +30,7 @@ CANARY_OF = "saferollout.dev/canary-of"
 ROLLOUT = "saferollout.dev/rollout"
 TEMPLATE_HASH = "saferollout.dev/template-hash"  # on the canary Deployment: the target template it was made from
 SMP = "application/strategic-merge-patch+json"
+log = logging.getLogger(__name__)
 MERGE = "application/merge-patch+json"
 
 
@@ -57,19 +62,33 @@ def raw_deployment(namespace: str, name: str) -> dict[str, Any]:
     return out
 
 
-def view_of(dep: dict[str, Any]) -> TargetView:
+def view_of(dep: dict[str, Any], config: str | None = None) -> TargetView:
+    """`config`: trackConfig's config version of the objects the template references now (None: not tracked)."""
     meta = dep.get("metadata") or {}
     ann, labels = meta.get("annotations") or {}, meta.get("labels") or {}
     tracking = ann.get(ARGOCD_TRACKING)
-    return TargetView(template_hash=template_hash_of(dep["spec"].get("template")), images=images_of(dep),
+    tmpl = dep["spec"].get("template")
+    raw, stable = template_hash_of(tmpl), ann.get(STABLE_ANNOTATION)
+    label = (((tmpl or {}).get("metadata") or {}).get("labels") or {}).get(CONFIG_LABEL) if config else None
+    if config is not None and stable in (None, raw):  # the approved template: its version has the approved config
+        stable = configs.version_hash(tmpl, label or config)
+    return TargetView(template_hash=configs.version_hash(tmpl, config), images=images_of(dep),
                       paused=bool(dep["spec"].get("paused")), generation=meta.get("generation"),
-                      label=labels.get(TARGET_LABEL), stable_hash=ann.get(STABLE_ANNOTATION),
+                      label=labels.get(TARGET_LABEL), stable_hash=stable,
                       held_hash=ann.get(HELD_ANNOTATION), revision=ann.get(REVISION_ANNOTATION),
-                      application=tracking.split(":", 1)[0] if tracking else None, available=available(dep))
+                      application=tracking.split(":", 1)[0] if tracking else None, available=available(dep),
+                      config=config, config_label=label,
+                      template_approved=config is not None and ann.get(STABLE_ANNOTATION) == raw)
+
+
+def _config(ref: RolloutRef, spec: SafeRolloutSpec, dep: dict[str, Any]) -> str | None:
+    return config_copies.read_config(ref.namespace, dep["spec"].get("template") or {})[0] if spec.track_config \
+        else None
 
 
 def target_view(ref: RolloutRef, spec: SafeRolloutSpec) -> TargetView:
-    return view_of(raw_deployment(ref.namespace, spec.target_ref.name))
+    dep = raw_deployment(ref.namespace, spec.target_ref.name)
+    return view_of(dep, _config(ref, spec, dep))
 
 
 def label_target(ref: RolloutRef, spec: SafeRolloutSpec) -> None:
@@ -78,19 +97,46 @@ def label_target(ref: RolloutRef, spec: SafeRolloutSpec) -> None:
                                             {"metadata": {"labels": {TARGET_LABEL: ref.name}}}, _content_type=MERGE)
 
 
+def target_patch(dep: dict[str, Any], template_hash: str, annotations: dict[str, str | None], paused: bool | None,
+                 config: str | None, give_config: bool) -> dict[str, Any]:
+    """The merge patch of one write to the target, only while it still holds the version `template_hash`
+    (RuntimeError otherwise; the resourceVersion makes the write a compare-and-swap). `paused` None: left as it
+    is. trackConfig (`config`, the config version there is now): with `give_config` the template's pods are given
+    the copies of that version (CONFIG_LABEL), and the approved hash is the template's with that label, as the
+    webhook computes it; a hold keeps the approved hash there is and names the template the webhook would."""
+    tmpl = dep["spec"].get("template") or {}
+    current = configs.version_hash(tmpl, config)
+    if current != template_hash:
+        raise RuntimeError(f"the target's pod template is {current} now, not {template_hash}; not written")
+    meta: dict[str, Any] = {"annotations": dict(annotations)}
+    if dep["metadata"].get("resourceVersion"):
+        meta["resourceVersion"] = dep["metadata"]["resourceVersion"]
+    body: dict[str, Any] = {"metadata": meta, "spec": {}}
+    if paused is not None:
+        body["spec"]["paused"] = paused
+    if config is not None and give_config:
+        given = copy.deepcopy(tmpl)
+        given.setdefault("metadata", {}).setdefault("labels", {})[CONFIG_LABEL] = config
+        body["spec"]["template"] = {"metadata": {"labels": {CONFIG_LABEL: config}}}
+        meta["annotations"][STABLE_ANNOTATION] = template_hash_of(given)
+    elif config is not None:
+        meta["annotations"].pop(STABLE_ANNOTATION, None)
+        if meta["annotations"].get(HELD_ANNOTATION):
+            meta["annotations"][HELD_ANNOTATION] = template_hash_of(tmpl)
+    return body
+
+
 def _write_target(ref: RolloutRef, spec: SafeRolloutSpec, template_hash: str, annotations: dict[str, str | None],
-                  paused: bool, keep_capacity: bool = False) -> str:
-    """One write of `spec.paused` and our annotations, only while the target still holds `template_hash`: the
-    resourceVersion makes it a compare-and-swap (409 if anyone wrote in between; the core asks again). With
-    `keep_capacity` an autoscaled target's replicas are raised in it too; returns what was raised, if anything."""
+                  paused: bool | None, keep_capacity: bool = False, give_config: bool = False) -> str:
+    """One write (target_patch) to the target as it is now. With `keep_capacity` an autoscaled target's replicas
+    are raised in it too; returns what was raised, if anything."""
     dep = raw_deployment(ref.namespace, spec.target_ref.name)
     if ((dep.get("metadata") or {}).get("labels") or {}).get(TARGET_LABEL) != ref.name:
         raise kube.Refused(f"Deployment {spec.target_ref.name} is not labelled {TARGET_LABEL}={ref.name}")
-    current = template_hash_of(dep["spec"].get("template"))
-    if current != template_hash:
-        raise RuntimeError(f"the target's pod template is {current} now, not {template_hash}; not written")
-    body: dict[str, Any] = {"metadata": {"resourceVersion": dep["metadata"]["resourceVersion"],
-                                         "annotations": annotations}, "spec": {"paused": paused}}
+    config = _config(ref, spec, dep)
+    body = target_patch(dep, template_hash, annotations, paused, config, give_config)
+    if config is not None and give_config:  # the copies exist before any pod is given them
+        config_copies.ensure_copies(ref, dep["spec"].get("template") or {}, config)
     # raised once: a retry of a write that landed (the target unpaused already) must not add the canary again
     replicas, why = autoscaling.promotion_replicas(ref.namespace, dep, canary_name(spec)) \
         if keep_capacity and dep["spec"].get("paused") else (None, "")
@@ -104,10 +150,12 @@ def hold_target(ref: RolloutRef, spec: SafeRolloutSpec, stable_hash: str, held_h
     _write_target(ref, spec, held_hash, {STABLE_ANNOTATION: stable_hash, HELD_ANNOTATION: held_hash}, True)
 
 
-def release_target(ref: RolloutRef, spec: SafeRolloutSpec, stable_hash: str, keep_capacity: bool = False) -> str:
-    """Unpause, with `stable_hash` the approved template (the webhook then lets the unpause through)."""
-    return _write_target(ref, spec, stable_hash, {STABLE_ANNOTATION: stable_hash, HELD_ANNOTATION: None}, False,
-                         keep_capacity)
+def release_target(ref: RolloutRef, spec: SafeRolloutSpec, stable_hash: str, keep_capacity: bool = False,
+                   track: bool = False) -> str:
+    """Unpause, with `stable_hash` the approved template (the webhook then lets the unpause through). `track`:
+    trackConfig's first write, which only gives the pods their copies (a pause of the user's stays)."""
+    return _write_target(ref, spec, stable_hash, {STABLE_ANNOTATION: stable_hash, HELD_ANNOTATION: None},
+                         None if track else False, keep_capacity, give_config=True)
 
 
 def let_go(ref: RolloutRef, target: str) -> bool:
@@ -124,6 +172,23 @@ def let_go(ref: RolloutRef, target: str) -> bool:
         body["spec"] = {"paused": False}
     kube.apps().patch_namespaced_deployment(target, ref.namespace, body, _content_type=MERGE)
     return True
+
+
+def _prune_copies(ref: RolloutRef, spec: SafeRolloutSpec, canary: dict[str, Any] | None) -> None:
+    """With the canary gone, only the copies the target's pods are given are needed: those of a refused or
+    abandoned version, and of the version a promotion replaced, go. A failure is logged, never blocks a rollback
+    (the copies are owned by the SafeRollout and go with it at the latest)."""
+    try:
+        target = raw_deployment(ref.namespace, spec.target_ref.name)
+        tmpl = target["spec"].get("template") or {}
+        keep = ((tmpl.get("metadata") or {}).get("labels") or {}).get(CONFIG_LABEL)
+        ctmpl = ((canary or {}).get("spec") or {}).get("template") or {}
+        also = {v for v in [((ctmpl.get("metadata") or {}).get("labels") or {}).get(CONFIG_LABEL)] if v}
+        removed = config_copies.prune_copies(ref, keep, [tmpl], also)
+        if removed:
+            log.info("removed %d copies of config versions other than %s", removed, keep)
+    except ApiException as e:
+        log.warning("could not remove old config copies: %s", kube.error_text(e))
 
 
 def images_of(dep: dict[str, Any]) -> dict[str, str]:
@@ -196,9 +261,15 @@ def ensure_canary(ref: RolloutRef, spec: SafeRolloutSpec, images: dict[str, str]
     replicas = plan.replicas
     drop = set() if plan.behind_stable else _selector_keys(ref, spec, target)
     tmpl = copy.deepcopy(target["spec"]["template"])
-    if template_hash is not None and template_hash_of(tmpl) != template_hash:
-        raise RuntimeError(f"the target's pod template is {template_hash_of(tmpl)} now, not {template_hash}")
+    config = _config(ref, spec, target) if template_hash is not None else None
+    if template_hash is not None and configs.version_hash(tmpl, config) != template_hash:
+        raise RuntimeError(f"the target's pod template is {configs.version_hash(tmpl, config)} now, "
+                           f"not {template_hash}")
     tmpl.setdefault("metadata", {})
+    if config is not None:  # trackConfig: the canary reads copies of the config version it is analysed with
+        config_copies.ensure_copies(ref, tmpl, config)
+        tmpl["spec"] = configs.rewritten(tmpl["spec"], config) or tmpl["spec"]
+        tmpl["metadata"].setdefault("labels", {})[CONFIG_LABEL] = config
     labels = {k: v for k, v in (tmpl["metadata"].get("labels") or {}).items() if k not in drop}
     labels.update({CANARY_OF: spec.target_ref.name, ROLLOUT: ref.name})
     tmpl["metadata"]["labels"] = labels
@@ -291,6 +362,8 @@ def delete_canary(ref: RolloutRef, spec: SafeRolloutSpec) -> None:
     """Only the canary this rollout created goes; a Deployment of that name that someone else made stays."""
     autoscaling.delete_canary_hpa(ref, canary_name(spec))
     current = kube.read_or_none(kube.apps().read_namespaced_deployment, canary_name(spec), ref.namespace)
+    if spec.track_config:
+        _prune_copies(ref, spec, current if current is not None and kube.owned_by(current, ref) else None)
     if current is None or not kube.owned_by(current, ref):
         return
     try:

@@ -170,7 +170,8 @@ class ReleaseTarget:
     (the stable template is back) it ends a hold the webhook did not end itself."""
 
     stable_hash: str
-    reason: Literal["promote", "revert"] = "promote"
+    # track: trackConfig's first write, giving the stable pods copies of the config they run (`paused` untouched)
+    reason: Literal["promote", "revert", "track"] = "promote"
     keep_capacity: bool = False  # as SetTargetImages'
 
 
@@ -213,7 +214,7 @@ class TargetView:
     """The target Deployment as spec.template-omitted rollouts see it: read at every reconcile (an input of each
     decision) and by ReadTarget."""
 
-    template_hash: str  # core.templates.template_hash_of(spec.template)
+    template_hash: str  # the version: core.configs.version_hash (the template's hash when config is not tracked)
     images: dict[str, str] = field(hash=False)
     paused: bool = False
     generation: int | None = None
@@ -223,6 +224,10 @@ class TargetView:
     revision: str | None = None  # the Git revision, when the Deployment names it (saferollout.dev/revision)
     application: str | None = None  # the Argo CD Application, from its tracking annotation
     available: bool = True
+    # trackConfig: the config version of the referenced objects now, and the one the template's pods are given
+    config: str | None = None
+    config_label: str | None = None
+    template_approved: bool = False  # the pod template itself is the approved one (only its config may differ)
 
 
 @dataclass(frozen=True)

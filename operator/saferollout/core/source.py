@@ -39,8 +39,10 @@ def version(run: Run) -> tuple[str, str, bool] | None:
     if run.s.source is None:
         new = _adopt(run, t)
         _keep_held(run, t)
+        _track(run, t)
         return new
     _keep_held(run, t)
+    _track(run, t)
     if t.template_hash == run.s.template_hash or run.s.phase == Phase.rolling_back:
         return None
     if t.template_hash == run.s.source.stable_template_hash:
@@ -82,6 +84,8 @@ def _keep_held(run: Run, t: a.TargetView) -> None:
     src = run.s.source
     if src is None or t.paused or t.template_hash == src.stable_template_hash or a.HoldTarget in run.polled:
         return
+    if t.config is not None and t.template_approved:  # only the config changed: the stable pods read copies
+        return
     if t.label not in (None, run.inp.name):
         return
     run.act(a.HoldTarget(src.stable_template_hash or "", t.template_hash))
@@ -89,6 +93,22 @@ def _keep_held(run: Run, t: a.TargetView) -> None:
     run.event("TemplateNotHeld", f"Deployment {run.spec.target_ref.name} was not paused on the new pod template "
               f"{t.template_hash} (is the admission webhook installed?): paused now; pods it replaced meanwhile "
               "already run the new template", warning=True)
+
+
+def _track(run: Run, t: a.TargetView) -> None:
+    """trackConfig on a target whose pods still read the objects Git names: one write gives them copies of the
+    config they run now (the stable version), so that an edit in place reaches them only by a promotion. The
+    Deployment controller then replaces the stable pods once."""
+    src = run.s.source
+    if not run.spec.track_config or t.config is None or t.config_label is not None or src is None \
+            or t.template_hash != src.stable_template_hash or a.ReleaseTarget in run.polled \
+            or t.label not in (None, run.inp.name):
+        return
+    run.act(a.ReleaseTarget(t.template_hash, "track"))
+    run.polled.add(a.ReleaseTarget)
+    run.event("ConfigTracked", f"the pods of Deployment {run.spec.target_ref.name} are given copies of config "
+              f"version {t.config} (the ConfigMaps and Secrets they reference, as they are now): they are replaced "
+              "once, and an edit of those objects is released as a canary")
 
 
 def apply(run: Run, r: a.Result) -> None:

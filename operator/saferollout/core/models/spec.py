@@ -54,6 +54,8 @@ class VolumeSnapshotDatabase(Model):
 TARGET_TEMPLATE_ROUTERS = ("without spec.template (the target's own pod template is the version) the strategy must be "
                            "canary with a gatewayAPI, istio or nginx router: the replicas router and blueGreen write "
                            "the target or its Service, which Git holds")
+TRACK_CONFIG_TEMPLATE = ("trackConfig needs spec.template omitted: the ConfigMaps and Secrets tracked are those the "
+                         "target Deployment's own pod template references")
 
 STATEFULSET_PARTITION = ("targetRef.kind StatefulSet goes only with strategy.canary and its partition router "
                          "(traffic.partition): its pods are updated in place, so there is no canary workload for "
@@ -250,12 +252,19 @@ class SafeRolloutSpec(Model):
         cel("!has(self.migration) || has(self.database)", MIGRATION_NEEDS_DATABASE, ".migration"),
         cel("!has(self.migration) || !has(self.database) || self.database.restoreOnRollback || "
             "self.database.forwardOnly", MIGRATION_NEEDS_RESTORE, ".migration"),
+        cel("!has(self.trackConfig) || !self.trackConfig || !has(self.template)", TRACK_CONFIG_TEMPLATE,
+            ".trackConfig"),
     ]})
     target_ref: TargetRef
     template: PodTemplate | None = Field(
         default=None, description="What the new version changes in the target's pod template. Omitted: the "
         "target Deployment's own pod template is the version (a change of any of its fields starts a rollout; "
         "the operator's admission webhook holds the Deployment paused until the canary is promoted).")
+    track_config: bool = Field(default=False, description=(
+        "The ConfigMaps and Secrets the target's pod template references (env, envFrom, volumes) are part of the "
+        "version: a change of their data is rolled out as a canary too. The target's pods are given immutable "
+        "copies of the approved data (by the operator's pod admission webhook), so an edit reaches the stable "
+        "pods only by a promotion. Needs spec.template omitted."))
     strategy: Strategy
     analysis: Analysis = Field(default_factory=Analysis)
     preflight: Preflight = Field(default_factory=Preflight)
@@ -294,6 +303,8 @@ class SafeRolloutSpec(Model):
             raise ValueError(PARTITION_STATEFULSET)
         if self.target_ref.kind == "StatefulSet" and self.template is None:
             raise ValueError(STATEFULSET_TEMPLATE)
+        if self.track_config and self.template is not None:
+            raise ValueError(TRACK_CONFIG_TEMPLATE)
         if self.template is None and (self.strategy.canary is None or self.strategy.canary.traffic.replicas is not None):
             raise ValueError(TARGET_TEMPLATE_ROUTERS)
         return self

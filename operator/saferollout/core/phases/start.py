@@ -109,7 +109,8 @@ def apply(run: Run, r: a.Result) -> None:
             _target_template(run, r)
         else:
             _target(run, r)
-    elif isinstance(r, a.Outcome) and isinstance(r.action, a.ReleaseTarget) and run.s.step == Step.init:
+    elif isinstance(r, a.Outcome) and isinstance(r.action, a.ReleaseTarget) and r.action.reason == "revert" \
+            and run.s.step == Step.init:
         if r.ok:
             _nothing_to_roll_out(run)
     elif isinstance(r, a.Outcome) and isinstance(r.action, a.ReadTarget) and not r.ok:
