@@ -132,7 +132,7 @@ class Executor:
     def read_target(self, act: a.ReadTarget) -> a.TargetState:
         if self.spec.target_template:
             dep = workloads.raw_deployment(self.ref.namespace, self.spec.target_ref.name)
-            view = workloads.view_of(dep)
+            view = workloads.view_of(dep, workloads.config_version(self.ref, self.spec, dep))
             revision = ((dep.get("metadata") or {}).get("annotations") or {}).get("deployment.kubernetes.io/revision")
             return a.TargetState(dict(view.images), view.available and not view.paused, revision, view,
                                  autoscaler=autoscaling.target_autoscaler(self.ref.namespace, self.spec.target_ref.name))

@@ -27,14 +27,16 @@ from harness.kube import Kube
 from harness.scenario import OperatorProcess, operator_launch
 from harness.services import free_port
 from harness.timeline import Timeline
+from saferollout.core.configs import CONFIG_LABEL
 from saferollout.core.templates import TARGET_LABEL, template_hash_of
 
 WEBHOOK_NAME = "hold-template.saferollout.dev"
+CONFIG_WEBHOOK_NAME = "config-copies.saferollout.dev"
 
 
 def webhook_configuration(name: str, namespaces: Sequence[str], port: int, cert: Path) -> dict[str, Any]:
-    """The chart's MutatingWebhookConfiguration, pointed at an operator on https://127.0.0.1:<port> (URL clientConfig,
-    failurePolicy Fail), limited to `namespaces`."""
+    """The chart's MutatingWebhookConfiguration (both webhooks), pointed at an operator on https://127.0.0.1:<port>
+    (URL clientConfig, failurePolicy Fail), limited to `namespaces`."""
     return {
         "apiVersion": "admissionregistration.k8s.io/v1", "kind": "MutatingWebhookConfiguration",
         "metadata": {"name": name},
@@ -48,6 +50,17 @@ def webhook_configuration(name: str, namespaces: Sequence[str], port: int, cert:
             "namespaceSelector": {"matchExpressions": [{"key": "kubernetes.io/metadata.name", "operator": "In",
                                                         "values": list(namespaces)}]},
             "clientConfig": {"url": f"https://127.0.0.1:{port}/hold-template",
+                             "caBundle": base64.b64encode(cert.read_bytes()).decode()},
+        }, {  # trackConfig's: a pod of a tracked target is given the copies of its config version
+            "name": CONFIG_WEBHOOK_NAME, "admissionReviewVersions": ["v1"], "sideEffects": "None",
+            "failurePolicy": "Fail", "timeoutSeconds": 5, "matchPolicy": "Equivalent",
+            "reinvocationPolicy": "IfNeeded",
+            "rules": [{"apiGroups": [""], "apiVersions": ["v1"], "resources": ["pods"],
+                       "operations": ["CREATE"], "scope": "Namespaced"}],
+            "objectSelector": {"matchExpressions": [{"key": CONFIG_LABEL, "operator": "Exists"}]},
+            "namespaceSelector": {"matchExpressions": [{"key": "kubernetes.io/metadata.name", "operator": "In",
+                                                        "values": list(namespaces)}]},
+            "clientConfig": {"url": f"https://127.0.0.1:{port}/config-copies",
                              "caBundle": base64.b64encode(cert.read_bytes()).decode()},
         }]}
 
@@ -81,6 +94,10 @@ def start_operator_with_webhook(kube: Kube, namespaces: Sequence[str], operator_
         time.sleep(0.25)
 
 
+def _entry_key(m: dict[str, Any]) -> str:
+    return f"{m.get('manager')}|{m.get('operation')}"
+
+
 @dataclass
 class TargetWrite:
     t: float  # time.monotonic()
@@ -110,6 +127,7 @@ class TargetWatch:
     def _loop(self) -> None:
         apps = client.AppsV1Api(self.api)
         last: tuple[Any, ...] | None = None
+        before: dict[str, str] = {}  # manager|operation -> its managedFields entry (time and fields) as last seen
         while not self._stop.is_set():
             w = watch.Watch()
             try:
@@ -123,15 +141,19 @@ class TargetWatch:
                            if k != "deployment.kubernetes.io/revision"}
                     key = (json.dumps(obj["spec"], sort_keys=True), json.dumps(meta.get("labels"), sort_keys=True),
                            json.dumps(ann, sort_keys=True))
+                    entries = [m for m in meta.get("managedFields") or [] if not m.get("subresource")]
+                    now = {_entry_key(m): json.dumps(m, sort_keys=True) for m in entries}
                     if last is not None and key != last:
-                        entries = [m for m in meta.get("managedFields") or [] if not m.get("subresource")]
-                        newest = max(entries, key=lambda m: str(m.get("time")))
+                        # the writer: the manager whose entry changed (times have a resolution of one second, so
+                        # the newest time alone cannot tell two writes of the same second apart)
+                        changed = [m for m in entries if before.get(_entry_key(m)) != now[_entry_key(m)]]
+                        newest = max(changed or entries, key=lambda m: str(m.get("time")))
                         paused = bool(obj["spec"].get("paused"))
                         what = f"generation {meta.get('generation')}, paused={obj['spec'].get('paused')}"
                         self.writes.append(TargetWrite(time.monotonic(), str(newest.get("manager")), what, paused,
                                                        template_hash_of(obj["spec"].get("template"))))
                         self.tl.add("write", f"{self.label}{newest.get('manager')}: {what}")
-                    last = key
+                    last, before = key, now
             except Exception as e:  # a watch that broke is started again
                 if not self._stop.is_set():
                     time.sleep(0.5)

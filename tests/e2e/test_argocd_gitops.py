@@ -1,7 +1,7 @@
 """Releases through Git on a real Argo CD (v3.2.11, automated sync with selfHeal and prune): the flows of
 docs/gitops.md, end to end.
 
-Each flow has its own Git repository (served by `git daemon`), its own Application and namespace; the three run at
+Each flow has its own Git repository (served by `git daemon`), its own Application and namespace; the four run at
 the same time. Git holds the Deployment `web` (with the label `saferollout.dev/target`, as the doc advises), the
 Services `web` and `web-canary`, the HTTPRoute `web` (100/0, with the fields the API server defaults written out, as
 the doc says) and a SafeRollout without `template`. The Application's `syncPolicy` and `ignoreDifferences` are read
@@ -19,6 +19,11 @@ apps, router and Prometheus stand in for the pods.
    Application back to Synced/Healthy and starts nothing.
 3. third: a third commit while the second version is at 25% abandons the second's canary (weight 0 first) and the
    third gets no more than the first stage's weight before it is analysed there.
+4. config: Git holds a ConfigMap the Deployment reads (envFrom, a volume) and a SafeRollout with trackConfig. The
+   operator's first write gives the stable pods immutable copies; a ConfigMap-only commit with a bad config is
+   canaried on copies of it and refused, the stable pods never read it (not replaced, still on the old copies);
+   its revert starts nothing; a good config is promoted by one write and the stable pods move to its copies.
+   Argo CD never writes the Deployment, and the Application is Synced at every sample.
 
 No Gateway controller runs (the harness's router is the data plane): the test writes the HTTPRoute's status as one
 would (Accepted), without which Argo CD's own HTTPRoute health check says Progressing for ever.
@@ -51,6 +56,7 @@ from harness.services import ScrapeTarget
 from harness.timeline import Timeline
 from harness.traffic import traffic_sources
 from saferollout.adapters.certs import write_self_signed
+from saferollout.core.configs import CONFIG_LABEL, references
 from saferollout.core.templates import (
     HELD_ANNOTATION,
     REVISION_ANNOTATION,
@@ -104,16 +110,30 @@ def as_in_git(c: Json) -> Json:
             "ports": [{"containerPort": p.get("containerPort")} for p in c.get("ports") or []]}
 
 
-def deployment(v: Version) -> Json:
+def deployment(v: Version, config: bool = False) -> Json:
     """The Deployment as Git holds it: our label (so the operator never writes it), the revision annotation on its
-    metadata (never on the pod template), no `paused`."""
+    metadata (never on the pod template), no `paused`. With `config`, its container reads the ConfigMap
+    `web-config` (envFrom) and mounts it."""
     labels = {"app": TARGET}
+    c = container(v)
+    pod: Json = {"containers": [c], "tolerations": TOLERATE_KWOK}
+    if config:
+        c["envFrom"] = [{"configMapRef": {"name": CONFIGMAP}}]
+        c["volumeMounts"] = [{"name": "config", "mountPath": "/etc/web"}]
+        pod["volumes"] = [{"name": "config", "configMap": {"name": CONFIGMAP}}]
     return {"apiVersion": "apps/v1", "kind": "Deployment",
             "metadata": {"name": TARGET, "labels": {**labels, TARGET_LABEL: TARGET},
                          "annotations": {REVISION_ANNOTATION: v.name}},
             "spec": {"replicas": 2, "selector": {"matchLabels": dict(labels)},
-                     "template": {"metadata": {"labels": dict(labels)},
-                                  "spec": {"containers": [container(v)], "tolerations": TOLERATE_KWOK}}}}
+                     "template": {"metadata": {"labels": dict(labels)}, "spec": pod}}}
+
+
+CONFIGMAP = "web-config"
+GOOD_CONFIG, BAD_CONFIG, NEW_CONFIG = {"MODE": "blue"}, {"MODE": "broken"}, {"MODE": "green", "CACHE": "on"}
+
+
+def configmap(data: dict[str, str]) -> Json:
+    return {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": CONFIGMAP}, "data": dict(data)}
 
 
 def services() -> list[Json]:
@@ -149,9 +169,10 @@ def accepted_route_status() -> Json:
                                     "conditions": conditions}]}}
 
 
-def saferollout(stages: list[Json]) -> Json:
+def saferollout(stages: list[Json], track: bool = False) -> Json:
     return {"apiVersion": "saferollout.dev/v1alpha1", "kind": "SafeRollout", "metadata": {"name": TARGET},
             "spec": {"targetRef": {"kind": "Deployment", "name": TARGET},  # no template: the Deployment's is the version
+                     **({"trackConfig": True} if track else {}),
                      "strategy": {"canary": {"stages": stages, "traffic": {"gatewayAPI": {
                          "httpRoute": "web", "stableService": "web", "canaryService": "web-canary"}}}},
                      "analysis": {"interval": "1s", "failureLimit": 2, "metrics": [
@@ -160,13 +181,18 @@ def saferollout(stages: list[Json]) -> Json:
                      "rollback": {"verify": {"duration": "30s", "successes": 2}}}}
 
 
-def git_files(v: Version, stages: list[Json]) -> dict[str, str | None]:
-    """The repository's layout of docs/gitops.md, for one service."""
+def git_files(v: Version, stages: list[Json], config: dict[str, str] | None = None) -> dict[str, str | None]:
+    """The repository's layout of docs/gitops.md, for one service; with `config`, the ConfigMap the Deployment reads
+    and a SafeRollout with trackConfig."""
     dump = yaml.safe_dump
-    return {"deploy/deployment.yaml": dump(deployment(v), sort_keys=False),
-            "deploy/services.yaml": yaml.safe_dump_all(services(), sort_keys=False),
-            "deploy/httproute.yaml": dump(httproute(), sort_keys=False),
-            "deploy/saferollout.yaml": dump(saferollout(stages), sort_keys=False)}
+    files: dict[str, str | None] = {
+        "deploy/deployment.yaml": dump(deployment(v, config is not None), sort_keys=False),
+        "deploy/services.yaml": yaml.safe_dump_all(services(), sort_keys=False),
+        "deploy/httproute.yaml": dump(httproute(), sort_keys=False),
+        "deploy/saferollout.yaml": dump(saferollout(stages, config is not None), sort_keys=False)}
+    if config is not None:
+        files["deploy/config.yaml"] = dump(configmap(config), sort_keys=False)
+    return files
 
 
 def documented_application() -> Json:
@@ -267,6 +293,7 @@ class Flow:
     repo: acd.GitRepo | None = None
     env: Env | None = None
     fast: bool = False  # sample the canary Deployment and the HTTPRoute every FAST seconds (else every SAMPLE / 2)
+    config: dict[str, str] | None = None  # the ConfigMap's data in Git (trackConfig); None: no ConfigMap
     _stop: threading.Event = field(default_factory=threading.Event)
 
     @property
@@ -421,7 +448,7 @@ class Flow:
         self.watch = TargetWatch(kube.new_api(), self.ns, TARGET, tl)
         self.watch.start()
         self.repo = acd.GitRepo.create(self.e.root / "git" / self.name)
-        sha = self.repo.commit("web v1, its Services, route and SafeRollout", git_files(V1, self.stages))
+        sha = self.repo.commit("web v1, its Services, route and SafeRollout", git_files(V1, self.stages, self.config))
         start = time.monotonic()
         acd.apply_application(application(self.app, self.e.git_url(self.repo), self.ns))
         acd.wait_synced(self.app, sha, timeout=120)
@@ -444,7 +471,8 @@ class Flow:
                                "Synced and Healthy at v1", timeout=60)
         assert acd.resource_health(app, "SafeRollout", TARGET) == "Healthy", acd.describe(app)
         source_status = self.status()["source"]
-        assert source_status["stableTemplateHash"] == template_hash_of(self.target()["spec"]["template"])
+        if self.config is None:  # trackConfig's version covers the ConfigMap's data too (core.configs.version_hash)
+            assert source_status["stableTemplateHash"] == template_hash_of(self.target()["spec"]["template"])
         assert source_status.get("application") == self.app, source_status  # from Argo CD's tracking annotation
         time.sleep(QUIET)  # the quiet time before the release: sampled, must be Synced throughout
         return sha
@@ -458,10 +486,11 @@ class Flow:
         for p in self.procs:
             p.stop()
 
-    def commit(self, v: Version, message: str) -> tuple[str, float]:
+    def commit(self, v: Version, message: str, config: dict[str, str] | None = None) -> tuple[str, float]:
         assert self.repo is not None
         t = time.monotonic()
-        sha = self.repo.commit(message, git_files(v, self.stages))
+        self.config = config if config is not None else self.config
+        sha = self.repo.commit(message, git_files(v, self.stages, self.config))
         self.log("git", f"commit {sha[:8]}: {message}")
         return sha, t
 
@@ -755,6 +784,151 @@ def flow_third(f: Flow) -> None:
     assert acd.resource_status(app, "HTTPRoute", "web") == "Synced", acd.describe(app)
 
 
+def pods_of(f: Flow, selector: str) -> list[Json]:
+    items = json.loads(f.kubectl("get", "pods", "-n", f.ns, "-l", selector, "-o", "json"))["items"]
+    return [p for p in items if not p["metadata"].get("deletionTimestamp")]
+
+
+ADMISSION_ADDS = "kube-root-ca.crt"  # the ServiceAccount token's projected volume: never renamed
+
+
+def config_refs(pod: Json) -> set[str]:
+    """The ConfigMap names a pod reads (envFrom, volumes, projected sources), but the one admission adds to every
+    pod, which must keep its name: checked here too."""
+    token = [v for v in pod["spec"].get("volumes") or [] if v["name"].startswith("kube-api-access-")]
+    for v in token:
+        names = [src["configMap"]["name"] for src in v["projected"]["sources"] if "configMap" in src]
+        assert names == [ADMISSION_ADDS], f"the token volume's ConfigMap was renamed: {v}"
+    return {n for k, n in references(pod["spec"]) if k == "ConfigMap"} - {ADMISSION_ADDS}
+
+
+def stable_pods_read(f: Flow, config: str) -> bool:
+    """Every stable pod (2) reads the copies of `config`, and only them."""
+    pods = pods_of(f, f"app={TARGET},!saferollout.dev/canary-of")
+    return len(pods) == 2 and all(config_refs(p) == {f"{CONFIGMAP}-sr-{config}"} for p in pods)
+
+
+def config_label(f: Flow) -> str | None:
+    labels = f.target()["spec"]["template"]["metadata"].get("labels") or {}
+    return labels.get(CONFIG_LABEL)
+
+
+def copy_exists(f: Flow, config: str) -> bool:
+    return bool(f.kubectl("get", "configmap", f"{CONFIGMAP}-sr-{config}", "-n", f.ns, "-o", "name", check=False))
+
+
+def flow_config(f: Flow) -> None:
+    """4. ConfigMap-only commits (trackConfig): a bad one is refused with the stable pods never reading it, its revert
+    starts nothing, a good one is canaried and promoted by one write; Argo CD never writes the Deployment."""
+    sha1 = f.start()
+    t0 = time.monotonic()
+    f.wait(lambda: config_label(f) is not None, 30, "trackConfig's first write: the pods are given copies")
+    c1 = str(config_label(f))
+    f.wait(lambda: stable_pods_read(f, c1), 90, f"the stable pods read the copies of config {c1}")
+    tokens = sum(1 for p in pods_of(f, f"app={TARGET}") for v in p["spec"].get("volumes") or []
+                 if v["name"].startswith("kube-api-access-"))
+    f.figures.append(f"stable pods with the ServiceAccount token's volume (kube-root-ca.crt kept): {tokens} of 2")
+    copy = json.loads(f.kubectl("get", "configmap", f"{CONFIGMAP}-sr-{c1}", "-n", f.ns, "-o", "json"))
+    assert copy.get("immutable") is True and copy["data"] == GOOD_CONFIG, copy
+    assert not any(k.startswith("argocd.argoproj.io") for k in (copy["metadata"].get("annotations") or {})), copy
+    acd.wait_for_app(f.app, lambda a: acd.is_synced(a, sha1) and acd.app_health(a) == "Healthy",
+                     "Synced and Healthy after the pods were given copies", timeout=90)
+    adopted = time.monotonic()
+    operator, argocd, by = f.writes(0)
+    f.figures.append(f"trackConfig's first write -> stable pods on copies of {c1}: {adopted - t0:.1f} s; writes to "
+                     f"the target since the first sync: operator {operator}, Argo CD {argocd} (by manager: {by})")
+    assert operator == 1, by  # the label naming the copies (the target label is in Git)
+    sets = f.replica_sets()
+    stable_pods = {p["metadata"]["name"] for p in pods_of(f, f"app={TARGET},!saferollout.dev/canary-of")}
+
+    # a bad config: canaried from copies of it, refused; the stable pods never read it
+    f.canary_proc.configure(FAILING)
+    ops0 = f.sync_ops()
+    sha2, t2 = f.commit(V1, "web-config: MODE=broken", config=BAD_CONFIG)
+    synced = f.wait_sample(lambda s: s.sync == "Synced" and s.revision == sha2 and s.operation != "Running", t2, 90,
+                           "Application Synced at the bad config")
+    canary = f.wait_sample(lambda s: s.canary_hash is not None, t2, 60, "a canary Deployment for the new config")
+    canary_pods = pods_of(f, f"saferollout.dev/canary-of={TARGET}")
+    c2 = str(json.loads(f.kubectl("get", "deployment", f"{TARGET}-canary", "-n", f.ns, "-o", "json"))["spec"]
+             ["template"]["metadata"]["labels"][CONFIG_LABEL])
+    assert c2 != c1 and all(config_refs(p) == {f"{CONFIGMAP}-sr-{c2}"} for p in canary_pods), canary_pods
+    assert not f.target()["spec"].get("paused"), "a config-only version holds nothing: the template is approved"
+    end = f.wait_sample(lambda s: s.phase in ("Succeeded", "RolledBack", "Failed"), canary.t, 240, "the rollout ended")
+    st = f.status()
+    assert st["phase"] == "RolledBack", f.report()
+    degraded_app = acd.wait_for_app(f.app, lambda a: acd.app_health(a) == "Degraded", "Application Degraded", 30)
+    assert acd.is_synced(degraded_app, sha2), acd.describe(degraded_app)  # Git's ConfigMap is the live one
+    time.sleep(QUIET)
+    assert f.replica_sets() == sets and stable_pods_read(f, c1), "the stable pods were replaced or read the bad config"
+    assert {p["metadata"]["name"] for p in pods_of(f, f"app={TARGET},!saferollout.dev/canary-of")} == stable_pods
+    assert st["source"].get("refused"), st["source"]
+    f.wait(lambda: not copy_exists(f, c2), 20, "the refused version's copies are removed")
+    operator, argocd, by = f.writes(t2)
+    assert operator == 0 and argocd == 0, by
+    f.figures += [
+        f"bad config commit -> Synced: {synced.t - t2:.1f} s; -> canary on copies of {c2}: {canary.t - t2:.1f} s; "
+        f"-> RolledBack: {end.t - t2:.1f} s; Application {acd.app_health(degraded_app)} (SafeRollout "
+        f"{acd.resource_health(degraded_app, 'SafeRollout', TARGET)}); writes to the target: operator {operator}, "
+        f"Argo CD {argocd}; sync operations {f.sync_ops() - ops0}",
+        f"Argo CD health from the bad commit on: {' -> '.join(f.healths(t2, time.monotonic()))}",
+    ]
+
+    # its revert: nothing starts
+    attempt, ops1 = st["attempt"], f.sync_ops()
+    sha3, t3 = f.commit(V1, "Revert \"web-config: MODE=broken\"", config=GOOD_CONFIG)
+    acd.wait_for_app(f.app, lambda a: acd.is_synced(a, sha3) and acd.app_health(a) == "Healthy",
+                     "Synced and Healthy after the revert", timeout=90)
+    syncing = [(t2, synced.t), (t3, f.wait_sample(lambda s: s.sync == "Synced" and s.revision == sha3, t3, 30,
+                                                  "Application Synced at the revert").t)]
+    f.wait(lambda: f.status().get("phase") == "Succeeded" and f.status().get("attempt") == attempt + 1, 60,
+           "the revert is seen: Succeeded, nothing rolled out")
+    time.sleep(5)
+    assert not any(s.canary_hash for s in f.samples if s.t >= t3), "a canary Deployment appeared after the revert"
+    ready = next(c for c in f.status()["conditions"] if c["type"] == "Ready")
+    assert ready["reason"] == "TemplateReverted", ready
+    assert f.replica_sets() == sets and stable_pods_read(f, c1)
+    operator, argocd, by = f.writes(t3)
+    assert operator == 0 and argocd == 0, by
+    f.figures.append(f"revert commit: writes to the target operator {operator}, Argo CD {argocd}; sync operations "
+                     f"{f.sync_ops() - ops1}; no canary")
+
+    # a good config: canaried, promoted by one write (the label naming the new copies), the stable pods replaced
+    f.canary_proc.configure(HEALTHY)
+    ops2 = f.sync_ops()
+    sha4, t4 = f.commit(V1, "web-config: MODE=green, CACHE=on", config=NEW_CONFIG)
+    syncing.append((t4, f.wait_sample(lambda s: s.sync == "Synced" and s.revision == sha4, t4, 90,
+                                      "Application Synced at the good config").t))
+    end = f.wait_sample(lambda s: s.phase in ("Succeeded", "RolledBack", "Failed") and s.canary_hash is None
+                        and (s.attempt or 0) > attempt + 1, t4, 240, "the good config's rollout ended")
+    st = f.status()
+    assert st["phase"] == "Succeeded" and st["source"]["targetWrites"] >= 1, f.report()
+    c4 = str(config_label(f))
+    assert c4 not in (c1, c2)
+    f.wait(lambda: stable_pods_read(f, c4), 90, f"the stable pods read the copies of config {c4}")
+    app = acd.wait_for_app(f.app, lambda a: acd.is_synced(a, sha4) and acd.app_health(a) == "Healthy",
+                           "Synced and Healthy after the promotion", timeout=90)
+    time.sleep(QUIET)
+    f.wait(lambda: not copy_exists(f, c1) and copy_exists(f, c4), 20, "only the promoted version's copies remain")
+    operator, argocd, by = f.writes(t4)
+    assert operator == 1 and argocd == 0, by
+    assert acd.resource_status(app, "Deployment", TARGET) == "Synced", acd.describe(app)
+    # Synced at every sample but those between a commit and its sync (Argo CD's own OutOfSync while it applies it)
+    bounds = [0.0, *[t for w in syncing for t in w], time.monotonic()]
+    outside: dict[str, int] = {}
+    for a, b in zip(bounds[::2], bounds[1::2], strict=True):
+        for k, n in f.sync_samples(a, b).items():
+            outside[k] = outside.get(k, 0) + n
+    inside = [f.sync_samples(a, b) for a, b in syncing]
+    f.figures += [
+        f"good config commit -> Succeeded: {end.t - t4:.1f} s; writes to the target: operator {operator} (the label "
+        f"{CONFIG_LABEL}={c4}), Argo CD {argocd}; sync operations {f.sync_ops() - ops2}",
+        f"sync status samples (every {SAMPLE}s) outside the three commits' syncs: {outside}; from each commit to its "
+        f"sync: {inside}",
+        f"Argo CD health from the good commit on: {' -> '.join(f.healths(t4, time.monotonic()))}",
+    ]
+    assert set(outside) == {"Synced"}, outside
+
+
 FLOWS: dict[str, tuple[Callable[[Flow], None], Behaviour, list[Json], bool]] = {
     "promote": (flow_promote, HEALTHY, [{"weight": FIRST_WEIGHT, "duration": "8s"}, {"weight": 25, "duration": "8s"},
                                         {"weight": 100, "duration": "4s"}], False),
@@ -762,7 +936,10 @@ FLOWS: dict[str, tuple[Callable[[Flow], None], Behaviour, list[Json], bool]] = {
                                           {"weight": 100, "duration": "4s"}], False),
     "third": (flow_third, HEALTHY, [{"weight": FIRST_WEIGHT, "duration": "8s"}, {"weight": 25, "duration": "40s"},
                                     {"weight": 100, "duration": "4s"}], True),
+    "config": (flow_config, HEALTHY, [{"weight": FIRST_WEIGHT, "duration": "6s"}, {"weight": 25, "duration": "6s"},
+                                      {"weight": 100, "duration": "4s"}], False),
 }
+CONFIG_IN_GIT = {"config": GOOD_CONFIG}  # the flows whose Git holds a ConfigMap (and a SafeRollout with trackConfig)
 
 
 # -------------------------------------------------------------------------------------------------- fixtures
@@ -778,12 +955,13 @@ class Outcome:
 
 @pytest.fixture(scope="module")
 def outcomes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Outcome]]:
-    """Runs the three flows at once (one Argo CD, one operator, one Prometheus), each in a thread of its own."""
+    """Runs the flows at once (one Argo CD, one operator, one Prometheus), each in a thread of its own."""
     from tests.e2e.chart import install, sa_kubeconfig, uninstall
 
     acd.ensure_argocd()  # starts the cluster too; a missing or failed build raises
     kubeconfig_path = ensure_cluster()  # a no-op now: returns its kubeconfig
-    flows = {name: Flow(name, behaviour, stages, fast=fast) for name, (_, behaviour, stages, fast) in FLOWS.items()}
+    flows = {name: Flow(name, behaviour, stages, fast=fast, config=CONFIG_IN_GIT.get(name))
+             for name, (_, behaviour, stages, fast) in FLOWS.items()}
     namespaces = [f.ns for f in flows.values()]
     install(RELEASE, RELEASE_NAMESPACE, ("--set", "watchNamespaces={" + ",".join(namespaces) + "}"))
     root = tmp_path_factory.mktemp("argocd-gitops")
@@ -864,3 +1042,8 @@ def test_a_failing_commit_is_refused_and_a_revert_starts_nothing(outcomes: dict[
 @pytest.mark.timeout(1200)
 def test_a_third_commit_abandons_the_second_and_starts_at_stage_one(outcomes: dict[str, Outcome]) -> None:
     check(outcomes, "third")
+
+
+@pytest.mark.timeout(1200)
+def test_a_config_only_commit_is_canaried_refused_reverted_and_promoted(outcomes: dict[str, Outcome]) -> None:
+    check(outcomes, "config")

@@ -34,7 +34,7 @@ TEMPLATE["spec"]["volumes"] = [{"name": "conf", "configMap": {"name": "web-confi
 
 
 def cfg_of(data: dict[str, str]) -> str:
-    return configs.config_hash({CM: {"data": data}, PW: {"data": {"pw": "c2VjcmV0"}}})
+    return configs.config_hash({CM: {"data": data}, PW: {"data": {"pw": "c2VjcmV0"}}}, "shop/web")
 
 
 C1 = cfg_of(GOOD)
@@ -66,26 +66,54 @@ def tracked_world(bad: str | None = None) -> World:
 
 def test_every_kind_of_reference_is_found_and_renamed_to_its_copy() -> None:
     assert configs.references(TEMPLATE["spec"]) == [CM, PW]
-    renamed = configs.rewritten(TEMPLATE["spec"], "abc")
+    refs = set(configs.references(TEMPLATE["spec"]))
+    renamed = configs.rewritten(TEMPLATE["spec"], "abc", refs)
     assert renamed is not None and configs.references(renamed) == [(CONFIGMAP, "web-config-sr-abc"),
                                                                    (SECRET, "web-db-sr-abc")]
     assert renamed["volumes"][1]["projected"]["sources"][1]["secret"]["name"] == "web-db-sr-abc"
-    assert configs.rewritten(renamed, "abc") is None  # a reinvoked webhook changes nothing
-    assert configs.rewritten({"containers": [{"name": "c", "image": "x"}]}, "abc") is None
+    assert configs.rewritten(renamed, "abc", refs) is None  # a reinvoked webhook changes nothing
+    assert configs.rewritten({"containers": [{"name": "c", "image": "x"}]}, "abc", refs) is None
 
 
-def test_the_pod_patch_needs_the_label_and_touches_only_references() -> None:
-    pod = {"metadata": {"labels": {"app": "web"}}, "spec": TEMPLATE["spec"]}
-    assert configs.pod_patch(pod) == {}
-    pod["metadata"]["labels"][CONFIG_LABEL] = "abc"
-    patch = configs.pod_patch(pod)
+def test_a_copy_name_fits_an_object_name() -> None:
+    long = "c" * 250
+    name = configs.copy_name(long, "0123456789")
+    assert len(name) == 253 and name.endswith("-sr-0123456789") and name != configs.copy_name("c" * 249, "0123456789")
+    assert configs.copy_name("web", "abc") == "web-sr-abc"
+
+
+def test_two_rollouts_reading_one_configmap_get_copies_of_their_own() -> None:
+    objects = {CM: {"data": dict(GOOD)}}
+    assert configs.config_hash(objects, "shop/web") != configs.config_hash(objects, "shop/api")
+
+
+def admitted_pod(config: str | None) -> dict[str, Any]:
+    """A pod of the target's template as the webhook gets it: the ServiceAccount admission has added the token's
+    projected volume, which reads ConfigMap kube-root-ca.crt (a mesh's injector adds its own, as istio-ca-root-cert)."""
+    tmpl = configs.given(TEMPLATE, config) if config else json_copy(TEMPLATE)
+    pod = {"metadata": tmpl["metadata"], "spec": json_copy(tmpl["spec"])}
+    pod["spec"]["volumes"].append({"name": "kube-api-access-x7k2p", "projected": {"sources": [
+        {"serviceAccountToken": {"path": "token"}}, {"configMap": {"name": "kube-root-ca.crt"}}]}})
+    return pod
+
+
+def json_copy(obj: dict[str, Any]) -> dict[str, Any]:
+    return dict(yaml.safe_load(yaml.safe_dump(obj)))
+
+
+def test_the_pod_patch_renames_only_what_the_template_names() -> None:
+    assert configs.pod_patch(admitted_pod(None)) == {}
+    patch = configs.pod_patch(admitted_pod("abc"))
     assert set(patch["spec"]) == {"containers", "volumes"}
     assert patch["spec"]["containers"][0]["envFrom"] == [{"configMapRef": {"name": "web-config-sr-abc"}}]
     assert patch["spec"]["containers"][0]["image"] == "demo/web:1.0"
+    assert patch["spec"]["volumes"][-1]["projected"]["sources"][1] == {"configMap": {"name": "kube-root-ca.crt"}}
+    assert configs.references(patch["spec"]) == [(CONFIGMAP, "kube-root-ca.crt"), (CONFIGMAP, "web-config-sr-abc"),
+                                                 (SECRET, "web-db-sr-abc")]
 
 
 def test_the_kopf_pod_handler_answers_with_a_json_patch_of_the_references() -> None:
-    pod = {"metadata": {"name": "p", "labels": {CONFIG_LABEL: "abc"}}, "spec": TEMPLATE["spec"]}
+    pod = admitted_pod("abc")
     body = kopf.Body(pod)  # type: ignore[arg-type]  # a RawBody is a TypedDict of these keys
     patch = kopf.Patch(body=body)
     asyncio.run(handlers.config_copies(body=body, patch=patch, logger=logging.getLogger("t")))
@@ -93,11 +121,11 @@ def test_the_kopf_pod_handler_answers_with_a_json_patch_of_the_references() -> N
     assert values, "no patch"
     assert all(p.startswith(("/spec/containers", "/spec/volumes")) for p in values), values
     assert "web-config-sr-abc" in str(values) and "web-db-sr-abc" in str(values) and "web-config'" not in str(values)
+    assert "kube-root-ca.crt-sr" not in str(values)
 
 
 def test_a_version_covers_the_data_and_not_the_label_that_names_the_copies() -> None:
-    labelled = {"metadata": {"labels": {"app": "web", CONFIG_LABEL: "x"}}, "spec": TEMPLATE["spec"]}
-    assert configs.version_hash(labelled, C1) == configs.version_hash(TEMPLATE, C1)
+    assert configs.version_hash(configs.given(TEMPLATE, "x"), C1) == configs.version_hash(TEMPLATE, C1)
     assert configs.version_hash(TEMPLATE, C1) != configs.version_hash(TEMPLATE, cfg_of({"MODE": "red"}))
     assert configs.version_hash(TEMPLATE, None) == template_hash_of(TEMPLATE)
     # a copy keeps the data only: Argo CD's tracking label on a copy would make Argo CD prune it as its own
@@ -196,3 +224,22 @@ def test_without_track_config_an_edit_starts_nothing() -> None:
     w.edit_config(*CM, {"MODE": "green"})
     w.run(30)
     assert w.canary is None and w.weights_seen == [] and w.target_writes["operator"] == 0
+
+
+def test_switching_track_config_on_for_an_adopted_target_is_one_write_not_a_rollout() -> None:
+    data = yaml.safe_load(BASE)
+    del data["template"]
+    w = World(SafeRolloutSpec.model_validate(data), deployment=target_deployment(TEMPLATE, labelled=True),
+              config_objects={CM: {"data": dict(GOOD)}, PW: {"data": {"pw": "c2VjcmV0"}}})
+    w.run(10, until=lambda x: x.phase() == "Succeeded")
+    w.spec = tracked_spec()
+    w.run(30)
+    assert w.canary is None and w.weights_seen == [] and w.phase() == "Succeeded"
+    assert w.target_writes["operator"] == 1 and w.stable_config() == C1 and "ConfigTracked" in w.reasons()
+
+
+def test_the_crd_refuses_switching_track_config_off() -> None:
+    from saferollout.crdgen import crd  # the generated schema carries the transition rule
+    rules = [r for r in crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
+             ["x-kubernetes-validations"] if "oldSelf" in r["rule"]]
+    assert rules and "cannot be switched off" in rules[0]["message"]

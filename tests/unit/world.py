@@ -224,7 +224,7 @@ class World:
         if self.config_objects is None or not self.spec.track_config or self.deployment is None:
             return None
         refs = configs.references(self.deployment["spec"]["template"].get("spec"))
-        return configs.config_hash({r: self.config_objects.get(r) for r in refs})
+        return configs.config_hash({r: self.config_objects.get(r) for r in refs}, "shop/web")
 
     def stable_config(self) -> str | None:
         """What the stable pods read: the copies their template's label names, else the objects as they are."""
@@ -235,7 +235,7 @@ class World:
             assert label in self.copies, f"the stable pods are given copies of {label}, which were never made"
             return str(label)
         refs = configs.references(self.deployment["spec"]["template"].get("spec"))
-        return configs.config_hash({r: self.config_objects.get(r) for r in refs})
+        return configs.config_hash({r: self.config_objects.get(r) for r in refs}, "shop/web")
 
     def _note_config(self) -> None:
         cfg = self.stable_config()

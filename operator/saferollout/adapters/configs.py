@@ -25,17 +25,17 @@ def _read(namespace: str, ref: Ref) -> dict[str, Any] | None:
     return obj
 
 
-def read_config(namespace: str, template: dict[str, Any]) -> tuple[str, dict[Ref, dict[str, Any] | None]]:
+def read_config(ref: RolloutRef, template: dict[str, Any]) -> tuple[str, dict[Ref, dict[str, Any] | None]]:
     """(config version, the data of each referenced object) of a pod template as the objects are now."""
-    objects = {r: configs.data_of(_read(namespace, r)) for r in configs.references(template.get("spec"))}
-    return configs.config_hash(objects), objects
+    objects = {r: configs.data_of(_read(ref.namespace, r)) for r in configs.references(template.get("spec"))}
+    return configs.config_hash(objects, f"{ref.namespace}/{ref.name}"), objects
 
 
 def ensure_copies(ref: RolloutRef, template: dict[str, Any], config: str) -> None:
     """The copies of config version `config`, made from the objects only while they still hold that version (a
     change in between: the caller decides again on what is there now). A copy exists already: it is immutable and
     named by its data's hash, so it is kept (if this rollout made it)."""
-    now, objects = read_config(ref.namespace, template)
+    now, objects = read_config(ref, template)
     if now != config:
         raise RuntimeError(f"the referenced ConfigMaps/Secrets changed again (config {now}, not {config}); not copied")
     for (kind, name), data in objects.items():

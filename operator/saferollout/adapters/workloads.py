@@ -15,7 +15,7 @@ from saferollout.adapters import configs as config_copies
 from saferollout.adapters.kube import RolloutRef
 from saferollout.core import configs
 from saferollout.core.actions import TargetView
-from saferollout.core.configs import CONFIG_LABEL
+from saferollout.core.configs import CONFIG_LABEL, CONFIG_REFS
 from saferollout.core.models import CANARY_SUFFIX, SafeRolloutSpec
 from saferollout.core.templates import (
     ARGOCD_TRACKING,
@@ -29,6 +29,7 @@ from saferollout.core.templates import (
 CANARY_OF = "saferollout.dev/canary-of"
 ROLLOUT = "saferollout.dev/rollout"
 TEMPLATE_HASH = "saferollout.dev/template-hash"  # on the canary Deployment: the target template it was made from
+PREVIOUS_CONFIG = "saferollout.dev/previous-config"  # on a tracked target: the config version a promotion replaced
 SMP = "application/strategic-merge-patch+json"
 log = logging.getLogger(__name__)
 MERGE = "application/merge-patch+json"
@@ -78,17 +79,18 @@ def view_of(dep: dict[str, Any], config: str | None = None) -> TargetView:
                       held_hash=ann.get(HELD_ANNOTATION), revision=ann.get(REVISION_ANNOTATION),
                       application=tracking.split(":", 1)[0] if tracking else None, available=available(dep),
                       config=config, config_label=label,
-                      template_approved=config is not None and ann.get(STABLE_ANNOTATION) == raw)
+                      template_approved=config is not None and ann.get(STABLE_ANNOTATION) == raw,
+                      raw_hash=raw if config is not None else None)
 
 
-def _config(ref: RolloutRef, spec: SafeRolloutSpec, dep: dict[str, Any]) -> str | None:
-    return config_copies.read_config(ref.namespace, dep["spec"].get("template") or {})[0] if spec.track_config \
-        else None
+def config_version(ref: RolloutRef, spec: SafeRolloutSpec, dep: dict[str, Any]) -> str | None:
+    """trackConfig: the config version of what the target's template references now (None: not tracked)."""
+    return config_copies.read_config(ref, dep["spec"].get("template") or {})[0] if spec.track_config else None
 
 
 def target_view(ref: RolloutRef, spec: SafeRolloutSpec) -> TargetView:
     dep = raw_deployment(ref.namespace, spec.target_ref.name)
-    return view_of(dep, _config(ref, spec, dep))
+    return view_of(dep, config_version(ref, spec, dep))
 
 
 def label_target(ref: RolloutRef, spec: SafeRolloutSpec) -> None:
@@ -115,10 +117,14 @@ def target_patch(dep: dict[str, Any], template_hash: str, annotations: dict[str,
     if paused is not None:
         body["spec"]["paused"] = paused
     if config is not None and give_config:
-        given = copy.deepcopy(tmpl)
-        given.setdefault("metadata", {}).setdefault("labels", {})[CONFIG_LABEL] = config
-        body["spec"]["template"] = {"metadata": {"labels": {CONFIG_LABEL: config}}}
+        given = configs.given(tmpl, config)
+        gmeta = given["metadata"]
+        body["spec"]["template"] = {"metadata": {"labels": {CONFIG_LABEL: config},
+                                                 "annotations": {CONFIG_REFS: gmeta["annotations"][CONFIG_REFS]}}}
         meta["annotations"][STABLE_ANNOTATION] = template_hash_of(given)
+        before = config_of(tmpl)
+        if before and before != config:  # its copies go once no pod is given them (Secret copies are found by it)
+            meta["annotations"][PREVIOUS_CONFIG] = before
     elif config is not None:
         meta["annotations"].pop(STABLE_ANNOTATION, None)
         if meta["annotations"].get(HELD_ANNOTATION):
@@ -133,13 +139,16 @@ def _write_target(ref: RolloutRef, spec: SafeRolloutSpec, template_hash: str, an
     dep = raw_deployment(ref.namespace, spec.target_ref.name)
     if ((dep.get("metadata") or {}).get("labels") or {}).get(TARGET_LABEL) != ref.name:
         raise kube.Refused(f"Deployment {spec.target_ref.name} is not labelled {TARGET_LABEL}={ref.name}")
-    config = _config(ref, spec, dep)
+    config = config_version(ref, spec, dep)
     body = target_patch(dep, template_hash, annotations, paused, config, give_config)
     if config is not None and give_config:  # the copies exist before any pod is given them
         config_copies.ensure_copies(ref, dep["spec"].get("template") or {}, config)
-    # raised once: a retry of a write that landed (the target unpaused already) must not add the canary again
+    # raised once: a retry of a write that landed (the target unpaused already, or given this config version
+    # already: a config-only version is never paused) must not add the canary again
+    first = dep["spec"].get("paused") or (config is not None and give_config
+                                           and config_of(dep["spec"].get("template") or {}) != config)
     replicas, why = autoscaling.promotion_replicas(ref.namespace, dep, canary_name(spec)) \
-        if keep_capacity and dep["spec"].get("paused") else (None, "")
+        if keep_capacity and first else (None, "")
     if replicas is not None:
         body["spec"]["replicas"] = replicas
     kube.apps().patch_namespaced_deployment(spec.target_ref.name, ref.namespace, body, _content_type=MERGE)
@@ -159,36 +168,50 @@ def release_target(ref: RolloutRef, spec: SafeRolloutSpec, stable_hash: str, kee
 
 
 def let_go(ref: RolloutRef, target: str) -> bool:
-    """The SafeRollout is gone: its label and annotations leave the target, and a hold of the webhook's ends (the
-    template Git holds then rolls out). Only a Deployment labelled for this rollout; True when one was."""
+    """The SafeRollout is gone: its label and annotations leave the target (trackConfig's label on its pod template
+    too), and a hold of the webhook's ends (the template Git holds then rolls out). Only a Deployment labelled for
+    this rollout; True when one was."""
     dep = kube.read_or_none(kube.apps().read_namespaced_deployment, target, ref.namespace)
     if dep is None or ((dep.get("metadata") or {}).get("labels") or {}).get(TARGET_LABEL) != ref.name:
         return False
     ann = (dep.get("metadata") or {}).get("annotations") or {}
     body: dict[str, Any] = {"metadata": {"resourceVersion": dep["metadata"]["resourceVersion"],
                                          "labels": {TARGET_LABEL: None},
-                                         "annotations": {STABLE_ANNOTATION: None, HELD_ANNOTATION: None}}}
+                                         "annotations": {STABLE_ANNOTATION: None, HELD_ANNOTATION: None,
+                                                         PREVIOUS_CONFIG: None}}, "spec": {}}
     if ann.get(HELD_ANNOTATION) and (dep.get("spec") or {}).get("paused"):
-        body["spec"] = {"paused": False}
+        body["spec"]["paused"] = False
+    if config_of((dep.get("spec") or {}).get("template") or {}):  # trackConfig's copies go with the SafeRollout:
+        # its pods read the objects Git names again (the Deployment controller replaces them once)
+        body["spec"]["template"] = {"metadata": {"labels": {CONFIG_LABEL: None}, "annotations": {CONFIG_REFS: None}}}
     kube.apps().patch_namespaced_deployment(target, ref.namespace, body, _content_type=MERGE)
     return True
 
 
 def _prune_copies(ref: RolloutRef, spec: SafeRolloutSpec, canary: dict[str, Any] | None) -> None:
     """With the canary gone, only the copies the target's pods are given are needed: those of a refused or
-    abandoned version, and of the version a promotion replaced, go. A failure is logged, never blocks a rollback
-    (the copies are owned by the SafeRollout and go with it at the latest)."""
+    abandoned version, and of the version a promotion replaced, go — only once every pod of the target runs its
+    current template (no older ReplicaSet's pod still reads older copies). A failure is logged, never blocks a
+    rollback (the copies are owned by the SafeRollout and go with it at the latest)."""
     try:
         target = raw_deployment(ref.namespace, spec.target_ref.name)
         tmpl = target["spec"].get("template") or {}
-        keep = ((tmpl.get("metadata") or {}).get("labels") or {}).get(CONFIG_LABEL)
+        keep = config_of(tmpl)
+        if keep is None or not available(target):
+            return
         ctmpl = ((canary or {}).get("spec") or {}).get("template") or {}
-        also = {v for v in [((ctmpl.get("metadata") or {}).get("labels") or {}).get(CONFIG_LABEL)] if v}
+        previous = ((target.get("metadata") or {}).get("annotations") or {}).get(PREVIOUS_CONFIG)
+        also = {v for v in (config_of(ctmpl), previous) if v}
         removed = config_copies.prune_copies(ref, keep, [tmpl], also)
         if removed:
             log.info("removed %d copies of config versions other than %s", removed, keep)
     except ApiException as e:
         log.warning("could not remove old config copies: %s", kube.error_text(e))
+
+
+def config_of(template: dict[str, Any]) -> str | None:
+    """The config version a pod template's pods are given (trackConfig's label), if any."""
+    return ((template.get("metadata") or {}).get("labels") or {}).get(CONFIG_LABEL)
 
 
 def images_of(dep: dict[str, Any]) -> dict[str, str]:
@@ -261,15 +284,15 @@ def ensure_canary(ref: RolloutRef, spec: SafeRolloutSpec, images: dict[str, str]
     replicas = plan.replicas
     drop = set() if plan.behind_stable else _selector_keys(ref, spec, target)
     tmpl = copy.deepcopy(target["spec"]["template"])
-    config = _config(ref, spec, target) if template_hash is not None else None
+    config = config_version(ref, spec, target) if template_hash is not None else None
     if template_hash is not None and configs.version_hash(tmpl, config) != template_hash:
         raise RuntimeError(f"the target's pod template is {configs.version_hash(tmpl, config)} now, "
                            f"not {template_hash}")
     tmpl.setdefault("metadata", {})
     if config is not None:  # trackConfig: the canary reads copies of the config version it is analysed with
         config_copies.ensure_copies(ref, tmpl, config)
-        tmpl["spec"] = configs.rewritten(tmpl["spec"], config) or tmpl["spec"]
-        tmpl["metadata"].setdefault("labels", {})[CONFIG_LABEL] = config
+        tmpl = configs.given(tmpl, config)
+        tmpl["spec"] = configs.rewritten(tmpl["spec"], config, set(configs.references(tmpl["spec"]))) or tmpl["spec"]
     labels = {k: v for k, v in (tmpl["metadata"].get("labels") or {}).items() if k not in drop}
     labels.update({CANARY_OF: spec.target_ref.name, ROLLOUT: ref.name})
     tmpl["metadata"]["labels"] = labels
@@ -362,10 +385,14 @@ def delete_canary(ref: RolloutRef, spec: SafeRolloutSpec) -> None:
     """Only the canary this rollout created goes; a Deployment of that name that someone else made stays."""
     autoscaling.delete_canary_hpa(ref, canary_name(spec))
     current = kube.read_or_none(kube.apps().read_namespaced_deployment, canary_name(spec), ref.namespace)
+    ours = current if current is not None and kube.owned_by(current, ref) else None
+    if ours is not None:
+        _delete_canary(ref, spec, ours)
     if spec.track_config:
-        _prune_copies(ref, spec, current if current is not None and kube.owned_by(current, ref) else None)
-    if current is None or not kube.owned_by(current, ref):
-        return
+        _prune_copies(ref, spec, ours)
+
+
+def _delete_canary(ref: RolloutRef, spec: SafeRolloutSpec, current: dict[str, Any]) -> None:
     try:
         kube.apps().delete_namespaced_deployment(canary_name(spec), ref.namespace, propagation_policy="Background",
                                                  body={"preconditions": {"uid": current["metadata"]["uid"]}})

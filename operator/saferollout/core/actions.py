@@ -228,6 +228,7 @@ class TargetView:
     config: str | None = None
     config_label: str | None = None
     template_approved: bool = False  # the pod template itself is the approved one (only its config may differ)
+    raw_hash: str | None = None  # the template's own hash (the webhook's), when it differs from template_hash
 
 
 @dataclass(frozen=True)

@@ -15,11 +15,15 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Mapping
 from typing import Any
 
 from saferollout.core.templates import template_hash_of
 
 CONFIG_LABEL = "saferollout.dev/config"  # on a tracked pod template: the config version its pods are given
+# beside it, the references (kind/name, comma-separated) the template itself names: only these are renamed in a
+# pod, never what admission adds (the ServiceAccount token's kube-root-ca.crt, a mesh's injected volumes)
+CONFIG_REFS = "saferollout.dev/config-refs"
 COPY_OF = "saferollout.dev/copy-of"  # on a copy: the rollout that made it
 COPY_INFIX = "-sr-"
 CONFIGMAP, SECRET = "ConfigMap", "Secret"
@@ -71,15 +75,31 @@ def references(pod_spec: dict[str, Any] | None) -> list[Ref]:
 
 
 def copy_name(name: str, config: str) -> str:
-    return f"{name}{COPY_INFIX}{config}"
+    """`<name>-sr-<config>`, within the 253 characters of an object name (a long name is shortened, with a hash)."""
+    suffix = f"{COPY_INFIX}{config}"
+    if len(name) + len(suffix) > 253:
+        name = f"{name[:253 - len(suffix) - 9]}-{hashlib.sha256(name.encode()).hexdigest()[:8]}"
+    return f"{name}{suffix}"
 
 
-def rewritten(pod_spec: dict[str, Any], config: str) -> dict[str, Any] | None:
-    """The pod spec with every tracked reference renamed to its copy for `config`; None if nothing changes. A
-    reference that is a copy already is left alone, so a second pass (a reinvoked webhook) changes nothing."""
+def refs_value(refs: list[Ref]) -> str:
+    return ",".join(f"{k}/{n}" for k, n in refs)
+
+
+def parse_refs(value: str | None) -> set[Ref]:
+    out: set[Ref] = set()
+    for item in (value or "").split(","):
+        kind, _, name = item.partition("/")
+        if kind in (CONFIGMAP, SECRET) and name:
+            out.add((kind, name))
+    return out
+
+
+def rewritten(pod_spec: dict[str, Any], config: str, only: set[Ref]) -> dict[str, Any] | None:
+    """The pod spec with the references in `only` renamed to their copies for `config`; None if nothing changes.
+    A copy's name is not in `only`, so a second pass (a reinvoked webhook) changes nothing."""
     spec = json.loads(json.dumps(pod_spec))
-    suffix = copy_name("", config)
-    rename = {r: copy_name(r[1], config) for r in references(pod_spec) if not r[1].endswith(suffix)}
+    rename = {r: copy_name(r[1], config) for r in references(pod_spec) if r in only}
     if not rename:
         return None
     _walk(spec, rename)
@@ -97,24 +117,36 @@ def data_of(obj: dict[str, Any] | None) -> dict[str, Any] | None:
     return out
 
 
-def config_hash(objects: dict[Ref, dict[str, Any] | None]) -> str:
+def config_hash(objects: Mapping[Ref, dict[str, Any] | None], salt: str) -> str:
     """The config version: the data of every referenced object (None: absent, an optional reference), in a
-    canonical form. 10 hex digits: a label value and a name suffix."""
-    body = json.dumps([[k, n, objects[(k, n)]] for k, n in sorted(objects)], sort_keys=True, separators=(",", ":"))
+    canonical form, salted with the rollout (`namespace/name`: two targets that read one ConfigMap get copies of
+    their own). 10 hex digits: a label value and a name suffix."""
+    body = json.dumps([salt, [[k, n, objects[(k, n)]] for k, n in sorted(objects)]], sort_keys=True,
+                      separators=(",", ":"))
     return hashlib.sha256(body.encode()).hexdigest()[:10]
 
 
 def pod_patch(pod: dict[str, Any]) -> dict[str, Any]:
     """The pod webhook's answer to a CREATE of a pod whose template carries CONFIG_LABEL: a merge patch renaming its
     references to the copies of that config version (empty: unchanged). No API call: the label says it all."""
-    config = ((pod.get("metadata") or {}).get("labels") or {}).get(CONFIG_LABEL)
+    meta = pod.get("metadata") or {}
+    config = (meta.get("labels") or {}).get(CONFIG_LABEL)
     spec = pod.get("spec") or {}
     if not config:
         return {}
-    new = rewritten(spec, config)
+    new = rewritten(spec, config, parse_refs((meta.get("annotations") or {}).get(CONFIG_REFS)))
     if new is None:
         return {}
     return {"spec": {k: new[k] for k in ("volumes", *_CONTAINER_LISTS) if k in new and new[k] != spec.get(k)}}
+
+
+def given(template: dict[str, Any], config: str) -> dict[str, Any]:
+    """A pod template whose pods are given the copies of `config`: the label and the references it names."""
+    out: dict[str, Any] = json.loads(json.dumps(template))
+    meta = out.setdefault("metadata", {})
+    meta.setdefault("labels", {})[CONFIG_LABEL] = config
+    meta.setdefault("annotations", {})[CONFIG_REFS] = refs_value(references(out.get("spec")))
+    return out
 
 
 def copy_object(kind: str, name: str, config: str, data: dict[str, Any], rollout: str,
@@ -131,10 +163,15 @@ def copy_object(kind: str, name: str, config: str, data: dict[str, Any], rollout
 
 
 def version_hash(template: dict[str, Any] | None, config: str | None) -> str:
-    """A tracked target's version: its pod template without CONFIG_LABEL (which only says which copies its pods
-    get) and the config version of the objects it references. Untracked (`config` None): the template's hash."""
+    """A tracked target's version: its pod template without CONFIG_LABEL and CONFIG_REFS (which only say which
+    copies its pods get) and the config version of the objects it references. Untracked (`config` None): the template's hash."""
     if config is None:
         return template_hash_of(template)
     bare = json.loads(json.dumps(template or {}))
-    ((bare.get("metadata") or {}).get("labels") or {}).pop(CONFIG_LABEL, None)
+    meta = bare.get("metadata") or {}
+    for key, ours in (("labels", CONFIG_LABEL), ("annotations", CONFIG_REFS)):
+        if isinstance(meta.get(key), dict) and ours in meta[key]:
+            meta[key].pop(ours)
+            if not meta[key]:  # a map the operator's write made: as if it were never there
+                meta.pop(key)
     return hashlib.sha256(f"{template_hash_of(bare)}+{config}".encode()).hexdigest()[:16]

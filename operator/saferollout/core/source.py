@@ -41,6 +41,7 @@ def version(run: Run) -> tuple[str, str, bool] | None:
         _keep_held(run, t)
         _track(run, t)
         return new
+    _normalise(run, t)
     _keep_held(run, t)
     _track(run, t)
     if t.template_hash == run.s.template_hash or run.s.phase == Phase.rolling_back:
@@ -48,6 +49,9 @@ def version(run: Run) -> tuple[str, str, bool] | None:
     if t.template_hash == run.s.source.stable_template_hash:
         return t.template_hash, f"the pod template of Deployment {run.spec.target_ref.name} is the stable " \
             f"version {t.template_hash} again", True
+    if t.config is not None and t.template_approved:
+        return t.template_hash, f"new version {t.template_hash}: config {t.config} of the ConfigMaps and Secrets " \
+            f"that Deployment {run.spec.target_ref.name} references (its pod template is the stable one)", False
     return t.template_hash, f"new pod template {t.template_hash} on Deployment {run.spec.target_ref.name}" + (
         f" (generation {t.generation})" if t.generation is not None else ""), False
 
@@ -93,6 +97,17 @@ def _keep_held(run: Run, t: a.TargetView) -> None:
     run.event("TemplateNotHeld", f"Deployment {run.spec.target_ref.name} was not paused on the new pod template "
               f"{t.template_hash} (is the admission webhook installed?): paused now; pods it replaced meanwhile "
               "already run the new template", warning=True)
+
+
+def _normalise(run: Run, t: a.TargetView) -> None:
+    """trackConfig switched on for an adopted target: the hashes recorded before were of the template alone (the
+    webhook's); the same template is the same stable version now, with the config it runs, not a new one."""
+    src = run.s.source
+    if src is None or t.raw_hash is None or t.stable_hash is None or src.stable_template_hash != t.raw_hash:
+        return
+    src.stable_template_hash = t.stable_hash
+    if run.s.template_hash == t.raw_hash:
+        run.s.template_hash = t.stable_hash
 
 
 def _track(run: Run, t: a.TargetView) -> None:

@@ -56,6 +56,8 @@ TARGET_TEMPLATE_ROUTERS = ("without spec.template (the target's own pod template
                            "the target or its Service, which Git holds")
 TRACK_CONFIG_TEMPLATE = ("trackConfig needs spec.template omitted: the ConfigMaps and Secrets tracked are those the "
                          "target Deployment's own pod template references")
+TRACK_CONFIG_OFF = ("trackConfig cannot be switched off: the target's pods are given copies of the approved config; "
+                    "delete the SafeRollout (which gives them the objects again) and create it anew")
 
 STATEFULSET_PARTITION = ("targetRef.kind StatefulSet goes only with strategy.canary and its partition router "
                          "(traffic.partition): its pods are updated in place, so there is no canary workload for "
@@ -254,6 +256,8 @@ class SafeRolloutSpec(Model):
             "self.database.forwardOnly", MIGRATION_NEEDS_RESTORE, ".migration"),
         cel("!has(self.trackConfig) || !self.trackConfig || !has(self.template)", TRACK_CONFIG_TEMPLATE,
             ".trackConfig"),
+        cel("!has(oldSelf.trackConfig) || !oldSelf.trackConfig || has(self.trackConfig) && self.trackConfig",
+            TRACK_CONFIG_OFF, ".trackConfig"),
     ]})
     target_ref: TargetRef
     template: PodTemplate | None = Field(
