@@ -82,6 +82,17 @@ def test_a_copy_name_fits_an_object_name() -> None:
     assert configs.copy_name("web", "abc") == "web-sr-abc"
 
 
+def test_a_version_has_its_own_configmap_that_owns_its_copies() -> None:
+    owner = {"apiVersion": "saferollout.dev/v1alpha1", "kind": "SafeRollout", "name": "web", "uid": "u"}
+    version = configs.version_object("web", "0123456789", [CM, PW], owner)
+    name = version["metadata"]["name"]
+    assert name == "web-sr-0123456789-version" and not name.endswith(configs.copy_name("", "0123456789"))
+    assert version["metadata"]["ownerReferences"] == [owner] and version["immutable"] is True
+    assert version["data"] == {"references": "ConfigMap/web-config,Secret/web-db"}
+    assert version["metadata"]["labels"][configs.VERSION_OF] == "true"
+    assert len(configs.version_object("w" * 253, "0123456789", [], owner)["metadata"]["name"]) <= 253
+
+
 def test_two_rollouts_reading_one_configmap_get_copies_of_their_own() -> None:
     objects = {CM: {"data": dict(GOOD)}}
     assert configs.config_hash(objects, "shop/web") != configs.config_hash(objects, "shop/api")

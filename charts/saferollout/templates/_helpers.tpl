@@ -128,13 +128,14 @@ unless noted. tests/unit/test_chart.py pins every verb; change it together with 
   resources: [services]
   verbs: [get, create, patch]
 # The database DSN of a snapshot, and (trackConfig) the Secrets a target's pod template references, read by name
-# only (no list: the operator cannot enumerate secrets); trackConfig's immutable copies of them created, and
-# deleted by name once no pod is given them.
+# only (no list: the operator cannot enumerate secrets); trackConfig's immutable copies of them created. Never
+# deleted by the operator: a config version's ConfigMap owns its copies, and the garbage collector removes them.
 - apiGroups: [""]
   resources: [secrets]
-  verbs: [get, create, delete]
+  verbs: [get, create]
 # Incident reports: created, or replaced (update) when one exists already; never read back. trackConfig: the
-# ConfigMaps a target's pod template references read, their copies created, listed by label and deleted.
+# ConfigMaps a target's pod template references read, their copies and each version's own ConfigMap created,
+# the versions listed by label and deleted.
 - apiGroups: [""]
   resources: [configmaps]
   verbs: [get, list, create, update, delete]

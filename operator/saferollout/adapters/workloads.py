@@ -29,7 +29,6 @@ from saferollout.core.templates import (
 CANARY_OF = "saferollout.dev/canary-of"
 ROLLOUT = "saferollout.dev/rollout"
 TEMPLATE_HASH = "saferollout.dev/template-hash"  # on the canary Deployment: the target template it was made from
-PREVIOUS_CONFIG = "saferollout.dev/previous-config"  # on a tracked target: the config version a promotion replaced
 SMP = "application/strategic-merge-patch+json"
 log = logging.getLogger(__name__)
 MERGE = "application/merge-patch+json"
@@ -122,9 +121,6 @@ def target_patch(dep: dict[str, Any], template_hash: str, annotations: dict[str,
         body["spec"]["template"] = {"metadata": {"labels": {CONFIG_LABEL: config},
                                                  "annotations": {CONFIG_REFS: gmeta["annotations"][CONFIG_REFS]}}}
         meta["annotations"][STABLE_ANNOTATION] = template_hash_of(given)
-        before = config_of(tmpl)
-        if before and before != config:  # its copies go once no pod is given them (Secret copies are found by it)
-            meta["annotations"][PREVIOUS_CONFIG] = before
     elif config is not None:
         meta["annotations"].pop(STABLE_ANNOTATION, None)
         if meta["annotations"].get(HELD_ANNOTATION):
@@ -177,8 +173,8 @@ def let_go(ref: RolloutRef, target: str) -> bool:
     ann = (dep.get("metadata") or {}).get("annotations") or {}
     body: dict[str, Any] = {"metadata": {"resourceVersion": dep["metadata"]["resourceVersion"],
                                          "labels": {TARGET_LABEL: None},
-                                         "annotations": {STABLE_ANNOTATION: None, HELD_ANNOTATION: None,
-                                                         PREVIOUS_CONFIG: None}}, "spec": {}}
+                                         "annotations": {STABLE_ANNOTATION: None, HELD_ANNOTATION: None}},
+                            "spec": {}}
     if ann.get(HELD_ANNOTATION) and (dep.get("spec") or {}).get("paused"):
         body["spec"]["paused"] = False
     if config_of((dep.get("spec") or {}).get("template") or {}):  # trackConfig's copies go with the SafeRollout:
@@ -188,7 +184,7 @@ def let_go(ref: RolloutRef, target: str) -> bool:
     return True
 
 
-def _prune_copies(ref: RolloutRef, spec: SafeRolloutSpec, canary: dict[str, Any] | None) -> None:
+def _prune_copies(ref: RolloutRef, spec: SafeRolloutSpec) -> None:
     """With the canary gone, only the copies the target's pods are given are needed: those of a refused or
     abandoned version, and of the version a promotion replaced, go — only once every pod of the target runs its
     current template (no older ReplicaSet's pod still reads older copies). A failure is logged, never blocks a
@@ -199,12 +195,9 @@ def _prune_copies(ref: RolloutRef, spec: SafeRolloutSpec, canary: dict[str, Any]
         keep = config_of(tmpl)
         if keep is None or not available(target):
             return
-        ctmpl = ((canary or {}).get("spec") or {}).get("template") or {}
-        previous = ((target.get("metadata") or {}).get("annotations") or {}).get(PREVIOUS_CONFIG)
-        also = {v for v in (config_of(ctmpl), previous) if v}
-        removed = config_copies.prune_copies(ref, keep, [tmpl], also)
+        removed = config_copies.prune_copies(ref, keep)
         if removed:
-            log.info("removed %d copies of config versions other than %s", removed, keep)
+            log.info("removed %d config versions other than %s (their copies go with them)", removed, keep)
     except ApiException as e:
         log.warning("could not remove old config copies: %s", kube.error_text(e))
 
@@ -327,7 +320,7 @@ def ensure_canary(ref: RolloutRef, spec: SafeRolloutSpec, images: dict[str, str]
         raise kube.Refused(f"Deployment {name} exists and was not created by this SafeRollout; "
                            "it is not taken over (rename it or remove it)")
     if template_hash is not None and (current["metadata"].get("annotations") or {}).get(TEMPLATE_HASH) != template_hash:
-        delete_canary(ref, spec)  # made from another template: a patch could not remove what that one had more
+        delete_canary(ref, spec, prune=False)  # made from another template: a patch could not remove what it had more
         return False
     if hpa is not None:  # its replicas are the HPA's to write
         autoscaling.ensure_canary_hpa(ref, hpa, name)
@@ -381,15 +374,15 @@ def _ensure_canary_service(ref: RolloutRef, spec: SafeRolloutSpec) -> None:
     })
 
 
-def delete_canary(ref: RolloutRef, spec: SafeRolloutSpec) -> None:
+def delete_canary(ref: RolloutRef, spec: SafeRolloutSpec, prune: bool = True) -> None:
     """Only the canary this rollout created goes; a Deployment of that name that someone else made stays."""
     autoscaling.delete_canary_hpa(ref, canary_name(spec))
     current = kube.read_or_none(kube.apps().read_namespaced_deployment, canary_name(spec), ref.namespace)
     ours = current if current is not None and kube.owned_by(current, ref) else None
     if ours is not None:
         _delete_canary(ref, spec, ours)
-    if spec.track_config:
-        _prune_copies(ref, spec, ours)
+    if spec.track_config and prune:
+        _prune_copies(ref, spec)
 
 
 def _delete_canary(ref: RolloutRef, spec: SafeRolloutSpec, current: dict[str, Any]) -> None:

@@ -24,7 +24,8 @@ CONFIG_LABEL = "saferollout.dev/config"  # on a tracked pod template: the config
 # beside it, the references (kind/name, comma-separated) the template itself names: only these are renamed in a
 # pod, never what admission adds (the ServiceAccount token's kube-root-ca.crt, a mesh's injected volumes)
 CONFIG_REFS = "saferollout.dev/config-refs"
-COPY_OF = "saferollout.dev/copy-of"  # on a copy: the rollout that made it
+COPY_OF = "saferollout.dev/copy-of"  # on a copy and on a version's ConfigMap: the rollout that made it
+VERSION_OF = "saferollout.dev/config-version"  # on a version's ConfigMap, the owner of its copies
 COPY_INFIX = "-sr-"
 CONFIGMAP, SECRET = "ConfigMap", "Secret"
 Ref = tuple[str, str]  # (kind, name)
@@ -147,6 +148,16 @@ def given(template: dict[str, Any], config: str) -> dict[str, Any]:
     meta.setdefault("labels", {})[CONFIG_LABEL] = config
     meta.setdefault("annotations", {})[CONFIG_REFS] = refs_value(references(out.get("spec")))
     return out
+
+
+def version_object(rollout: str, config: str, refs: list[Ref], owner: dict[str, Any]) -> dict[str, Any]:
+    """A config version's own ConfigMap, owned by the SafeRollout: it owns the version's copies, so deleting it
+    removes them all (Secrets too) through the garbage collector. Its data names what was copied."""
+    return {"apiVersion": "v1", "kind": CONFIGMAP,
+            "metadata": {"name": copy_name(rollout, config)[:245] + "-version",  # never a copy's name: -sr-<config>
+                         "labels": {COPY_OF: rollout, CONFIG_LABEL: config, VERSION_OF: "true"},
+                         "ownerReferences": [owner]},
+            "immutable": True, "data": {"references": refs_value(refs)}}
 
 
 def copy_object(kind: str, name: str, config: str, data: dict[str, Any], rollout: str,
