@@ -21,10 +21,12 @@ The equal setting: analysis interval 10 s (Flagger's floor: a shorter interval i
 roll back (SafeRollout failureLimit 3, Flagger threshold 3, Argo Rollouts failureLimit 2: it fails when failures
 exceed the limit), stages 5/25/50/100 % of one interval each, the same error-rate query with a 10 s window and a 1%
 maximum. Argo Rollouts' analysis starts one interval after the update (initialDelay), as Flagger's first check does.
+`--setting defaults` leaves out of each manifest every field with a documented default (DEFAULTS below).
 
 Needs: the cluster (SR_* variables as for cluster/up.sh, KUBECONFIG or SR_STATE_DIR), `bash bench/peers/build.sh all`.
 Run: .venv/bin/python bench/peers.py [--runs 3] [--controllers saferollout,flagger,argo-rollouts]
-     [--cases failing,healthy,noisy,outage] [--load 20] [--json out.json] | --report a.json b.json
+     [--cases failing,healthy,noisy,outage] [--load 20] [--setting equal|defaults] [--json out.json]
+     | --report a.json b.json
 Prints tables; not a test.
 """
 
@@ -85,6 +87,32 @@ class Setting:
     window: str = "10s"
     max_error: float = 0.01
     hold: bool = False  # row 5's load: the rollouts stay in their first stages (an hour; Flagger: 1..99% a step)
+    # each tool's documented defaults: what each leaves out gets its own default (see DEFAULTS); stage durations
+    # and Argo Rollouts' measurement interval, which have none, are `stage_s`
+    defaults: bool = False
+    stage_s: int | None = None
+
+    @property
+    def stage(self) -> str:
+        return f"{self.stage_s or self.interval_s}s"
+
+    @property
+    def label(self) -> str:
+        if self.defaults:
+            return (f"documented defaults: SafeRollout interval 30s, failureLimit 3, rate window 1m; Flagger interval "
+                    f"60s, threshold 1, metric interval 1m; Argo Rollouts failureLimit 0, no initialDelay, and (no "
+                    f"default) interval {self.stage}, query window 1m; stages {', '.join(map(str, self.weights))} % "
+                    f"of {self.stage} each, 1% maximum error rate")
+        return (f"equal setting: interval {self.interval_s}s, {self.failures} failed checks roll back, stages "
+                f"{', '.join(map(str, self.weights))} % of {self.stage} each, query window {self.window}, "
+                f"{self.max_error:.0%} maximum error rate")
+
+
+# Row 1-4's second setting: every field with a documented default is left out of each tool's manifest. Stage
+# durations have no default in any of them (Flagger advances one step per interval, 60 s by default, so 60 s for
+# all); Argo Rollouts' metric interval has none either (without it a background analysis measures once), so it
+# takes the same 60 s.
+DEFAULTS = Setting(interval_s=60, window="1m", defaults=True, stage_s=60)
 
 
 def error_rate_query(ns: str, service: str, window: str) -> str:
@@ -249,8 +277,7 @@ class SafeRollout(Controller):
         """Its operator, watching the namespace (it is started per namespace, with the harness's launch)."""
         snapshots = self.logs / f"snapshots-{ns}"
         snapshots.mkdir(exist_ok=True)
-        self.op = OperatorProcess(operator_launch(ns, self.kube.kubeconfig, self.prom.url, snapshots),
-                                  self.logs / f"saferollout-{ns}.log", Timeline())
+        self.op = OperatorProcess(self._launch(ns, snapshots), self.logs / f"saferollout-{ns}.log", Timeline())
         self.op.start()
         time.sleep(3)  # kopf's start-up, before the rollout exists: not counted
 
@@ -262,12 +289,19 @@ class SafeRollout(Controller):
                      "template": {"containers": [{"name": "web", "image": CANARY_IMAGE}]},
                      "strategy": {"canary": {
                          "stages": [{"weight": 5, "duration": "1h"}, {"weight": 100, "duration": "1h"}] if s.hold
-                         else [{"weight": w, "duration": f"{s.interval_s}s"} for w in s.weights],
+                         else [{"weight": w, "duration": s.stage} for w in s.weights],
                          "traffic": {"gatewayAPI": {"httpRoute": "web", "stableService": "web",
                                                     "canaryService": "web-canary"}}}},
-                     "analysis": {"interval": f"{s.interval_s}s", "failureLimit": s.failures, "metrics": [
-                         {"name": "error-rate", "template": "error-rate", "max": s.max_error, "onBreach": "rollback"}]}},
+                     "analysis": {**({} if s.defaults else {"interval": f"{s.interval_s}s", "failureLimit": s.failures}),
+                                  "metrics": [{"name": "error-rate", "template": "error-rate", "max": s.max_error,
+                                               "onBreach": "rollback"}]}},
         }])
+
+    def _launch(self, ns: str, snapshots: Path) -> OperatorLaunch:
+        launch = operator_launch(ns, self.kube.kubeconfig, self.prom.url, snapshots)
+        if self.setting.defaults:  # the operator's own rate window (the harness's is 10 s)
+            launch.env.pop("SAFEROLLOUT_RATE_WINDOW", None)
+        return launch
 
     def end(self, ns: str) -> None:
         if self.op is not None:
@@ -279,7 +313,7 @@ class SafeRollout(Controller):
             wait_for(f"{ns}/web available", partial(self._available, ns), 120)
         snapshots = self.logs / "snapshots-load"
         snapshots.mkdir(exist_ok=True)
-        launch = operator_launch(namespaces[0], self.kube.kubeconfig, self.prom.url, snapshots)
+        launch = self._launch(namespaces[0], snapshots)
         extra = [a for ns in namespaces[1:] for a in ("--namespace", ns)]
         self.op = OperatorProcess(OperatorLaunch([*launch.argv, *extra], launch.env), self.logs / "saferollout-load.log",
                                   Timeline())
@@ -318,18 +352,20 @@ class Flagger(Controller):
         return [namespace(ns), deployment(ns, 2), *gateway(ns),
                 {"apiVersion": flagger, "kind": "MetricTemplate", "metadata": {"name": "error-rate", "namespace": ns},
                  "spec": {"provider": {"type": "prometheus", "address": self.prom.url},
-                          "query": error_rate_query(ns, "web-canary", s.window)}},
+                          # defaults: Flagger fills in the metric's interval (1m unless given)
+                          "query": error_rate_query(ns, "web-canary", "{{ interval }}" if s.defaults else s.window)}},
                 {"apiVersion": flagger, "kind": "Canary", "metadata": {"name": "web", "namespace": ns},
                  "spec": {"provider": "gatewayapi:v1",
                           "targetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "web"},
                           "progressDeadlineSeconds": 120,
                           "service": {"port": 80, "targetPort": 8080,
                                       "gatewayRefs": [{"name": GATEWAY, "namespace": ns}]},
-                          "analysis": {"interval": f"{s.interval_s}s", "threshold": s.failures,
+                          "analysis": {**({} if s.defaults else {"interval": f"{s.interval_s}s",
+                                                                 "threshold": s.failures}),
                                        "stepWeights": list(range(1, 100)) if s.hold else list(s.weights),
                                        "metrics": [{"name": "error-rate", "templateRef": {"name": "error-rate"},
                                                     "thresholdRange": {"max": s.max_error},
-                                                    "interval": s.window}]}}}]
+                                                    **({} if s.defaults else {"interval": s.window})}]}}}]
 
     def _canary(self, ns: str) -> dict[str, Any]:
         return get_or_none(lambda: self.kube.custom.get_namespaced_custom_object(
@@ -371,12 +407,15 @@ class ArgoRollouts(Controller):
         argo = "argoproj.io/v1alpha1"
         steps: list[dict[str, Any]] = []
         for w in (5,) if s.hold else s.weights:
-            steps += [{"setWeight": w}, {"pause": {"duration": "1h" if s.hold else f"{s.interval_s}s"}}]
+            steps += [{"setWeight": w}, {"pause": {"duration": "1h" if s.hold else s.stage}}]
         labels = {"app": "web"}
+        # defaults: failureLimit 0 (the first failed measurement fails it), no initialDelay; interval has no default
+        timing = {"interval": s.stage} if s.defaults else {"interval": f"{s.interval_s}s",
+                                                            "initialDelay": f"{s.interval_s}s",
+                                                            "failureLimit": s.failures - 1}
         return [namespace(ns), service(ns, "web", labels),
                 {"apiVersion": argo, "kind": "AnalysisTemplate", "metadata": {"name": "error-rate", "namespace": ns},
-                 "spec": {"metrics": [{"name": "error-rate", "interval": f"{s.interval_s}s",
-                                       "initialDelay": f"{s.interval_s}s", "failureLimit": s.failures - 1,
+                 "spec": {"metrics": [{"name": "error-rate", **timing,
                                        "successCondition": f"result[0] <= {s.max_error}",
                                        "provider": {"prometheus": {"address": self.prom.url, "query":
                                                                    error_rate_query(ns, "web-canary", s.window)}}}]}},
@@ -639,6 +678,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--load", type=int, default=0, help="row 5: this many rollouts held running (0: skip)")
     ap.add_argument("--json", type=Path, help="also write every run's outcome and the usage figures here")
     ap.add_argument("--report", type=Path, nargs="+", help="print the tables of earlier --json files; run nothing")
+    ap.add_argument("--setting", choices=("equal", "defaults"), default="equal",
+                    help="equal: the one aggressive setting for all; defaults: each tool's documented defaults")
     args = ap.parse_args(argv)
     if args.report:
         merged = Measured([], {}, {}, 0.0, 0)
@@ -656,7 +697,7 @@ def main(argv: list[str] | None = None) -> int:
     cases = [c for c in args.cases.split(",") if c]
     if set(cases) - {"failing", "healthy", "noisy", "outage"}:
         ap.error("cases are failing, healthy, noisy and outage")
-    setting = Setting()
+    setting = DEFAULTS if args.setting == "defaults" else Setting()
     outcomes: list[Outcome] = []
     idle: dict[str, tuple[float, float] | None] = {}
     loaded: dict[str, tuple[float, float, int, int] | None] = {}
@@ -695,7 +736,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         prom.stop()
         exporter.shutdown()
-    measured = Measured(outcomes, idle, loaded, args.idle, args.load)
+    measured = Measured(outcomes, idle, loaded, args.idle, args.load, args.setting)
     if args.json:
         args.json.write_text(json.dumps(measured.dump(), indent=1))
     report(measured)
@@ -709,10 +750,11 @@ class Measured:
     loaded: dict[str, tuple[float, float, int, int] | None]
     idle_s: float
     load: int
+    setting: str = "equal"
 
     def dump(self) -> dict[str, Any]:
         return {"outcomes": [o.__dict__ for o in self.outcomes], "idle": self.idle, "loaded": self.loaded,
-                "idle_s": self.idle_s, "load": self.load}
+                "idle_s": self.idle_s, "load": self.load, "setting": self.setting}
 
     @classmethod
     def read(cls, path: Path) -> Measured:
@@ -723,13 +765,16 @@ class Measured:
                                "weights": [tuple(x) for x in o["weights"]]}) for o in data["outcomes"]]
         return cls(outcomes, {k: tuple(v) if v else None for k, v in (data.get("idle") or {}).items()},
                    {k: tuple(v) if v else None for k, v in (data.get("loaded") or {}).items()},
-                   float(data.get("idle_s") or 0), int(data.get("load") or 0))
+                   float(data.get("idle_s") or 0), int(data.get("load") or 0), str(data.get("setting") or "equal"))
 
     def merge(self, other: Measured) -> None:
+        if self.outcomes and other.outcomes and other.setting != self.setting:
+            raise SystemExit(f"--report: runs of the {self.setting} and the {other.setting} setting are not one table")
         self.outcomes += other.outcomes
         self.idle.update(other.idle)
         self.loaded.update(other.loaded)
         self.idle_s, self.load = other.idle_s or self.idle_s, other.load or self.load
+        self.setting = other.setting if other.outcomes else self.setting
 
 
 def promotion_begun(o: Outcome) -> float | None:
@@ -777,10 +822,8 @@ def report(m: Measured) -> None:
     if loaded:
         rows += [(f"5c CPU % with {m.load} rollouts", {n: [v[0] if v else None] for n, v in loaded.items()}),
                  (f"5d RSS MB with {m.load} rollouts", {n: [v[1] if v else None] for n, v in loaded.items()})]
-    s = Setting()
-    print(f"\nEqual setting: interval {s.interval_s}s, {s.failures} failed checks roll back, stages "
-          f"{'/'.join(map(str, s.weights))}% x {s.interval_s}s, error rate over {s.window} <= {s.max_error:g}; "
-          f"{RPS:g} req/s; median [min-max] over {runs} run(s)")
+    s = DEFAULTS if m.setting == "defaults" else Setting()
+    print(f"\n{s.label[0].upper()}{s.label[1:]}; {RPS:g} req/s; median [min-max] over {runs} run(s)")
     print(f"Flagger {FLAGGER_VERSION} (Gateway API), Argo Rollouts {ROLLOUTS_VERSION} (replica-ratio canary)\n")
     print(table(rows, names))
     if "noisy" in cases:
