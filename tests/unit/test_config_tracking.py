@@ -9,6 +9,7 @@ is a sync of a commit that changes only a ConfigMap.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from typing import Any
 
@@ -254,3 +255,25 @@ def test_the_crd_refuses_switching_track_config_off() -> None:
     rules = [r for r in crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
              ["x-kubernetes-validations"] if "oldSelf" in r["rule"]]
     assert rules and "cannot be switched off" in rules[0]["message"]
+
+
+def test_without_the_webhooks_track_config_is_blocked() -> None:
+    w = World(tracked_spec(), deployment=target_deployment(TEMPLATE, labelled=True),
+              config_objects={CM: {"data": dict(GOOD)}, PW: {"data": {"pw": "c2VjcmV0"}}})
+    w.settings = dataclasses.replace(w.settings, webhooks=False)
+    w.run(10, until=World.done)
+    assert w.phase() == "Blocked" and "webhook.enabled=true" in (w.status.message or "")
+    assert "TrackConfigNeedsWebhook" in [c.reason for c in w.status.conditions]
+    assert w.target_writes["operator"] == 0 and not w.copies
+
+
+def test_a_label_naming_another_config_is_put_back_to_the_approved_one() -> None:
+    w = tracked_world()
+    assert w.deployment is not None
+    other = dict(w.deployment)
+    other["spec"] = {**w.deployment["spec"], "template": configs.given(w.deployment["spec"]["template"], "0000000000")}
+    w.update_target(other, "git")  # someone writes the label (a rollout undo to an older template, say)
+    w.run(10)
+    assert configs.CONFIG_LABEL in w.deployment["spec"]["template"]["metadata"]["labels"]
+    assert w.deployment["spec"]["template"]["metadata"]["labels"][CONFIG_LABEL] == C1
+    assert w.canary is None and w.weights_seen == [] and w.stable_config() == C1

@@ -41,14 +41,20 @@ def _create(ref: RolloutRef, body: dict[str, Any], owner_uid: str) -> str:
         return str(made.metadata.uid)
     except ApiException as e:
         if e.status != 409:
-            raise kube.Refused(f"the copy {kind} {name} could not be made (HTTP {e.status} {e.reason})") from None
+            raise  # kube.refused tells a refusal (400, 422) from what a retry may mend (429, 5xx)
     current = _read(ref.namespace, (kind, name))
     meta = (current or {}).get("metadata") or {}
     if current is not None and any(o.get("uid") == owner_uid for o in meta.get("ownerReferences") or []):
         return str(meta["uid"])
-    if current is None or meta.get("deletionTimestamp") or (meta.get("labels") or {}).get(COPY_OF) == ref.name:
-        # gone meanwhile, or a copy of this rollout's whose version was removed and is being collected: next time
-        raise RuntimeError(f"{kind} {name} of an earlier copy of this version is being removed; made again next time")
+    labels = meta.get("labels") or {}
+    if current is not None and not meta.get("deletionTimestamp") and labels.get(COPY_OF) == ref.name \
+            and labels.get(VERSION_OF) and kind == CONFIGMAP:
+        # a version of an earlier SafeRollout of this name, orphaned (its copies with it): removed, made anew
+        kube.core().delete_namespaced_config_map(name, ref.namespace, propagation_policy="Background",
+                                                 body={"preconditions": {"uid": meta["uid"]}})
+    if current is None or meta.get("deletionTimestamp") or labels.get(COPY_OF) == ref.name:
+        # gone meanwhile, or this rollout's copy of a version being collected: made again next time
+        raise RuntimeError(f"{kind} {name}: an earlier copy of this version is being removed; made again next time")
     raise kube.Refused(f"{kind} {name} exists and was not made by this SafeRollout; it is not taken over")
 
 

@@ -69,7 +69,7 @@ def view_of(dep: dict[str, Any], config: str | None = None) -> TargetView:
     tracking = ann.get(ARGOCD_TRACKING)
     tmpl = dep["spec"].get("template")
     raw, stable = template_hash_of(tmpl), ann.get(STABLE_ANNOTATION)
-    label = (((tmpl or {}).get("metadata") or {}).get("labels") or {}).get(CONFIG_LABEL) if config else None
+    label = config_of(tmpl or {}) if config else None
     if config is not None and stable in (None, raw):  # the approved template: its version has the approved config
         stable = configs.version_hash(tmpl, label or config)
     return TargetView(template_hash=configs.version_hash(tmpl, config), images=images_of(dep),
@@ -165,8 +165,12 @@ def release_target(ref: RolloutRef, spec: SafeRolloutSpec, stable_hash: str, kee
 
 def let_go(ref: RolloutRef, target: str) -> bool:
     """The SafeRollout is gone: its label and annotations leave the target (trackConfig's label on its pod template
-    too), and a hold of the webhook's ends (the template Git holds then rolls out). Only a Deployment labelled for
-    this rollout; True when one was."""
+    too: its copies go with the SafeRollout), and a hold of the webhook's ends (the template Git holds then rolls
+    out). Only a Deployment labelled for this rollout; True when one was. Retried when someone wrote in between."""
+    return kube.retry_conflicts(lambda: _let_go(ref, target))
+
+
+def _let_go(ref: RolloutRef, target: str) -> bool:
     dep = kube.read_or_none(kube.apps().read_namespaced_deployment, target, ref.namespace)
     if dep is None or ((dep.get("metadata") or {}).get("labels") or {}).get(TARGET_LABEL) != ref.name:
         return False

@@ -162,7 +162,8 @@ def version_object(rollout: str, config: str, refs: list[Ref], owner: dict[str, 
 
 def copy_object(kind: str, name: str, config: str, data: dict[str, Any], rollout: str,
                 owner: dict[str, Any]) -> dict[str, Any]:
-    """An immutable copy of one object's data for a config version, owned by the SafeRollout (deleted with it)."""
+    """An immutable copy of one object's data for a config version, owned by `owner`: the version's ConfigMap
+    (version_object), whose deletion has the garbage collector remove it."""
     body: dict[str, Any] = {"apiVersion": "v1", "kind": kind,
                             "metadata": {"name": copy_name(name, config), "labels": {COPY_OF: rollout,
                                                                                       CONFIG_LABEL: config},

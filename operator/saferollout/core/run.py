@@ -46,6 +46,8 @@ class Settings:
     # promotion onto an autoscaled target returns the canary's load in steps, each held this long: an HPA sync
     # (15 s) and a fresh metrics sample, so the target's HPA scales it from the load it then carries
     autoscaled_return_hold: float = 30.0
+    # this operator serves the admission webhooks (trackConfig is refused without: its pods would read Git's objects)
+    webhooks: bool = True
 
 
 @dataclass

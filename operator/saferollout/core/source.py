@@ -29,6 +29,12 @@ def version(run: Run) -> tuple[str, str, bool] | None:
         if run.s.phase is None:
             run.s.message = f"waiting to read Deployment {run.spec.target_ref.name}"
         return None
+    if run.spec.track_config and not run.settings.webhooks:
+        if run.s.phase != Phase.blocked:
+            go.block(run, "TrackConfigNeedsWebhook", "trackConfig needs the operator's admission webhooks (the chart's "
+                     "webhook.enabled=true): without them the pods read the ConfigMaps and Secrets Git names, and an "
+                     "edit would reach the stable pods unanalysed")
+        return None
     if t.label != run.inp.name and a.LabelTarget not in run.polled:
         if t.label:  # another SafeRollout's target: never taken over
             if run.s.phase is None:
@@ -111,11 +117,12 @@ def _normalise(run: Run, t: a.TargetView) -> None:
 
 
 def _track(run: Run, t: a.TargetView) -> None:
-    """trackConfig on a target whose pods still read the objects Git names: one write gives them copies of the
-    config they run now (the stable version), so that an edit in place reaches them only by a promotion. The
-    Deployment controller then replaces the stable pods once."""
+    """trackConfig on a target whose pods still read the objects Git names (or whose label names another config
+    than the approved version's, written by someone else): one write gives them copies of the config they run now
+    (the stable version), so that an edit in place reaches them only by a promotion. The Deployment controller
+    then replaces the stable pods once."""
     src = run.s.source
-    if not run.spec.track_config or t.config is None or t.config_label is not None or src is None \
+    if not run.spec.track_config or t.config is None or t.config_label == t.config or src is None \
             or t.template_hash != src.stable_template_hash or a.ReleaseTarget in run.polled \
             or t.label not in (None, run.inp.name):
         return
