@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
@@ -91,3 +92,17 @@ def kubectl(*args: str, input: str | None = None, check: bool = True) -> subproc
     if check and result.returncode != 0:
         raise KubectlError(result.returncode, result.args, result.stdout, result.stderr)
     return result
+
+
+def wait_established(crd: str, timeout: float = 60) -> None:
+    """Until the CRD is served. `kubectl wait --for=condition=Established` right after a create fails at once
+    ("status.conditions accessor error") while the API server has written no condition yet: poll instead."""
+    deadline = time.monotonic() + timeout
+    path = '{.status.conditions[?(@.type=="Established")].status}'
+    while True:
+        out = kubectl("get", "crd", crd, "-o", f"jsonpath={path}", check=False)
+        if out.returncode == 0 and out.stdout.strip() == "True":
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"CRD {crd} not Established within {timeout:g}s: {out.stderr.strip()}")
+        time.sleep(0.5)

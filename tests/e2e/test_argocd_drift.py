@@ -23,7 +23,7 @@ import pytest
 import yaml
 
 from tests.e2e import argocd as acd
-from tests.e2e.cluster import REPO, kubectl
+from tests.e2e.cluster import REPO, kubectl, wait_established
 
 pytestmark = pytest.mark.e2e
 
@@ -224,7 +224,7 @@ def cleanup() -> None:
 def argocd() -> Iterator[Path]:
     state = acd.ensure_argocd()
     kubectl("apply", "--server-side", "--force-conflicts", "-f", str(REPO / "crds"))
-    kubectl("wait", "--for=condition=Established", "crd/saferollouts.saferollout.dev", "--timeout=60s")
+    wait_established("saferollouts.saferollout.dev")
     cleanup()
     yield state
     cleanup()

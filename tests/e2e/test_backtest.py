@@ -161,8 +161,10 @@ def test_the_backtest_finds_the_bad_release_when_the_live_core_did_and_not_the_g
     print(f"\nbad release: live decision at +{live_decided:.1f}s, back-test at +{decided:.1f}s; first bad sample "
           f"+{first_bad:.1f}s (errors began at +{BAD_AFTER:g}s); {run.range_requests} range requests, "
           f"{run.wall:.2f}s")
-    # the errors began at BAD_AFTER; a 10 s rate window over 8% errors is above 1% within ~2 s of scrapes
-    assert BAD_AFTER <= first_bad <= BAD_AFTER + 4
+    # the errors began at BAD_AFTER; a 10 s rate window over 8% errors is above 1% within ~2-3 s of scrapes (a late
+    # scrape on a busy machine: 12.04 s was seen), and the replay's samples are INTERVAL apart: the first bad one
+    # is at most one step after that
+    assert BAD_AFTER <= first_bad <= BAD_AFTER + 3 + INTERVAL
     assert abs(decided - live_decided) <= INTERVAL + 1.5  # one analysis interval and a scrape apart at most
     assert replayed.time_to_detect is not None and replayed.time_to_detect <= (2 + 1) * INTERVAL + 1.5
 
