@@ -37,32 +37,25 @@ CONFIG_WEBHOOK_NAME = "config-copies.saferollout.dev"
 def webhook_configuration(name: str, namespaces: Sequence[str], port: int, cert: Path) -> dict[str, Any]:
     """The chart's MutatingWebhookConfiguration (both webhooks), pointed at an operator on https://127.0.0.1:<port>
     (URL clientConfig, failurePolicy Fail), limited to `namespaces`."""
+    def hook(name: str, group: str, resource: str, operation: str, label: str, path: str) -> dict[str, Any]:
+        return {
+            "name": name, "admissionReviewVersions": ["v1"], "sideEffects": "None",
+            "failurePolicy": "Fail", "timeoutSeconds": 5, "matchPolicy": "Equivalent",
+            "reinvocationPolicy": "IfNeeded",
+            "rules": [{"apiGroups": [group], "apiVersions": ["v1"], "resources": [resource],
+                       "operations": [operation], "scope": "Namespaced"}],
+            "objectSelector": {"matchExpressions": [{"key": label, "operator": "Exists"}]},
+            "namespaceSelector": {"matchExpressions": [{"key": "kubernetes.io/metadata.name", "operator": "In",
+                                                        "values": list(namespaces)}]},
+            "clientConfig": {"url": f"https://127.0.0.1:{port}/{path}",
+                             "caBundle": base64.b64encode(cert.read_bytes()).decode()},
+        }
     return {
         "apiVersion": "admissionregistration.k8s.io/v1", "kind": "MutatingWebhookConfiguration",
         "metadata": {"name": name},
-        "webhooks": [{
-            "name": WEBHOOK_NAME, "admissionReviewVersions": ["v1"], "sideEffects": "None",
-            "failurePolicy": "Fail", "timeoutSeconds": 5, "matchPolicy": "Equivalent",
-            "reinvocationPolicy": "IfNeeded",
-            "rules": [{"apiGroups": ["apps"], "apiVersions": ["v1"], "resources": ["deployments"],
-                       "operations": ["UPDATE"], "scope": "Namespaced"}],
-            "objectSelector": {"matchExpressions": [{"key": TARGET_LABEL, "operator": "Exists"}]},
-            "namespaceSelector": {"matchExpressions": [{"key": "kubernetes.io/metadata.name", "operator": "In",
-                                                        "values": list(namespaces)}]},
-            "clientConfig": {"url": f"https://127.0.0.1:{port}/hold-template",
-                             "caBundle": base64.b64encode(cert.read_bytes()).decode()},
-        }, {  # trackConfig's: a pod of a tracked target is given the copies of its config version
-            "name": CONFIG_WEBHOOK_NAME, "admissionReviewVersions": ["v1"], "sideEffects": "None",
-            "failurePolicy": "Fail", "timeoutSeconds": 5, "matchPolicy": "Equivalent",
-            "reinvocationPolicy": "IfNeeded",
-            "rules": [{"apiGroups": [""], "apiVersions": ["v1"], "resources": ["pods"],
-                       "operations": ["CREATE"], "scope": "Namespaced"}],
-            "objectSelector": {"matchExpressions": [{"key": CONFIG_LABEL, "operator": "Exists"}]},
-            "namespaceSelector": {"matchExpressions": [{"key": "kubernetes.io/metadata.name", "operator": "In",
-                                                        "values": list(namespaces)}]},
-            "clientConfig": {"url": f"https://127.0.0.1:{port}/config-copies",
-                             "caBundle": base64.b64encode(cert.read_bytes()).decode()},
-        }]}
+        "webhooks": [hook(WEBHOOK_NAME, "apps", "deployments", "UPDATE", TARGET_LABEL, "hold-template"),
+                     # trackConfig's: a pod of a tracked target is given the copies of its config version
+                     hook(CONFIG_WEBHOOK_NAME, "", "pods", "CREATE", CONFIG_LABEL, "config-copies")]}
 
 
 def start_operator_with_webhook(kube: Kube, namespaces: Sequence[str], operator_kubeconfig: Path, prometheus_url: str,

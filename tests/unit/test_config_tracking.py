@@ -49,10 +49,14 @@ def tracked_spec(**changes: Any) -> SafeRolloutSpec:
     return SafeRolloutSpec.model_validate(data)
 
 
+def world_of(spec: SafeRolloutSpec) -> World:
+    return World(spec, deployment=target_deployment(TEMPLATE, labelled=True),
+                 config_objects={CM: {"data": dict(GOOD)}, PW: {"data": {"pw": "c2VjcmV0"}}})
+
+
 def tracked_world(bad: str | None = None) -> World:
     """Adopted and settled. With `bad`, a canary (or stable pods) reading that config version errs."""
-    w = World(tracked_spec(), deployment=target_deployment(TEMPLATE, labelled=True),
-              config_objects={CM: {"data": dict(GOOD)}, PW: {"data": {"pw": "c2VjcmV0"}}})
+    w = world_of(tracked_spec())
 
     def metrics(name: str, target: str, weight: int, t: float) -> float | None:
         reads = w.canary_config if target == "canary" else w.stable_config()
@@ -228,22 +232,14 @@ def test_a_new_template_and_a_new_config_in_one_commit_are_one_version() -> None
 
 
 def test_without_track_config_an_edit_starts_nothing() -> None:
-    data = yaml.safe_load(BASE)
-    del data["template"]
-    w = World(SafeRolloutSpec.model_validate(data), deployment=target_deployment(TEMPLATE, labelled=True),
-              config_objects={CM: {"data": dict(GOOD)}, PW: {"data": {"pw": "c2VjcmV0"}}})
-    w.run(10, until=lambda x: x.phase() == "Succeeded")
+    w = world_of(tracked_spec(trackConfig=False)).run(10, until=lambda x: x.phase() == "Succeeded")
     w.edit_config(*CM, {"MODE": "green"})
     w.run(30)
     assert w.canary is None and w.weights_seen == [] and w.target_writes["operator"] == 0
 
 
 def test_switching_track_config_on_for_an_adopted_target_is_one_write_not_a_rollout() -> None:
-    data = yaml.safe_load(BASE)
-    del data["template"]
-    w = World(SafeRolloutSpec.model_validate(data), deployment=target_deployment(TEMPLATE, labelled=True),
-              config_objects={CM: {"data": dict(GOOD)}, PW: {"data": {"pw": "c2VjcmV0"}}})
-    w.run(10, until=lambda x: x.phase() == "Succeeded")
+    w = world_of(tracked_spec(trackConfig=False)).run(10, until=lambda x: x.phase() == "Succeeded")
     w.spec = tracked_spec()
     w.run(30)
     assert w.canary is None and w.weights_seen == [] and w.phase() == "Succeeded"
@@ -258,8 +254,7 @@ def test_the_crd_refuses_switching_track_config_off() -> None:
 
 
 def test_without_the_webhooks_track_config_is_blocked() -> None:
-    w = World(tracked_spec(), deployment=target_deployment(TEMPLATE, labelled=True),
-              config_objects={CM: {"data": dict(GOOD)}, PW: {"data": {"pw": "c2VjcmV0"}}})
+    w = world_of(tracked_spec())
     w.settings = dataclasses.replace(w.settings, webhooks=False)
     w.run(10, until=World.done)
     assert w.phase() == "Blocked" and "webhook.enabled=true" in (w.status.message or "")
