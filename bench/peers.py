@@ -100,8 +100,9 @@ class Setting:
     def label(self) -> str:
         if self.defaults:
             return (f"documented defaults: SafeRollout interval 30s, failureLimit 3, rate window 1m; Flagger interval "
-                    f"60s, threshold 1, metric interval 1m; Argo Rollouts failureLimit 0, no initialDelay, and (no "
-                    f"default) interval {self.stage}, query window 1m; stages {', '.join(map(str, self.weights))} % "
+                    f"60s, threshold 1 (its CRD requires both: its code's fallbacks), metric interval 1m; Argo "
+                    f"Rollouts failureLimit 0, no initialDelay, and (no default) interval {self.stage}, query window "
+                    f"1m; stages {', '.join(map(str, self.weights))} % "
                     f"of {self.stage} each, 1% maximum error rate")
         return (f"equal setting: interval {self.interval_s}s, {self.failures} failed checks roll back, stages "
                 f"{', '.join(map(str, self.weights))} % of {self.stage} each, query window {self.window}, "
@@ -360,8 +361,10 @@ class Flagger(Controller):
                           "progressDeadlineSeconds": 120,
                           "service": {"port": 80, "targetPort": 8080,
                                       "gatewayRefs": [{"name": GATEWAY, "namespace": ns}]},
-                          "analysis": {**({} if s.defaults else {"interval": f"{s.interval_s}s",
-                                                                 "threshold": s.failures}),
+                          # defaults: the CRD requires interval and threshold; they take the values Flagger's
+                          # code falls back to (GetAnalysisInterval 60s, GetAnalysisThreshold 1)
+                          "analysis": {**({"interval": "60s", "threshold": 1} if s.defaults else
+                                          {"interval": f"{s.interval_s}s", "threshold": s.failures}),
                                        "stepWeights": list(range(1, 100)) if s.hold else list(s.weights),
                                        "metrics": [{"name": "error-rate", "templateRef": {"name": "error-rate"},
                                                     "thresholdRange": {"max": s.max_error},
@@ -372,8 +375,9 @@ class Flagger(Controller):
             "flagger.app", "v1beta1", ns, "canaries", "web"), self.kube.api) or {}
 
     def ready(self, ns: str) -> None:
-        wait_for("the Flagger Canary Initialized",
-                 lambda: (self._canary(ns).get("status") or {}).get("phase") == "Initialized", 120)
+        wait_for("the Flagger Canary Initialized",  # it reconciles once an interval: a few of them
+                 lambda: (self._canary(ns).get("status") or {}).get("phase") == "Initialized",
+                 max(120, 4 * (60 if self.setting.defaults else self.setting.interval_s)))
 
     def begin(self, ns: str) -> None:
         json_patch_image(self.kube, "deployment", ns)
