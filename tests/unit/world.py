@@ -12,7 +12,7 @@ from typing import Any, Literal
 
 import yaml
 
-from saferollout.adapters.workloads import target_patch, view_of
+from saferollout.adapters.workloads import config_of, target_patch, view_of
 from saferollout.core import actions as a
 from saferollout.core import configs
 from saferollout.core.analysis_templates import wanted
@@ -221,7 +221,13 @@ class World:
     # --------------------------------------------------------------------------------- trackConfig's objects
     def config(self) -> str | None:
         """The config version of what the target's template references now (None: config is not tracked)."""
-        if self.config_objects is None or not self.spec.track_config or self.deployment is None:
+        if not self.spec.track_config:
+            return None
+        return self._live_config()
+
+    def _live_config(self) -> str | None:
+        """The config version of the objects the target's template references, as they are now."""
+        if self.config_objects is None or self.deployment is None:
             return None
         refs = configs.references(self.deployment["spec"]["template"].get("spec"))
         return configs.config_hash({r: self.config_objects.get(r) for r in refs}, "shop/web")
@@ -230,12 +236,11 @@ class World:
         """What the stable pods read: the copies their template's label names, else the objects as they are."""
         if self.config_objects is None or self.deployment is None:
             return None
-        label = (self.deployment["spec"]["template"]["metadata"].get("labels") or {}).get(configs.CONFIG_LABEL)
+        label = config_of(self.deployment["spec"]["template"])
         if label and self.running == template_hash_of(self.deployment["spec"]["template"]):
             assert label in self.copies, f"the stable pods are given copies of {label}, which were never made"
-            return str(label)
-        refs = configs.references(self.deployment["spec"]["template"].get("spec"))
-        return configs.config_hash({r: self.config_objects.get(r) for r in refs}, "shop/web")
+            return label
+        return self._live_config()
 
     def _note_config(self) -> None:
         cfg = self.stable_config()

@@ -44,7 +44,7 @@ def _create(ref: RolloutRef, body: dict[str, Any], owner_uid: str) -> str:
             raise  # kube.refused tells a refusal (400, 422) from what a retry may mend (429, 5xx)
     current = _read(ref.namespace, (kind, name))
     meta = (current or {}).get("metadata") or {}
-    if current is not None and any(o.get("uid") == owner_uid for o in meta.get("ownerReferences") or []):
+    if current is not None and kube.owned_by_uid(current, owner_uid):
         return str(meta["uid"])
     labels = meta.get("labels") or {}
     if current is not None and not meta.get("deletionTimestamp") and labels.get(COPY_OF) == ref.name \
@@ -58,15 +58,11 @@ def _create(ref: RolloutRef, body: dict[str, Any], owner_uid: str) -> str:
     raise kube.Refused(f"{kind} {name} exists and was not made by this SafeRollout; it is not taken over")
 
 
-def ensure_copies(ref: RolloutRef, template: dict[str, Any], config: str) -> None:
-    """The copies of config version `config`, made from the objects only while they still hold that version (a
-    change in between: the caller decides again on what is there now). First the version's own ConfigMap (owned by
-    the SafeRollout), then the copies, owned by it: deleting it has the garbage collector remove them all, so the
-    operator needs no `delete` on secrets. A copy exists already: it is immutable and named by its data's hash, so
-    it is kept (if this rollout made it)."""
-    now, objects = read_config(ref, template)
-    if now != config:
-        raise RuntimeError(f"the referenced ConfigMaps/Secrets changed again (config {now}, not {config}); not copied")
+def ensure_copies(ref: RolloutRef, config: str, objects: dict[Ref, dict[str, Any] | None]) -> None:
+    """The copies of config version `config`, from `objects` as read_config read them for it. First the version's
+    own ConfigMap (owned by the SafeRollout), then the copies, owned by it: deleting it has the garbage collector
+    remove them all, so the operator needs no `delete` on secrets. A copy exists already: it is immutable and
+    named by its data's hash, so it is kept (if this rollout made it)."""
     version = configs.version_object(ref.name, config, sorted(objects), ref.owner())
     owner = {"apiVersion": "v1", "kind": CONFIGMAP, "name": version["metadata"]["name"],
              "uid": _create(ref, version, ref.uid), "blockOwnerDeletion": False}

@@ -84,7 +84,11 @@ def refused(e: Exception) -> bool:
 
 
 def owned_by(obj: dict[str, Any], ref: RolloutRef) -> bool:
-    return any(o.get("uid") == ref.uid for o in (obj.get("metadata") or {}).get("ownerReferences") or [])
+    return owned_by_uid(obj, ref.uid)
+
+
+def owned_by_uid(obj: dict[str, Any], uid: str) -> bool:
+    return any(o.get("uid") == uid for o in (obj.get("metadata") or {}).get("ownerReferences") or [])
 
 
 def retry_conflicts(fn: Callable[[], T], attempts: int = 5) -> T:

@@ -30,8 +30,8 @@ CANARY_OF = "saferollout.dev/canary-of"
 ROLLOUT = "saferollout.dev/rollout"
 TEMPLATE_HASH = "saferollout.dev/template-hash"  # on the canary Deployment: the target template it was made from
 SMP = "application/strategic-merge-patch+json"
-log = logging.getLogger(__name__)
 MERGE = "application/merge-patch+json"
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -82,9 +82,16 @@ def view_of(dep: dict[str, Any], config: str | None = None) -> TargetView:
                       raw_hash=raw if config is not None else None)
 
 
+def _read_config(ref: RolloutRef, spec: SafeRolloutSpec,
+                 dep: dict[str, Any]) -> tuple[str, dict[configs.Ref, dict[str, Any] | None]] | None:
+    """trackConfig: (config version, data) of what the target's template references now (None: not tracked)."""
+    return config_copies.read_config(ref, dep["spec"].get("template") or {}) if spec.track_config else None
+
+
 def config_version(ref: RolloutRef, spec: SafeRolloutSpec, dep: dict[str, Any]) -> str | None:
     """trackConfig: the config version of what the target's template references now (None: not tracked)."""
-    return config_copies.read_config(ref, dep["spec"].get("template") or {})[0] if spec.track_config else None
+    read = _read_config(ref, spec, dep)
+    return read[0] if read else None
 
 
 def target_view(ref: RolloutRef, spec: SafeRolloutSpec) -> TargetView:
@@ -135,10 +142,11 @@ def _write_target(ref: RolloutRef, spec: SafeRolloutSpec, template_hash: str, an
     dep = raw_deployment(ref.namespace, spec.target_ref.name)
     if ((dep.get("metadata") or {}).get("labels") or {}).get(TARGET_LABEL) != ref.name:
         raise kube.Refused(f"Deployment {spec.target_ref.name} is not labelled {TARGET_LABEL}={ref.name}")
-    config = config_version(ref, spec, dep)
+    read = _read_config(ref, spec, dep)
+    config = read[0] if read else None
     body = target_patch(dep, template_hash, annotations, paused, config, give_config)
-    if config is not None and give_config:  # the copies exist before any pod is given them
-        config_copies.ensure_copies(ref, dep["spec"].get("template") or {}, config)
+    if read is not None and give_config:  # the copies exist before any pod is given them
+        config_copies.ensure_copies(ref, *read)
     # raised once: a retry of a write that landed (the target unpaused already, or given this config version
     # already: a config-only version is never paused) must not add the canary again
     first = dep["spec"].get("paused") or (config is not None and give_config
@@ -281,15 +289,16 @@ def ensure_canary(ref: RolloutRef, spec: SafeRolloutSpec, images: dict[str, str]
     replicas = plan.replicas
     drop = set() if plan.behind_stable else _selector_keys(ref, spec, target)
     tmpl = copy.deepcopy(target["spec"]["template"])
-    config = config_version(ref, spec, target) if template_hash is not None else None
+    read = _read_config(ref, spec, target) if template_hash is not None else None
+    config = read[0] if read else None
     if template_hash is not None and configs.version_hash(tmpl, config) != template_hash:
         raise RuntimeError(f"the target's pod template is {configs.version_hash(tmpl, config)} now, "
                            f"not {template_hash}")
     tmpl.setdefault("metadata", {})
-    if config is not None:  # trackConfig: the canary reads copies of the config version it is analysed with
-        config_copies.ensure_copies(ref, tmpl, config)
-        tmpl = configs.given(tmpl, config)
-        tmpl["spec"] = configs.rewritten(tmpl["spec"], config, set(configs.references(tmpl["spec"]))) or tmpl["spec"]
+    if read is not None:  # trackConfig: the canary reads copies of the config version it is analysed with
+        config_copies.ensure_copies(ref, *read)
+        tmpl = configs.given(tmpl, read[0])
+        tmpl["spec"] = configs.rewritten(tmpl["spec"], read[0], set(configs.references(tmpl["spec"]))) or tmpl["spec"]
     labels = {k: v for k, v in (tmpl["metadata"].get("labels") or {}).items() if k not in drop}
     labels.update({CANARY_OF: spec.target_ref.name, ROLLOUT: ref.name})
     tmpl["metadata"]["labels"] = labels
