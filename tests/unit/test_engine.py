@@ -9,7 +9,7 @@ import pytest
 
 from saferollout.core import actions as a
 from saferollout.core.engine import Inputs, decide, iso, parse_time
-from saferollout.core.models import Phase, SafeRolloutSpec, SafeRolloutStatus
+from saferollout.core.models import Phase, SafeRolloutSpec, SafeRolloutStatus, Step
 from tests.unit import world as world_module
 from tests.unit.world import T0, MetricFn, World, make_spec
 
@@ -101,6 +101,9 @@ def test_breach_after_promotion_reverts_the_target_images() -> None:
     assert w.phase() == "RolledBack"
     assert w.target_images == {"web": "demo/web:1.0"}
     assert "ImagesReverted" in w.reasons()
+    # the canary went at the promotion: the revert of the target's images does not wait for scaleDownDelay
+    off = _at(w, "SetWeight(weight=0)")[-1]
+    assert _at(w, "SetTargetImages")[-1] - off < 1.0, w.log
 
 
 def test_step_back_then_second_breach_rolls_back() -> None:
@@ -539,3 +542,64 @@ def test_an_analysis_that_passes_costs_one_status_write() -> None:
     assert w.writes - writes == w.ticks - ticks == 50
     assert (message, w.status.message) == ("stage 1/1 at 5%: 29m2s of analysis left",
                                            "stage 1/1 at 5%: 27m22s of analysis left")  # 100 s on, up to date
+
+
+def _at(w: World, text: str) -> list[float]:
+    """The times (seconds from T0) of the actions whose repr contains `text`."""
+    return [float(line.split()[0]) for line in w.log if text in line]
+
+
+@pytest.mark.parametrize(("delay", "kept"), [(None, 5.0), ("12s", 12.0), ("0s", 0.0)])
+def test_the_canary_is_deleted_scale_down_delay_after_the_promotion_took_the_traffic_off_it(
+        delay: str | None, kept: float) -> None:
+    spec = make_spec(**({} if delay is None else {"strategy.canary.scaleDownDelay": delay}))
+    w = World(spec).run(200, until=lambda x: x.status.step == Step.remove_canary)
+    if kept:  # a time, not a countdown: the status is not rewritten every second while it waits
+        assert "the canary goes at" in (w.status.message or "")
+        writes = w.writes
+        w.run(kept / 2)
+        assert w.writes == writes, "the wait rewrote the status"
+    w.run(200, until=World.done)
+    assert w.phase() == "Succeeded" and w.canary is None
+    off = _at(w, "SetWeight(weight=0)")[-1]
+    (deleted,) = _at(w, "DeleteCanary()")
+    assert kept <= deleted - off <= kept + 1.0, w.log
+
+
+@pytest.mark.parametrize("delay", ["5s", "0s"])
+def test_a_rollback_keeps_the_canary_scale_down_delay_after_the_traffic_is_back(delay: str) -> None:
+    w = World(make_spec(**{"strategy.canary.scaleDownDelay": delay}), metrics=canary_error(0.5)).run(
+        60, until=World.done)
+    assert w.phase() == "RolledBack" and w.canary is None
+    off = _at(w, "SetWeight(weight=0)")[-1]
+    (deleted,) = _at(w, "DeleteCanary()")
+    kept = float(delay[:-1])
+    assert kept <= deleted - off <= kept + 1.0, w.log
+    assert off + kept <= _at(w, "SetTargetImages")[-1]  # traffic first; the images once the canary is gone
+
+
+def test_a_restart_during_the_scale_down_delay_keeps_its_clock() -> None:
+    """The delay counts from a time in the status: an operator restarted meanwhile does not start it again."""
+    w = World(make_spec(**{"strategy.canary.scaleDownDelay": "20s"})).run(
+        200, until=lambda x: x.status.step == Step.remove_canary)
+    off = w.t
+    saved = w.status.model_copy(deep=True)
+    w.run(8)
+    w.status = saved  # what a restarted operator reads back: the status as written then
+    w.run(200, until=World.done)
+    (deleted,) = _at(w, "DeleteCanary()")
+    assert 20 <= deleted - off <= 21, w.log
+
+
+def test_an_abort_during_the_promotion_reverts_the_target_without_waiting_for_scale_down_delay() -> None:
+    """The target may run the new version from the promotion's first write: the rollback's revert of its images
+    must not wait for the canary's delay."""
+    w = World(make_spec(**{"strategy.canary.scaleDownDelay": "10m"})).run(
+        200, until=lambda x: x.status.step == Step.remove_canary)
+    assert w.target_images == {"web": "demo/web:2.0"}
+    w.command = "abort/1"
+    w.run(60, until=World.done)
+    assert w.phase() == "RolledBack" and w.target_images == {"web": "demo/web:1.0"}
+    assert w.status.incident is not None and w.status.incident.rolled_back_from == "Promoting"
+    off = _at(w, "SetWeight(weight=0)")[-1]
+    assert _at(w, "SetTargetImages")[-1] - off < 1.0, w.log

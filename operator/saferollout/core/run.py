@@ -11,6 +11,7 @@ from datetime import datetime, timedelta
 
 from saferollout.core import actions as a
 from saferollout.core.clock import iso, parse_time
+from saferollout.core.durations import parse_duration
 from saferollout.core.models import (
     Condition,
     HistoryEntry,
@@ -156,6 +157,18 @@ class Run:
     def wake_in(self, seconds: float) -> None:
         self.deadlines.append(seconds)
 
+    def canary_kept_for(self, traffic_left_at: str | None) -> float:
+        """Seconds the canary workload is still kept (spec.strategy.canary.scaleDownDelay) after the traffic left it
+        at `traffic_left_at`; 0 once it may go. Waking up then is scheduled."""
+        canary = self.spec.strategy.canary
+        if canary is None or self.spec.partition or not traffic_left_at:
+            return 0.0
+        left = parse_duration(canary.scale_down_delay) - self.since(traffic_left_at)
+        if left > 1e-6:
+            self.wake_in(left)
+            return left
+        return 0.0
+
     def wake_after(self) -> float | None:
         """When to decide again if nothing changes: a timer need not tick every second for every rollout.
 
@@ -169,7 +182,7 @@ class Run:
         self.analysis_due()  # analysis goes on in every phase left: never sleep past the next one
         due = [*self.deadlines, self.interval]
         if self.polled or phase in (Phase.pending, Phase.preflight, Phase.rolling_back) or (
-                phase == Phase.promoting and self.s.step != Step.watch):
+                phase == Phase.promoting and self.s.step not in (Step.watch, Step.remove_canary)):
             due.append(self.settings.poll_seconds)
         return max(0.0, min(due))
 

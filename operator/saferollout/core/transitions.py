@@ -102,9 +102,12 @@ def resume(run: Run, text: str) -> None:
 def rollback(run: Run, reason: str, text: str, severity: Severity, keep_canary: bool = False) -> None:
     """`keep_canary` (onProgressDeadline: fail): the same first write, weight 0, retried until it holds; then the
     rollout ends Failed with the canary left for inspection (core.phases.rollback)."""
+    was = run.s.phase
     run.s.phase, run.s.step, run.s.pause_reason = Phase.rolling_back, Step.revert_traffic, None
     run.s.incident = run.s.incident or IncidentStatus(reason=reason, weight_at_breach=run.s.weight,
                                                       stage_at_breach=run.s.stage, decided_at=iso(run.now))
+    if was is not None and was != Phase.rolling_back:
+        run.s.incident.rolled_back_from = run.s.incident.rolled_back_from or was.value
     run.s.incident.reason = run.s.incident.reason or reason
     run.s.incident.decided_at = run.s.incident.decided_at or iso(run.now)
     run.s.message = f"rolling back: {text}"

@@ -202,6 +202,8 @@ class IncidentStatus(Model):
     decided_at: str | None = None
     traffic_reverted_at: str | None = None
     images_reverted_at: str | None = None
+    # the phase the rollback began in: from Promoting, the target may run the new version already
+    rolled_back_from: str | None = None
     restored_at: str | None = None
     verified_at: str | None = None
     report_ref: str | None = None

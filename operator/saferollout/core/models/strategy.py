@@ -275,6 +275,13 @@ class CanaryStrategy(Model):
         description="Defaults to the operator's stages (5%/2m, 25%/3m, 50%/3m, 100%/5m).",
     )
     traffic: Traffic
+    scale_down_delay: Annotated[str, Bounded("0s", "1h")] = Field(
+        default="5s",
+        description="How long the canary workload is kept after the traffic left it (the promotion's or the "
+                    "rollback's weight 0), before it is deleted: a data plane applies a route some time after the "
+                    "write (Traefik up to about 2 s, meshes longer), and what it still sends to a deleted pod fails. "
+                    "0s deletes it at once.",
+    )
 
     @field_validator("stages")
     @classmethod

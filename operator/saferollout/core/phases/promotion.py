@@ -3,11 +3,13 @@ watched for the last stage's duration; a breach then rolls back like any other."
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 from saferollout.core import actions as a
 from saferollout.core import analysis, deadline
 from saferollout.core import transitions as go
-from saferollout.core.clock import iso
-from saferollout.core.durations import format_duration
+from saferollout.core.clock import iso, parse_time
+from saferollout.core.durations import format_duration, parse_duration
 from saferollout.core.models import Phase, Step
 from saferollout.core.run import Run, images
 
@@ -34,7 +36,15 @@ def step(run: Run) -> None:
             else:
                 run.act(a.SetWeight(0))
         case Step.remove_canary:
-            run.act(a.DeleteCanary())
+            left = run.canary_kept_for(run.s.stage_resumed_at)  # from the weight-0 write (apply, below)
+            if left > 0:  # a time, not a countdown: the status is not rewritten every second meanwhile
+                at = (parse_time(run.s.stage_resumed_at or iso(run.now)) +
+                      timedelta(seconds=parse_duration(run.spec.strategy.canary.scale_down_delay
+                                                       if run.spec.strategy.canary else "0s")))
+                run.s.message = (f"promoted; the traffic is on the target, the canary goes at {at:%H:%M:%S}Z "
+                                 "(scaleDownDelay: the data plane lets go of it first)")
+            else:
+                run.act(a.DeleteCanary())
         case Step.watch:
             _watch(run)
 
@@ -110,6 +120,8 @@ def apply(run: Run, r: a.Result) -> None:
     elif isinstance(act, a.SetWeight) and act.weight == 0 and run.s.step == Step.route_to_target:
         run.s.returning_to = None
         run.s.step = Step.remove_canary
+        run.s.stage_resumed_at = iso(run.now)  # scaleDownDelay counts from here (the watch restarts the clock)
+        run.s.stage_elapsed_seconds = 0
     elif isinstance(act, a.DeleteCanary) and run.s.step == Step.remove_canary:
         _promoted(run)
     elif isinstance(r, a.MetricValues) and r.purpose == "analysis":

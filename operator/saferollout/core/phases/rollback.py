@@ -28,7 +28,12 @@ def step(run: Run) -> None:
                 run.act(a.SetWeight(0))
         case Step.revert_workload:
             if not migration.stop_before_restore(run):  # a migration Job that may still run is stopped first
-                run.act(a.DeleteCanary())
+                # scaleDownDelay: the data plane lets go of the canary first. Not from a promotion: the target may
+                # run the new version already, and reverting its images must not wait
+                inc = run.s.incident
+                promoting = run.s.promoted_at or (inc is not None and inc.rolled_back_from == Phase.promoting.value)
+                if not run.canary_kept_for(None if promoting or inc is None else inc.traffic_reverted_at):
+                    run.act(a.DeleteCanary())
         case Step.revert_images:
             if run.spec.target_template:
                 _keep_target(run)
