@@ -26,6 +26,15 @@ def main(argv: list[str] | None = None) -> int:
                      help="do not start the operator (it runs elsewhere, e.g. installed with Helm)")
     run.add_argument("--skip-crds", action="store_true",
                      help="do not apply crds/*.yaml; use the SafeRollout CRD already in the cluster")
+    mode = run.add_mutually_exclusive_group()
+    mode.add_argument("--pods", action="store_true", default=None,
+                      help="the demo app in real pods, Traefik as the Gateway API data plane (default when the "
+                           "cluster has the real node); scenarios it cannot carry keep the stand-ins, and say why")
+    mode.add_argument("--stand-ins", dest="pods", action="store_false",
+                      help="the demo app as local processes, the harness's router and the operator as a local "
+                           "process for every scenario")
+    run.add_argument("--local-operator", action="store_true",
+                     help="with --pods: the operator as a local process, not the helm-installed pod")
     run.add_argument("--workers", type=int, default=1,
                      help="run this many files at a time (docs/harness.md: isolation, the exclusive rule)")
     check = sub.add_parser("check", help="only read and validate scenario files")
@@ -52,6 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     if a.workers < 1:
         p.error("--workers must be 1 or more")
     kubeconfig = a.kubeconfig or default_kubeconfig()
+    pods = a.pods if a.pods is not None else (kubeconfig.parent / "node" / "settings").is_file()
     failed = 0
 
     def report(result: Result) -> None:
@@ -61,7 +71,8 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps(result.to_json(), indent=2), flush=True)
         failed += not result.passed
 
-    with Session(kubeconfig, a.kubectl, operator=not a.no_operator, crds=[] if a.skip_crds else None) as session:
+    with Session(kubeconfig, a.kubectl, operator=not a.no_operator, crds=[] if a.skip_crds else None,
+                 pods=pods, in_cluster=pods and not a.local_operator) as session:
         if a.workers == 1:
             for f in a.files:
                 report(session.run(f))

@@ -1,9 +1,11 @@
 """`make demo`: a healthy and a failing rollout side by side, live, ending with the rollback's incident report.
 
-Each rollout is a scenario (demo/healthy.yaml, demo/failing.yaml) run by its own harness process, with its own
-namespace, Prometheus, demo processes and operator. This process only watches both SafeRollouts through the API
-server and draws what it sees; it also keeps the incident report, because the harness deletes the namespace when
-its run ends.
+Each rollout is a scenario (demo/healthy.yaml, demo/failing.yaml), both run side by side by one harness process
+(`python -m harness run --workers 2`): one Prometheus, one operator for both (the helm-installed pod on the real
+node, when the cluster has it), each side's demo app in its own pods behind Traefik, in its own namespace (the
+harness's isolation adds `-s1`, `-s2`). This process only watches both SafeRollouts through the API server and
+draws what it sees; it also keeps the incident report, because the harness deletes the namespace when its run
+ends.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from typing import Any
 import yaml
 from kubernetes import client, config
 
+from harness.isolation import tagged_name
 from saferollout.cli import bar, progress, stages_of
 from saferollout.core.models import GROUP, PLURAL, VERSION
 
@@ -46,9 +49,10 @@ class Side:
         return ((self.obj or {}).get("status") or {}).get("phase")
 
 
-def load_side(path: Path) -> Side:
+def load_side(path: Path, tag: str) -> Side:
+    """The side as the harness runs it beside the other: its namespace carries the run's tag (harness.isolation)."""
     meta = yaml.safe_load(path.read_text())["rollout"]["metadata"]
-    return Side(path, meta["namespace"], meta["name"])
+    return Side(path, tagged_name(meta["namespace"], tag), meta["name"])
 
 
 def column(side: Side) -> list[str]:
@@ -115,14 +119,16 @@ def main(argv: list[str] | None = None) -> int:
     os.environ["KUBECONFIG"] = str(a.kubeconfig)
     config.load_kube_config(config_file=str(a.kubeconfig))
     api, core = client.CustomObjectsApi(), client.CoreV1Api()
-    sides = [load_side(f) for f in SCENARIOS]
+    sides = [load_side(f, f"s{i}") for i, f in enumerate(SCENARIOS, 1)]  # harness.pool's tags, by place
     logs = REPO / ".cache" / "demo"
     logs.mkdir(parents=True, exist_ok=True)
+    log = logs / "harness.log"
+    with log.open("wb") as f:
+        proc = subprocess.Popen([sys.executable, "-m", "harness", "run", "--workers", str(len(sides)),
+                                 "--kubeconfig", str(a.kubeconfig), *map(str, SCENARIOS)],
+                                stdout=f, stderr=subprocess.STDOUT, cwd=REPO)
     for s in sides:
-        s.log = logs / f"{s.file.stem}.log"
-        with s.log.open("wb") as f:
-            s.proc = subprocess.Popen([sys.executable, "-m", "harness", "run", str(s.file), "--kubeconfig",
-                                       str(a.kubeconfig)], stdout=f, stderr=subprocess.STDOUT, cwd=REPO)
+        s.proc, s.log = proc, log
     tty = sys.stdout.isatty()
     started = time.monotonic()
     last = ""
@@ -137,18 +143,27 @@ def main(argv: list[str] | None = None) -> int:
                 last = frame
             time.sleep(a.interval)
     except KeyboardInterrupt:
-        for s in sides:
-            if s.proc is not None:
-                s.proc.terminate()
+        proc.terminate()
         return 130
     draw(sides, started, tty)
     for s in sides:
         if s.report:
             print("\n" + "=" * 100 + f"\nIncident report of {s.namespace}/{s.name}\n" + "=" * 100 + "\n" + s.report)
-    codes = [s.proc.returncode if s.proc else 1 for s in sides]
-    for s, code in zip(sides, codes, strict=True):
-        print(f"{s.file.stem}: ended {s.phase}; harness {'PASSED' if code == 0 else 'FAILED'} (log: {s.log})")
-    return 0 if all(c == 0 for c in codes) else 1
+    verdicts = verdicts_in(log.read_text(errors="replace"))
+    for s in sides:
+        name = yaml.safe_load(s.file.read_text())["name"]
+        print(f"{s.file.stem}: ended {s.phase}; harness {verdicts.get(name, 'gave no verdict')} (log: {log})")
+    return 0 if proc.returncode == 0 else 1
+
+
+def verdicts_in(log: str) -> dict[str, str]:
+    """Each scenario's PASSED/FAILED line of the harness's report."""
+    out = {}
+    for line in log.splitlines():
+        words = line.split()
+        if len(words) >= 3 and words[0] == "==" and words[1] in ("PASSED", "FAILED"):
+            out[words[2]] = words[1]
+    return out
 
 
 if __name__ == "__main__":

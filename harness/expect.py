@@ -94,10 +94,11 @@ def snapshot_files(store: Path | None, ns: str, name: str, pattern: str) -> list
 
 
 def resolve_dump(store: Path | None, ns: str, name: str, ref: str) -> Path | None:
-    """The pre-restore dump the status names: an absolute path, or a name relative to the store or rollout dir."""
+    """The pre-restore dump the status names: an absolute path, or a name relative to the store or rollout dir; a
+    path in an operator pod's store is looked for by its name in the rollout's directory of the store's volume."""
     candidates = [Path(ref)] if Path(ref).is_absolute() else []
     if store is not None:
-        candidates += [store / ref, store / ns / name / ref]
+        candidates += [store / ref, store / ns / name / ref, store / ns / name / Path(ref).name]
     return next((c for c in candidates if c.is_file()), None)
 
 

@@ -20,6 +20,8 @@ EXCLUSIVE_FAULTS = {
     "startPrometheus": "restarts the Prometheus every run queries",
     "stopDatabase": "stops the PostgreSQL every run's database lives in",
     "startDatabase": "restarts the PostgreSQL every run's database lives in",
+    "killOperator": "stops the in-cluster operator every run is reconciled by",
+    "restartOperator": "restarts the in-cluster operator every run is reconciled by",
 }
 NAME_MAX = 63  # a namespace is a DNS label; a PostgreSQL identifier has at most 63 bytes too
 _PROMQL_NAMESPACE = r'(\bnamespace\s*(?:=|!=|=~|!~)\s*"){old}(")'

@@ -20,6 +20,8 @@ from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
 from harness.format import TrafficRefs
+from harness.pods import PodWorld, pod_template_spec
+from harness.traefik import gateway as traefik_gateway
 
 SR_GROUP, SR_VERSION, SR_PLURAL = "saferollout.dev", "v1alpha1", "saferollouts"
 GW_GROUP, GW_VERSION = "gateway.networking.k8s.io", "v1"
@@ -212,7 +214,7 @@ def gateway_class() -> dict[str, Any]:
 
 
 def world(ns: str, target: str, images: dict[str, str], replicas: int, refs: TrafficRefs,
-          secret: tuple[str, str, str] | None) -> list[dict[str, Any]]:
+          secret: tuple[str, str, str] | None, pods: PodWorld | None = None) -> list[dict[str, Any]]:
     """The objects a rollout refers to: namespace, target Deployment, Services, the router's object, DSN Secret.
 
     The Services are the stable one (blueGreen: the active one), selecting the target's pods, and the canary one
@@ -220,7 +222,8 @@ def world(ns: str, target: str, images: dict[str, str], replicas: int, refs: Tra
     Service: an HTTPRoute (with a Gateway and its class), a VirtualService with one HTTP route and only the stable
     destination (the operator adds the canary's), or an Ingress; replicas and blueGreen have no object. The pods
     land on KWOK's fake nodes (the toleration is harmless elsewhere) and run nothing; the harness's local
-    processes do the serving.
+    processes do the serving. With `pods`, they run the demo app on the real node (harness.pods), and the Gateway
+    is Traefik's, its listener on Traefik's port.
     """
     labels = {"app": target}
     stable_svc, canary_svc = refs.stable_service, refs.canary_service
@@ -240,6 +243,8 @@ def world(ns: str, target: str, images: dict[str, str], replicas: int, refs: Tra
         {"apiVersion": "v1", "kind": "Service", "metadata": {"name": canary_svc, "namespace": ns},
          "spec": {"selector": {"saferollout.dev/canary-of": target}, "ports": port}},
     ]
+    if pods is not None:
+        docs[1]["spec"]["template"]["spec"] = pod_template_spec(images, stable_svc, ns, pods.admin_from)
     if refs.kind == "partition":  # extension: a StatefulSet; the operator makes the canary Service (by revision)
         target_doc = docs[1]
         target_doc["kind"] = "StatefulSet"
@@ -251,7 +256,8 @@ def world(ns: str, target: str, images: dict[str, str], replicas: int, refs: Tra
             gateway_class(),
             {"apiVersion": f"{GW_GROUP}/{GW_VERSION}", "kind": "Gateway", "metadata": {"name": GATEWAY, "namespace": ns},
              "spec": {"gatewayClassName": GATEWAY_CLASS,
-                      "listeners": [{"name": "http", "port": 80, "protocol": "HTTP"}]}},
+                      "listeners": [{"name": "http", "port": 80, "protocol": "HTTP"}]}}
+            if pods is None else traefik_gateway(ns, pods.gateway_port, GATEWAY),
             {"apiVersion": f"{GW_GROUP}/{GW_VERSION}", "kind": "HTTPRoute", "metadata": {"name": refs.obj, "namespace": ns},
              "spec": {"parentRefs": [{"name": GATEWAY}],
                       "rules": [{"backendRefs": [{"name": stable_svc, "port": 80, "weight": 100},

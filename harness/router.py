@@ -22,7 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from harness.demoapp import SERVICE_HEADER
+from harness.demoapp import ROLE_HEADER, SERVICE_HEADER
 from harness.timeline import WeightChange
 
 POLL_SECONDS = 0.2
@@ -157,6 +157,23 @@ class Backend:
     label: str | None
 
 
+MAX_KEPT = 10_000
+UPSTREAM_SETTLE = 2.5  # seconds after a route change before a real data plane's requests count under it
+SETTLING = "settling"  # the plan label of those requests
+
+
+def bursts(times: list[tuple[float, int]], gap: float = 1.0) -> list[tuple[float, float, int, int]]:
+    """(first, last, status, count) of the answers of one status that came within `gap` seconds of each other."""
+    out: list[tuple[float, float, int, int]] = []
+    for t, code in sorted(times):
+        if out and out[-1][2] == code and t - out[-1][1] <= gap:
+            first, _, _, n = out[-1]
+            out[-1] = (first, t, code, n + 1)
+        else:
+            out.append((t, t, code, 1))
+    return out
+
+
 @dataclass
 class RouterStats:
     sent: Counter[str] = field(default_factory=Counter)  # per backend: stable, canary
@@ -168,6 +185,8 @@ class RouterStats:
     # canary or mirror: where it, or for mirror its copy, went; its user held a cookie the data plane had set)
     seen: Counter[tuple[str, bool, str, bool]] = field(default_factory=Counter)
     mirrored: int = 0  # copies sent to the mirror (their answers are counted as "mirror <code>" and dropped)
+    # a real data plane's own answers (no pod answered): (monotonic time, status; 0: no answer), the first MAX_KEPT
+    data_plane: list[tuple[float, int]] = field(default_factory=list)
 
 
 class Router:
@@ -181,8 +200,16 @@ class Router:
                  ports: dict[str, int], rps: float, max_seconds: float,
                  on_change: Callable[[str], None] | None = None, what: str = "weights",
                  canary_share: int | None = None, tagged: tuple[int, dict[str, str]] | None = None,
-                 users: int | None = None) -> None:
+                 users: int | None = None, upstream: tuple[str, int] | None = None,
+                 settle: float = UPSTREAM_SETTLE) -> None:
         self._read_weights = read_weights
+        # a real data plane (Traefik) at this address: every request goes there, and the answer's X-Harness-Role
+        # says where it went; the weights are still read, for the timeline and the expectations
+        self.upstream = upstream
+        # ... which applies a route change some time after the write (Traefik: up to ~2.1 s): for this long after
+        # a change its requests are counted under SETTLING, not under the new plan (nor the old)
+        self.settle = settle
+        self._plan_since = time.monotonic()
         # load.tagged: this percent of the requests carries these headers (spread evenly, as the errors are)
         self.tagged = tagged
         # load.users: the requests come from this many users in turn, each keeping the cookies answers set
@@ -263,6 +290,7 @@ class Router:
             if self.raw_changes and plan == self._plan:
                 return
             self._plan = plan
+            self._plan_since = now
             self._weights = dict(weights)
             canary = canary_share(weights, self.stable_key, self.canary_key)
             self.raw_changes.append((now, dict(weights)))
@@ -320,7 +348,14 @@ class Router:
                 name = next((k for k in headers if k.lower() == "cookie"), "Cookie")  # tagged's, in any case
                 headers[name] = f"{headers[name]}; {held}" if headers.get(name) else held
             with self._lock:
-                plan = self._plan
+                plan, since = self._plan, self._plan_since
+            if self.upstream is not None:
+                if not self._slots.acquire(blocking=False):
+                    self.stats.dropped += 1
+                    continue
+                label = plan.label if time.monotonic() - since >= self.settle else SETTLING
+                self._pool.submit(self._forward, label, tagged, bearer, headers)
+                continue
             key = self._pick(headers, plan)
             if key is None:
                 self.stats.dropped += 1
@@ -365,6 +400,35 @@ class Router:
         except OSError:
             with self._stats_lock:
                 self.stats.failed += 1
+        finally:
+            self._slots.release()
+
+    def _forward(self, label: str, tagged: bool, bearer: bool, extra: dict[str, str]) -> None:
+        """One request through the data plane; counted where the answering pod says it belongs."""
+        assert self.upstream is not None
+        try:
+            conn = http.client.HTTPConnection(*self.upstream, timeout=REQUEST_TIMEOUT)
+            try:
+                conn.request("GET", "/", headers={**extra, "Connection": "close"})
+                resp = conn.getresponse()
+                resp.read()
+                role = resp.getheader(ROLE_HEADER) or "data-plane"  # no pod answered: Traefik's own 5xx/404
+                with self._stats_lock:
+                    self.stats.codes[f"{role} {resp.status}"] += 1
+                    if role in ("stable", "canary"):
+                        self.stats.sent[role] += 1
+                        self.stats.seen[(label, tagged, role, bearer)] += 1
+                    else:
+                        self.stats.unrouted += 1
+                        if len(self.stats.data_plane) < MAX_KEPT:
+                            self.stats.data_plane.append((time.monotonic(), resp.status))
+            finally:
+                conn.close()
+        except (OSError, http.client.HTTPException):
+            with self._stats_lock:
+                self.stats.failed += 1
+                if len(self.stats.data_plane) < MAX_KEPT:
+                    self.stats.data_plane.append((time.monotonic(), 0))  # no answer at all
         finally:
             self._slots.release()
 

@@ -19,6 +19,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -29,6 +30,7 @@ from typing import Any
 
 import yaml
 
+from harness.demoapp import ROLE_HEADER
 from harness.expect import Advance, CaseOutcome, Check, Observed, check_all
 from harness.format import (
     TERMINAL_PHASES,
@@ -41,6 +43,8 @@ from harness.format import (
     object_name,
     substitute,
 )
+from harness.incluster import RELEASE as OPERATOR_RELEASE
+from harness.incluster import ClusterOperator, ClusterOperatorRun
 from harness.isolation import database_names, isolated, tagged_name
 from harness.jobrunner import JobRunner
 from harness.kube import (
@@ -54,10 +58,13 @@ from harness.kube import (
     images_of,
     world,
 )
+from harness.pods import DEMO_PORT, PodApps, PodState, PodWorld, bridge_gateway, build_images, stand_in_reason, tag_images
 from harness.router import POLL_SECONDS as ROUTER_POLL
-from harness.router import Router
+from harness.router import Router, bursts
 from harness.services import AppDatabase, Postgres, Prometheus, ScrapeTarget, free_port, stop_process, wait_http
 from harness.timeline import Timeline
+from harness.traefik import Traefik, traefik_version
+from harness.traefik import gateway_class as traefik_gateway_class
 from harness.traffic import traffic_sources
 from harness.webhook import WebhookReceiver
 
@@ -203,6 +210,8 @@ class DemoProcess:
 
 # ------------------------------------------------------------------------------------------------------ results
 
+STAND_INS = "harness router (reads the route's weights, splits the load itself), demo app as local processes"
+
 
 @dataclass
 class Result:
@@ -216,10 +225,10 @@ class Result:
     seconds: float = 0.0
     run_dir: str = ""
     router: str = ""
-    # Where the parts stood, so a result says what it proves: today every scenario runs the operator as a local
-    # process (kubeconfig with its ServiceAccount's token) and the harness's router splits the load itself.
+    # Where the parts stood, so a result says what it proves (set by the run: real pods and Traefik, or the
+    # stand-ins and why)
     operator_location: str = "local process"
-    data_plane: str = "harness router (reads the route's weights, splits the load itself)"
+    data_plane: str = STAND_INS
 
     def report(self) -> str:
         """The timeline, one PASS/FAIL line per expectation, and the verdict."""
@@ -254,7 +263,8 @@ class Session:
     """
 
     def __init__(self, kubeconfig: Path | None = None, kubectl: Path | None = None, *, operator: bool = True,
-                 runs_dir: Path | None = None, crds: list[Path] | None = None) -> None:
+                 runs_dir: Path | None = None, crds: list[Path] | None = None, pods: bool = False,
+                 in_cluster: bool = False) -> None:
         self.kubeconfig = kubeconfig or default_kubeconfig()
         self.kubectl_path = kubectl or default_kubectl()
         self.start_operator = operator
@@ -267,6 +277,54 @@ class Session:
         self._prometheus: Prometheus | None = None
         self._postgres: Postgres | None = None
         self._cluster_checked = False
+        # pods mode: the scenarios that can run on real pods and Traefik do (harness.pods.stand_in_reason)
+        self.pods = pods
+        # in_cluster: one operator for every run, installed by helm from the image (harness.incluster)
+        self.in_cluster = in_cluster and operator
+        self._images: dict[str, str] | None = None
+        self._cluster_operator: ClusterOperator | None = None
+        self._cluster_error: str | None = None
+
+    def images(self) -> dict[str, str]:
+        """The operator and demo app images in the real node's containerd, built and imported once."""
+        with self._lock:
+            if self._images is None:
+                self._images = build_images(REPO, self.kubeconfig)
+            return self._images
+
+    def demo_image(self, names: list[str]) -> None:
+        """The demo app image, tagged with these names in the node's containerd."""
+        source = self.images()["demoapp"]
+        with self._lock:
+            tag_images(self.kubeconfig, source, names)
+
+    @property
+    def cluster_operator(self) -> ClusterOperator:
+        """The helm-installed operator of the session, installed at the first use (its pod Ready)."""
+        with self._lock:
+            if self._cluster_operator is None:
+                assert self.root is not None, "use Session as a context manager"
+                self.prepare_cluster()
+                if self._cluster_error is not None:  # every later run fails with the first reason
+                    raise RuntimeError(f"the in-cluster operator could not be installed: {self._cluster_error}")
+                op = ClusterOperator(REPO, self.kube.kubectl, self.kubectl_path.parent / "helm", self.kubeconfig,
+                                     bridge_gateway(self.kubeconfig), self.images()["operator"], self.prometheus.port,
+                                     self.postgres.port, self.root / "operator-store", RATE_WINDOW)
+                try:
+                    op.install()
+                except Exception as e:
+                    self._cluster_error = str(e)
+                    op.close()  # what the failed install left
+                    raise
+                self._cluster_operator = op
+            return self._cluster_operator
+
+    @property
+    def operator_location(self) -> str:
+        if self.in_cluster:
+            return (f"in-cluster pod on the real node (helm release {OPERATOR_RELEASE}, image "
+                    f"{self.images()['operator']}, restricted Pod Security)")
+        return "local process" if self.start_operator else "not started by the harness"
 
     def __enter__(self) -> Session:
         self.root = Path(tempfile.mkdtemp(prefix="saferollout-harness-"))
@@ -277,6 +335,8 @@ class Session:
         self.close()
 
     def close(self) -> None:
+        if self._cluster_operator is not None:
+            self._cluster_operator.close()
         if self._prometheus is not None:
             self._prometheus.stop()
         if self._postgres is not None:
@@ -311,6 +371,14 @@ class Session:
                 self._postgres.start()
             return self._postgres
 
+    def set_targets(self, targets: list[ScrapeTarget], key: str | None) -> None:
+        """Prometheus's targets, without starting it: during a stopPrometheus outage they take effect at the restart."""
+        with self._lock:
+            prom = self._prometheus
+        if prom is None:
+            prom = self.prometheus
+        prom.set_targets(targets, key=key)
+
     def stop_prometheus(self) -> None:
         """The `stopPrometheus` fault: the server goes away, its data directory and port stay for the restart."""
         if self._prometheus is not None:
@@ -326,7 +394,7 @@ class Session:
             if not self.kube.has_crd(GATEWAY_CRD):
                 raise RuntimeError(f"the cluster has no {GATEWAY_CRD} CRD: the Gateway API CRDs must be installed "
                                    "(cluster/up.sh does it)")
-            self.kube.apply([gateway_class()])
+            self.kube.apply([gateway_class(), *([traefik_gateway_class()] if self.pods else [])])
             self._cluster_checked = True
 
     def run(self, scenario: str | Path | Scenario, *, isolate: str | None = None) -> Result:
@@ -369,9 +437,12 @@ class _BaseRun:
         self.sess, self.s, self.run_dir, self.isolate = session, s, run_dir, isolate
         self.tl = Timeline()
         self.errors: list[str] = []
-        self.operator: OperatorProcess | None = None
-        self.store = run_dir / "snapshots"
-        self.store.mkdir(exist_ok=True)
+        self.operator: OperatorProcess | ClusterOperatorRun | None = None
+        if session.in_cluster:  # the operator pod's store: a hostPath volume every run shares (by namespace/name)
+            self.store = session.cluster_operator.store
+        else:
+            self.store = run_dir / "snapshots"
+            self.store.mkdir(exist_ok=True)
 
     @property
     def kube(self) -> Kube:
@@ -385,6 +456,10 @@ class _BaseRun:
         if not self.sess.start_operator:
             self.tl.add("operator", "not started by the harness (--no-operator)")
             return
+        if self.sess.in_cluster:
+            self.operator = ClusterOperatorRun(self.sess.cluster_operator, self.run_dir / "operator.log", self.tl.add)
+            self.operator.start()
+            return
         launch = operator_launch(ns, self.sess.kubeconfig, self.sess.prometheus.url, self.store)
         self.operator = OperatorProcess(launch, self.run_dir / "operator.log", self.tl)
         self.operator.start()
@@ -392,7 +467,15 @@ class _BaseRun:
     def result(self, checks: list[Check], router: str = "") -> Result:
         passed = bool(checks) and all(c.passed for c in checks) and not self.errors
         return Result(self.s.name, str(self.s.path), passed, checks, list(self.errors), self.tl.as_json(),
-                      self.tl.render(), 0.0, str(self.run_dir), router)
+                      self.tl.render(), 0.0, str(self.run_dir), router, self.sess.operator_location)
+
+    def operator_paths(self, path: str) -> list[Path]:
+        """Where a file the operator might write at `path` would be: here, and for the in-cluster operator under
+        /tmp its pods' /tmp volume (the only writable place of its filesystem besides the store)."""
+        out = [Path(path)]
+        if self.sess.in_cluster and path.startswith("/tmp/"):
+            out += [d / path[len("/tmp/"):] for d in self.sess.cluster_operator.tmp_dirs()]
+        return out
 
 
 # ------------------------------------------------------------------------------------------------- bad manifests
@@ -431,7 +514,7 @@ class _CasesRun(_BaseRun):
             alive = None
             if self.operator is not None:
                 time.sleep(2)
-                alive = self.operator.alive
+                alive = self.operator.alive and self.operator.check_exit() is None
             obs = Observed(finished_in=time.monotonic() - self.tl.t0, cases=outcomes)
             checks = check_all(self.s.expect, obs, ns, name)  # refusedAtApply, messageNamesField, withinSeconds
             if self.operator is not None:
@@ -460,9 +543,16 @@ class _RolloutRun(_BaseRun):
         self.obs = Observed(store=self.store)
         self.stable: DemoProcess | None = None
         self.canary: DemoProcess | None = None
+        # pods mode: the demo app's real pods and Traefik; `stand_in` says why a run keeps the stand-ins instead
+        self.stand_in = stand_in_reason(s) if session.pods else "the session runs the stand-ins (pods mode off)"
+        self.traefik: Traefik | None = None
+        self.pod_apps: PodApps | None = None
+        self.scrape_jobs: list[str] = []
         self.router: Router | None = None
         self.preview: Router | None = None  # blueGreen: the test load through the preview Service
         self.webhook: WebhookReceiver | None = None
+        self.webhook_url = ""
+        self.process_urls: dict[str, str] = {}  # @canaryUrl@, @stableUrl@: where the operator reaches the processes
         self.pg: Postgres | None = None
         self.db: AppDatabase | None = None  # the scenario's role and database on self.pg
         self.password: str | None = None
@@ -506,7 +596,10 @@ class _RolloutRun(_BaseRun):
         summary = self.router.summary() if self.router else ""
         if self.preview is not None:
             summary += f"\n-- preview load: {self.preview.summary()}"
-        return self.result(checks, summary)
+        result = self.result(checks, summary)
+        result.data_plane = (f"Traefik {traefik_version()} (Gateway API provider), demo app in real pods on the "
+                             "real node" if self.stand_in is None else f"{STAND_INS} ({self.stand_in})")
+        return result
 
     def setup(self) -> None:
         s, tl = self.s, self.tl
@@ -523,7 +616,8 @@ class _RolloutRun(_BaseRun):
             self.obs.password = self.password
             user, dbname = database_names(self.isolate) if self.isolate else (Postgres.APP_USER, Postgres.APP_DB)
             self.db = self.pg.reset_database(self.password, user, dbname)
-            dsn = self.db.dsn()
+            where = self._database_address()
+            dsn = self.db.dsn(*where)
             tl.add("database", f"fresh database {dbname} (role {user}) on 127.0.0.1:{self.pg.port}")
             if s.database and s.database.seed:
                 self.db.run(s.database.seed)
@@ -531,30 +625,50 @@ class _RolloutRun(_BaseRun):
             if "database" in s.expect:
                 self.obs.checksum_before = self.db.checksum()
                 tl.add("database", f"checksum before the rollout {self.obs.checksum_before[:12]}")
-            secret_value = s.database.render_secret(self.db.facts()) if s.database else None
+            secret_value = s.database.render_secret(self.db.facts(*where)) if s.database else None
             if secret_value is not None:  # extension: database.secretValue replaces the DSN in the Secret
                 dsn = secret_value
                 tl.add("database", "the Secret holds the scenario's secretValue, not the harness's DSN")
         self._clear_paths()
-        both = (self.refs.stable_service, self.refs.canary_service) if self.refs.kind == "blueGreen" else ()
-        self.stable = DemoProcess("stable", self.refs.stable_service, self.ns, "stable", s.stable.base,
-                                  self.run_dir / "stable.log", s.stable.error_mode, both)
-        self.canary = DemoProcess("canary", self.refs.canary_service, self.ns, "canary", s.canary.base,
-                                  self.run_dir / "canary.log", s.canary.error_mode, both)
-        self.stable.start()
-        self.canary.start()
-        tl.add("app", f"stable on :{self.stable.port} ({s.stable.base.describe()}), "
-                      f"canary on :{self.canary.port} ({s.canary.base.describe()})")
+        prom = self.sess.prometheus
+        pods: PodWorld | None = None
+        if self.stand_in is None:
+            self.sess.demo_image(sorted({*s.initial_target_images().values(), *s.template_images.values()}))
+            self.traefik = Traefik(self.run_dir / "traefik", self.sess.kubeconfig, namespaces=[self.ns])
+            self.traefik.start()
+            pods = PodWorld(bridge_gateway(self.sess.kubeconfig), self.traefik.port)
+            self.pod_apps = PodApps(self.kube.new_api(), self.ns, self.target, self.refs.stable_service,
+                                    self.refs.canary_service,
+                                    s.template_images, self._pod_targets, lambda text: self.tl.add("app", text))
+            tl.add("harness", f"real pods and Traefik {traefik_version()} on {self.traefik.url} (log "
+                              f"{self.traefik.log})")
+        else:
+            both = (self.refs.stable_service, self.refs.canary_service) if self.refs.kind == "blueGreen" else ()
+            self.stable = DemoProcess("stable", self.refs.stable_service, self.ns, "stable", s.stable.base,
+                                      self.run_dir / "stable.log", s.stable.error_mode, both)
+            self.canary = DemoProcess("canary", self.refs.canary_service, self.ns, "canary", s.canary.base,
+                                      self.run_dir / "canary.log", s.canary.error_mode, both)
+            self.stable.start()
+            self.canary.start()
+            for token, proc in (("stableUrl", self.stable), ("canaryUrl", self.canary)):
+                self.process_urls[token] = (f"http://{self.sess.cluster_operator.forward(proc.port)}"
+                                            if self.sess.in_cluster and token in s.tokens else proc.url)
+            tl.add("app", f"stable on :{self.stable.port} ({s.stable.base.describe()}), "
+                          f"canary on :{self.canary.port} ({s.canary.base.describe()})")
+            self.scrape_jobs = [f"{self.ns}-stable", f"{self.ns}-canary"]
+            prom.set_targets([ScrapeTarget(self.scrape_jobs[0], self.stable.port, self.refs.stable_service, self.ns),
+                              ScrapeTarget(self.scrape_jobs[1], self.canary.port, self.refs.canary_service, self.ns)],
+                             key=self.isolate)
         if "webhookUrl" in s.tokens:
             self.webhook = WebhookReceiver()
             self.webhook.start()
-            tl.add("harness", f"webhook receiver on {self.webhook.url}")
-        prom = self.sess.prometheus
-        prom.set_targets([ScrapeTarget(f"{self.ns}-stable", self.stable.port, self.refs.stable_service, self.ns),
-                          ScrapeTarget(f"{self.ns}-canary", self.canary.port, self.refs.canary_service, self.ns)],
-                         key=self.isolate)
+            self.webhook_url = self.webhook.url
+            if self.sess.in_cluster:  # the pod reaches it through a forwarder on the bridge
+                self.webhook_url = f"http://{self.sess.cluster_operator.forward(self.webhook.port)}"
+            tl.add("harness", f"webhook receiver on {self.webhook.url}"
+                   + (f", reached by the operator at {self.webhook_url}" if self.webhook_url != self.webhook.url else ""))
         secret = (*s.secret_ref, dsn) if s.secret_ref and dsn else None
-        docs = world(self.ns, self.target, s.initial_target_images(), s.target_replicas, self.refs, secret)
+        docs = world(self.ns, self.target, s.initial_target_images(), s.target_replicas, self.refs, secret, pods)
         self.kube.apply(docs)
         tl.add("harness", f"created namespace {self.ns}: Deployment {self.target} {s.initial_target_images()}, "
                           f"Services {self.refs.stable_service} and {self.refs.canary_service}"
@@ -563,7 +677,10 @@ class _RolloutRun(_BaseRun):
         deadline = time.monotonic() + 90
         while not available(self.kube.get_target(self.ns, self.target, self.refs)):
             if time.monotonic() > deadline:
-                raise RuntimeError(f"the target Deployment {self.target} did not become available in 90s")
+                raise RuntimeError(f"the target Deployment {self.target} did not become available in 90s"
+                                   + (f" (its pods: {self.pod_apps.phases()})" if self.pod_apps else ""))
+            if self.pod_apps is not None:
+                self._behaviours(time.monotonic())  # a pod is Ready once it has been told its behaviour
             time.sleep(0.5)
         tl.add("harness", f"target Deployment {self.target} available")
         if self.refs.kind == "partition":  # extension: the revision the StatefulSet's pods start on
@@ -579,12 +696,15 @@ class _RolloutRun(_BaseRun):
             self._quota(s.resource_quota)
         if s.objects:  # extension `objects`: before the rollout, which may name them
             self._apply_objects(list(s.objects))
+        if self.traefik is not None:
+            self._wait_data_plane(self.traefik)
         sources = traffic_sources(self.refs, self.ns, self.target, self.kube.new_api())
-        ports = {"stable": self.stable.port, "canary": self.canary.port}
+        ports = {"stable": self.stable.port, "canary": self.canary.port} if self.stable and self.canary else {}
         main = sources["main"]
         self.router = Router(main.read, main.backends, ports, s.rps, s.within_seconds + 120,
                              on_change=lambda text: self.tl.add("router", text), what=main.what,
-                             canary_share=s.canary_share, tagged=s.tagged, users=s.users)
+                             canary_share=s.canary_share, tagged=s.tagged, users=s.users,
+                             upstream=("127.0.0.1", self.traefik.port) if self.traefik else None)
         self.router.start()
         if not self.router.first_read.wait(15):
             raise RuntimeError(f"the router could not read {self.refs.describe}: {self.router.last_error}")
@@ -631,15 +751,55 @@ class _RolloutRun(_BaseRun):
 
     def _clear_paths(self) -> None:
         """`expect.pathAbsent`: a file left by an earlier run must neither fail nor pass this one."""
-        for path in clear_paths(self.s.expect.get("pathAbsent", ())):
+        paths = [str(p) for path in self.s.expect.get("pathAbsent", ()) for p in self.operator_paths(path)]
+        for path in clear_paths(paths):
             self.tl.add("harness", f"removed {path}, left from an earlier run (pathAbsent)")
+
+    def _wait_data_plane(self, traefik: Traefik, timeout: float = 30) -> None:
+        """Until Traefik sends a request to a pod (it loads the route, then the endpoints, ~1-2 s), so the load
+        starts on a data plane that serves."""
+        deadline = time.monotonic() + timeout
+        last = ""
+        while time.monotonic() < deadline:
+            try:
+                with urllib.request.urlopen(traefik.url, timeout=2) as r:
+                    if r.headers.get(ROLE_HEADER):
+                        self.tl.add("harness", "Traefik serves the route")
+                        return
+                    last = f"answered {r.status} without a pod"
+            except urllib.error.HTTPError as e:
+                last = f"answered {e.code}" + ("" if e.headers.get(ROLE_HEADER) else " itself")
+                if e.headers.get(ROLE_HEADER):
+                    self.tl.add("harness", "Traefik serves the route")
+                    return
+            except OSError as e:
+                last = str(e)
+            time.sleep(0.2)
+        raise RuntimeError(f"Traefik does not serve the HTTPRoute after {timeout:g}s (last: {last}; log "
+                           f"{traefik.log})")
+
+    def _database_address(self) -> tuple[str, int | None]:
+        """Where the operator reaches PostgreSQL: loopback, or the in-cluster operator's forwarder."""
+        if self.sess.in_cluster:
+            fwd = self.sess.cluster_operator.pg_forward
+            return fwd.listen_host, fwd.port
+        return "127.0.0.1", None
+
+    def _pod_targets(self, pods: list[PodState]) -> None:
+        """Prometheus scrapes each configured pod at its address, labelled with the Service it is behind."""
+        assert self.pod_apps is not None
+        targets = [ScrapeTarget(f"{self.ns}-{p.name}", DEMO_PORT, self.pod_apps.service(p), self.ns, p.ip)
+                   for p in pods]
+        self.sess.set_targets(targets, self.isolate)
+        self.scrape_jobs = [t.job for t in targets]
+        self.tl.add("harness", f"Prometheus scrapes {', '.join(f'{t.host} ({t.service})' for t in targets) or 'no pod'}")
 
     def _warm_up(self, prom: Prometheus) -> None:
         """Wait until Prometheus has the stable version's request rate, so a stableHealthy gate has data."""
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             up = prom.targets_up()
-            if up.get(f"{self.ns}-stable") and up.get(f"{self.ns}-canary"):
+            if self.scrape_jobs and all(up.get(job) for job in self.scrape_jobs):
                 break
             time.sleep(0.5)
         else:
@@ -657,11 +817,10 @@ class _RolloutRun(_BaseRun):
         raise RuntimeError("Prometheus has no request rate for the stable version after 30s")
 
     def tokens(self) -> dict[str, str]:
-        """The values of the manifest's substitution tokens (docs/harness.md)."""
-        assert self.stable is not None and self.canary is not None
-        out = {"canaryUrl": self.canary.url, "stableUrl": self.stable.url}
+        """The values of the manifest's substitution tokens (docs/harness.md); pods mode has no process URLs."""
+        out = dict(self.process_urls)
         if self.webhook is not None:
-            out["webhookUrl"] = self.webhook.url
+            out["webhookUrl"] = self.webhook_url
         return out
 
     def apply(self) -> None:
@@ -848,8 +1007,17 @@ class _RolloutRun(_BaseRun):
 
     def _behaviours(self, now: float) -> None:
         """Level-triggered `when` rules, and the promoted target running the canary's code."""
-        assert self.stable is not None and self.canary is not None and self.router is not None
-        weight, elapsed = self.router.canary_weight, now - self.t0
+        weight = self.router.canary_weight if self.router is not None else 0
+        elapsed = now - self.tl.t0 if self.tl.t0 is not None else None
+        if self.pod_apps is not None:  # each pod: the behaviour of the code it runs (the new code at 100%
+            def behaviour(p: PodState) -> Behaviour:  # once the target runs it)
+                if p.role == "canary":
+                    return self.s.canary.effective(weight, elapsed)
+                return self.s.canary.effective(100, elapsed) if p.new_code else self.s.stable.effective(weight, elapsed)
+            for msg in self.pod_apps.poll(behaviour):
+                self.error(msg)
+            return
+        assert self.stable is not None and self.canary is not None
         canary_b = self.s.canary.effective(weight, elapsed)
         stable_b = self.s.canary.effective(100, elapsed) if self.promoted_now else self.s.stable.effective(weight,
                                                                                                           elapsed)
@@ -946,6 +1114,9 @@ class _RolloutRun(_BaseRun):
         if self.router is not None:
             self.router.stop()
             obs.router_changes = list(self.router.changes)
+            for first, last, code, n in bursts(self.router.stats.data_plane):  # what no pod answered
+                self.tl.add("router", (f"the data plane answered {code} itself" if code else "no answer (connection "
+                                       "error or timeout)") + f" to {n} request(s) until {last - self.t0:.2f}s", first)
             obs.requests_seen = dict(self.router.stats.seen)
             prev: int | None = None
             for t, w in obs.router_changes:
@@ -975,10 +1146,13 @@ class _RolloutRun(_BaseRun):
                 self.tl.add("database", f"checksum after the run {obs.checksum_after[:12]}")
             except Exception as e:
                 obs.checksum_error = str(e)
+        if isinstance(self.operator, ClusterOperatorRun):
+            self.operator.stop()  # the pod's log so far into operator.log (the pod goes on)
         if self.operator is not None and self.operator.log.exists():
             obs.operator_log = self.operator.log.read_text(errors="replace")
         for path in self.s.expect.get("pathAbsent", ()):
-            obs.paths_present[path] = describe_path(Path(path), self.t0)
+            there = [d for p in self.operator_paths(path) if (d := describe_path(p, self.t0))]
+            obs.paths_present[path] = "; ".join(there) or None
         for svc, _ in self.s.expect.get("serviceSelector", []):
             found = self.kube.get_service(self.ns, svc)
             obs.selectors[svc] = ((found.get("spec") or {}).get("selector") or {}) if found else None
@@ -1011,6 +1185,14 @@ class _RolloutRun(_BaseRun):
             self.tl.add("event", f"~{e.get('type', '')} {e.get('reason')}: {e.get('message', '')}"
                                  + (f" (x{count})" if count > 1 else ""), at)
 
+    def _stop_webhook(self) -> None:
+        if self.webhook is not None:
+            self.webhook.stop()
+        if self.sess.in_cluster:  # the forwarders this run asked for
+            for url in (self.webhook_url, *self.process_urls.values()):
+                if url:
+                    self.sess.cluster_operator.unforward(url.removeprefix("http://"))
+
     def _stop_apps(self) -> None:
         for p in (self.stable, self.canary):
             if p is not None:
@@ -1021,10 +1203,11 @@ class _RolloutRun(_BaseRun):
         steps: list[tuple[str, Any]] = [
             ("router", lambda: self.router.stop() if self.router else None),
             ("preview router", lambda: self.preview.stop() if self.preview else None),
+            ("traefik", lambda: self.traefik.stop() if self.traefik else None),
             ("rollout", lambda: self.kube.delete_rollouts(self.ns, timeout=20)),
             ("operator", lambda: self.operator.stop() if self.operator else None),
             ("apps", self._stop_apps),
-            ("webhook receiver", lambda: self.webhook.stop() if self.webhook else None),
+            ("webhook receiver", self._stop_webhook),
             ("objects", self._delete_objects),
             ("namespace", lambda: self.kube.delete_namespace(self.ns)),
             ("prometheus", lambda: self.sess.prometheus.set_targets([], key=self.isolate)),

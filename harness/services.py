@@ -380,14 +380,15 @@ class AppDatabase:
     dbname: str
     password: str
 
-    def dsn(self) -> str:
+    def dsn(self, host: str = "127.0.0.1", port: int | None = None) -> str:
+        """The DSN on loopback, or at another address that forwards to it (where pods reach the server)."""
         return (f"postgresql://{self.user}:{urllib.parse.quote(self.password, safe='')}"
-                f"@127.0.0.1:{self.port}/{self.dbname}")
+                f"@{host}:{port or self.port}/{self.dbname}")
 
-    def facts(self) -> dict[str, str]:
+    def facts(self, host: str = "127.0.0.1", port: int | None = None) -> dict[str, str]:
         """What a `database.secretValue` may name: {password} as is, {dsn} URL-encoded, {user}, {host}, ..."""
-        return {"password": self.password, "dsn": self.dsn(), "user": self.user, "host": "127.0.0.1",
-                "port": str(self.port), "dbname": self.dbname}
+        return {"password": self.password, "dsn": self.dsn(host, port), "user": self.user, "host": host,
+                "port": str(port or self.port), "dbname": self.dbname}
 
     def run(self, statements: str) -> None:
         """Run SQL as the database's owner."""

@@ -7,6 +7,8 @@
 #      The build sees the machine's apt sources, CA bundle and pip index settings (bind mounts, build args);
 #      none of them is written into the image;
 #   5. exports it for containerd (`ctr -n k8s.io images import`): .cache/images/saferollout-operator-<version>.tar;
+#      and the demo app image the scenarios' real pods run (harness/demoapp.Containerfile, on top of the operator
+#      image): saferollout/demoapp:<version>, .cache/images/saferollout-demoapp-<version>.tar;
 #   6. smoke test: podman run as uid 10001, read-only root, tmpfs /tmp, no network: --help and pg_dump --version.
 # Env: IMAGE_SMOKE=0 skips step 6. DEBIAN_RELEASE=trixie builds the PostgreSQL 17 client variant (tag -pg17)
 # when the machine has trixie apt sources.
@@ -128,18 +130,32 @@ if [ -n "$old" ] && [ "$old" != "$id" ]; then
   else echo "kept the previous build ${old:0:12} (tagged or in use elsewhere)"; fi
 fi
 
-# --- 5. export for containerd -----------------------------------------------------------------------------------
+# --- 5. export for containerd, and the demo app image --------------------------------------------------------------
+# export <image> <archive>: docker-archive for `ctr images import`, redone only when the image changed.
+export_image() {
+  local image=$1 out=$2 id t
+  t=$(now)
+  id=$(podman image inspect --format '{{.Id}}' "$image") || die "$image is not in the storage"
+  if [ -f "$out" ] && [ "$(cat "$out.id" 2>/dev/null)" = "$id" ]; then
+    echo "export $out: up to date"
+  else
+    rm -f "$out" "$out.id"
+    podman save -q --format docker-archive -o "$out.tmp" "$image" || die "podman save $image failed"
+    mv "$out.tmp" "$out"
+    echo "$id" >"$out.id"
+    echo "exported $out ($(du -h "$out" | cut -f1)) in $(since "$t")"
+  fi
+}
+export_image "$image" ".cache/images/saferollout-operator-$tag.tar"
+demo=saferollout/demoapp:$tag
 t=$(now)
-out=.cache/images/saferollout-operator-$tag.tar
-if [ -f "$out" ] && [ "$(cat "$out.id" 2>/dev/null)" = "$id" ]; then
-  echo "export $out: up to date"
-else
-  rm -f "$out" "$out.id"
-  podman save -q --format docker-archive -o "$out.tmp" "$image" || die "podman save $image failed"
-  mv "$out.tmp" "$out"
-  echo "$id" >"$out.id"
-  echo "exported $out ($(du -h "$out" | cut -f1)) in $(since "$t")"
+if ! buildah bud --pull=never --layers --force-rm --runtime=runc --network=host --format=oci \
+    -f harness/demoapp.Containerfile --build-arg "BASE=$image" -t "$demo" harness >.cache/images/demoapp-build.log 2>&1; then
+  tail -n 30 .cache/images/demoapp-build.log >&2
+  die "buildah bud $demo failed (full log: .cache/images/demoapp-build.log)"
 fi
+echo "built $demo in $(since "$t")"
+export_image "$demo" ".cache/images/saferollout-demoapp-$tag.tar"
 
 # --- 6. smoke test ----------------------------------------------------------------------------------------------
 if [ "${IMAGE_SMOKE:-1}" != 0 ]; then
@@ -153,6 +169,7 @@ if [ "${IMAGE_SMOKE:-1}" != 0 ]; then
     || die "podman run ... python -m saferollout --help failed"
   pg=$("${run[@]}" --entrypoint pg_dump "$image" --version) || die "podman run ... pg_dump --version failed"
   "${run[@]}" --entrypoint pg_restore "$image" --version >/dev/null || die "podman run ... pg_restore --version failed"
-  echo "smoke test (uid 10001, read-only root, tmpfs /tmp): saferollout --help ok, $pg, in $(since "$t")"
+  "${run[@]}" "$demo" --help >/dev/null || die "podman run $demo --help failed"
+  echo "smoke test (uid 10001, read-only root, tmpfs /tmp): saferollout --help ok, $pg, demoapp --help ok, in $(since "$t")"
 fi
 echo "make image: $image ready in $(since "$t_all")"

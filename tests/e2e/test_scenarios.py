@@ -22,6 +22,7 @@ from harness.scenario import Session
 REPO = Path(__file__).resolve().parents[2]
 SCENARIOS = Path(os.environ.get("SAFEROLLOUT_SCENARIOS") or REPO.parent / "shared" / "scenarios")
 PROJECT_SCENARIOS = REPO / "scenarios"  # the project's own, in the same format, run after the shared ones
+DEMO = REPO / "demo"  # `make demo`'s two sides, run here as scenarios too
 
 
 def _scenario_files() -> list[object]:
@@ -30,7 +31,8 @@ def _scenario_files() -> list[object]:
         return [pytest.param(None, id="no-scenarios", marks=pytest.mark.e2e)]
     own = sorted(PROJECT_SCENARIOS.glob("*.yaml"))
     params: list[object] = [pytest.param(f, id=f.stem, marks=pytest.mark.e2e) for f in files]
-    return params + [pytest.param(f, id=f"project-{f.stem}", marks=pytest.mark.e2e) for f in own]
+    params += [pytest.param(f, id=f"project-{f.stem}", marks=pytest.mark.e2e) for f in own]
+    return params + [pytest.param(f, id=f"demo-{f.stem}", marks=pytest.mark.e2e) for f in sorted(DEMO.glob("*.yaml"))]
 
 
 RELEASE, RELEASE_NAMESPACE = "sr-scenarios", "saferollout-scenarios"
@@ -48,14 +50,22 @@ def workers() -> int:
     return n
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")  # the in-cluster operator watches every namespace: gone before other modules
 def harness_session(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Session]:
-    """The harness, with the operator running under the Helm chart's ServiceAccount (a TokenRequest token): every
-    API call the operator makes in every scenario is checked against the chart's RBAC, so a missing rule fails."""
+    """The harness as CI proves it: the operator installed by helm from its image, one pod on the real node for
+    every scenario (the chart's ServiceAccount and RBAC, restricted Pod Security), the demo app in real pods and
+    Traefik as the Gateway API data plane wherever a scenario can run so (harness.pods.stand_in_reason).
+
+    SAFEROLLOUT_HARNESS_PODS=0: the stand-ins (local demo processes, the harness's router, the operator as a local
+    process under the chart's ServiceAccount token): faster, not what CI proves."""
     from tests.e2e.chart import install, sa_kubeconfig, uninstall
     from tests.e2e.cluster import ensure_cluster, tools_dir
 
     kubeconfig = ensure_cluster()
+    if os.environ.get("SAFEROLLOUT_HARNESS_PODS", "1") != "0":
+        with Session(kubeconfig=kubeconfig, kubectl=tools_dir() / "kubectl", pods=True, in_cluster=True) as session:
+            yield session
+        return
     # the harness runs the operator with --namespace <the scenario's>, as the chart's pod runs with
     # watchNamespaces set: that install also grants kopf's namespace watch (without it kopf retries ~54 s at
     # every start). Cluster scope, so the value names no namespace that must exist, and the ClusterRole covers

@@ -706,3 +706,22 @@ def test_every_top_level_value_is_documented() -> None:
     doc = (REPO / "docs" / "install.md").read_text()
     for key in yaml.safe_load((CHART / "values.yaml").read_text()):
         assert re.search(rf"`{re.escape(key)}[.`\[=]", doc), f"values key {key!r} is not described in docs/install.md"
+
+
+def test_the_harness_install_renders_a_restricted_pod_on_the_real_node_with_its_store_on_a_bound_claim() -> None:
+    """harness.incluster's values (the scenarios' operator): the chart must render what the harness relies on."""
+    from harness.incluster import FULLNAME, STORE_MOUNT, ClusterOperator
+    op = ClusterOperator(REPO, lambda *a, **k: subprocess.CompletedProcess(a, 0, "", ""), helm_bin(), Path("kc"),
+                         "10.240.0.1", "localhost/saferollout/operator:0.1.0", 9090, 5432, Path("/tmp/store"), "10s")
+    objs = render(*op.values())
+    pvc = one(objs, "PersistentVolumeClaim")
+    assert pvc["metadata"]["name"] == f"{FULLNAME}-snapshots" and pvc["spec"]["storageClassName"] == ""
+    assert "helm.sh/resource-policy" not in (pvc["metadata"].get("annotations") or {})
+    pod = one(objs, "Deployment")["spec"]["template"]["spec"]
+    assert pod["nodeSelector"] == {"saferollout.dev/node": "real"}
+    (c,) = pod["containers"]
+    assert c["image"] == "localhost/saferollout/operator:0.1.0" and c["imagePullPolicy"] == "Never"
+    env = {e["name"]: e.get("value") for e in c["env"]}
+    assert env["SAFEROLLOUT_RATE_WINDOW"] == "10s" and env["SAFEROLLOUT_SNAPSHOT_DIR"] == STORE_MOUNT
+    assert env["SAFEROLLOUT_PROMETHEUS_URL"].startswith("http://10.240.0.1:")
+    assert c["securityContext"]["readOnlyRootFilesystem"] is True

@@ -113,7 +113,7 @@ def test_every_scenario_file_isolates(path: Path) -> None:
 
 @pytest.mark.parametrize(("do", "alone"), [("stopPrometheus", True), ("startPrometheus", True),
                                            ("stopDatabase", True), ("startDatabase", True),
-                                           ("killOperator", False), ("restartOperator", False),
+                                           ("killOperator", True), ("restartOperator", True),
                                            ("corruptSnapshot", False)])
 def test_faults_on_shared_servers_make_a_scenario_exclusive(do: str, alone: bool) -> None:
     extra: dict[str, Any] = {"database": {}} if "Database" in do or do == "corruptSnapshot" else {}
