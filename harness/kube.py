@@ -244,7 +244,8 @@ def world(ns: str, target: str, images: dict[str, str], replicas: int, refs: Tra
          "spec": {"selector": {"saferollout.dev/canary-of": target}, "ports": port}},
     ]
     if pods is not None:
-        docs[1]["spec"]["template"]["spec"] = pod_template_spec(images, stable_svc, ns, pods.admin_from)
+        both = (stable_svc, canary_svc) if refs.kind == "blueGreen" else ()  # their series exist from the start
+        docs[1]["spec"]["template"]["spec"] = pod_template_spec(images, stable_svc, ns, pods.admin_from, both)
     if refs.kind == "partition":  # extension: a StatefulSet; the operator makes the canary Service (by revision)
         target_doc = docs[1]
         target_doc["kind"] = "StatefulSet"

@@ -41,10 +41,10 @@ PUSH_TIMEOUT = 1.0
 def stand_in_reason(s: Scenario) -> str | None:
     """None when the scenario runs on real pods and Traefik; else why it keeps the local processes and router."""
     refs = s.traffic
-    if refs.kind != "gatewayAPI":
-        return (f"router {refs.kind}: no data plane for it is built here, the harness's router splits the load"
-                if refs.kind in ("istio", "nginx") else
-                f"{refs.kind}: not yet moved to real pods")
+    if refs.kind in ("istio", "nginx"):
+        return f"router {refs.kind}: no data plane for it is built here, the harness's router splits the load"
+    if refs.kind == "partition":
+        return "partition: not yet moved to real pods (a pod's role would follow its StatefulSet revision)"
     if s.canary_share is not None:
         return "load.canaryShare: a data plane that does not apply the weights is the harness's router"
     if s.tokens & {"canaryUrl", "stableUrl"}:
@@ -97,8 +97,8 @@ def tag_images(kubeconfig: Path, source: str, names: list[str]) -> None:
             raise RuntimeError(f"ctr images tag {source} {normalised(name)} failed: {r.stderr.strip()}")
 
 
-def pod_template_spec(containers: dict[str, str], stable_service: str, namespace: str,
-                      admin_from: str) -> dict[str, Any]:
+def pod_template_spec(containers: dict[str, str], stable_service: str, namespace: str, admin_from: str,
+                      label_services: tuple[str, ...] = ()) -> dict[str, Any]:
     """The target's pod spec: the demo app on the real node, Ready only once the harness has configured it."""
     name, image = next(iter(containers.items()))
     return {
@@ -107,7 +107,8 @@ def pod_template_spec(containers: dict[str, str], stable_service: str, namespace
         "containers": [{
             "name": name, "image": image, "imagePullPolicy": "IfNotPresent",
             "args": ["--pod", "--port", str(DEMO_PORT), "--service", stable_service, "--namespace", namespace,
-                     "--version", "stable", "--admin-port", str(ADMIN_PORT), "--admin-from", admin_from],
+                     "--version", "stable", "--admin-port", str(ADMIN_PORT),
+                     *(a for svc in label_services for a in ("--label-service", svc)), "--admin-from", admin_from],
             "ports": [{"containerPort": DEMO_PORT, "name": "http"}, {"containerPort": ADMIN_PORT, "name": "admin"}],
             "readinessProbe": {"httpGet": {"path": "/ready", "port": DEMO_PORT}, "periodSeconds": 1,
                                "failureThreshold": 1, "successThreshold": 1},

@@ -201,7 +201,7 @@ class Router:
                  on_change: Callable[[str], None] | None = None, what: str = "weights",
                  canary_share: int | None = None, tagged: tuple[int, dict[str, str]] | None = None,
                  users: int | None = None, upstream: tuple[str, int] | None = None,
-                 settle: float = UPSTREAM_SETTLE) -> None:
+                 settle: float = UPSTREAM_SETTLE, upstream_label: str | None = None) -> None:
         self._read_weights = read_weights
         # a real data plane (Traefik) at this address: every request goes there, and the answer's X-Harness-Role
         # says where it went; the weights are still read, for the timeline and the expectations
@@ -210,6 +210,9 @@ class Router:
         # a change its requests are counted under SETTLING, not under the new plan (nor the old)
         self.settle = settle
         self._plan_since = time.monotonic()
+        # sent as X-Harness-Service to the upstream: the Service the requests go through (a ClusterIP, blue-green's
+        # active or preview), which the answering pod labels them with; None: the pod's own Service
+        self.upstream_label = upstream_label
         # load.tagged: this percent of the requests carries these headers (spread evenly, as the errors are)
         self.tagged = tagged
         # load.users: the requests come from this many users in turn, each keeping the cookies answers set
@@ -409,7 +412,8 @@ class Router:
         try:
             conn = http.client.HTTPConnection(*self.upstream, timeout=REQUEST_TIMEOUT)
             try:
-                conn.request("GET", "/", headers={**extra, "Connection": "close"})
+                conn.request("GET", "/", headers={**extra, "Connection": "close",
+                                                  **({SERVICE_HEADER: self.upstream_label} if self.upstream_label else {})})
                 resp = conn.getresponse()
                 resp.read()
                 role = resp.getheader(ROLE_HEADER) or "data-plane"  # no pod answered: Traefik's own 5xx/404

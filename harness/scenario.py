@@ -597,8 +597,8 @@ class _RolloutRun(_BaseRun):
         if self.preview is not None:
             summary += f"\n-- preview load: {self.preview.summary()}"
         result = self.result(checks, summary)
-        result.data_plane = (f"Traefik {traefik_version()} (Gateway API provider), demo app in real pods on the "
-                             "real node" if self.stand_in is None else f"{STAND_INS} ({self.stand_in})")
+        result.data_plane = (f"{self.data_plane()}, demo app in real pods on the real node" if self.stand_in is None
+                             else f"{STAND_INS} ({self.stand_in})")
         return result
 
     def setup(self) -> None:
@@ -634,14 +634,17 @@ class _RolloutRun(_BaseRun):
         pods: PodWorld | None = None
         if self.stand_in is None:
             self.sess.demo_image(sorted({*s.initial_target_images().values(), *s.template_images.values()}))
-            self.traefik = Traefik(self.run_dir / "traefik", self.sess.kubeconfig, namespaces=[self.ns])
-            self.traefik.start()
-            pods = PodWorld(bridge_gateway(self.sess.kubeconfig), self.traefik.port)
+            port = 0
+            if self.refs.kind == "gatewayAPI":  # the others' traffic goes through their Services (kube-proxy)
+                self.traefik = Traefik(self.run_dir / "traefik", self.sess.kubeconfig, namespaces=[self.ns])
+                self.traefik.start()
+                port = self.traefik.port
+            pods = PodWorld(bridge_gateway(self.sess.kubeconfig), port)
             self.pod_apps = PodApps(self.kube.new_api(), self.ns, self.target, self.refs.stable_service,
                                     self.refs.canary_service,
                                     s.template_images, self._pod_targets, lambda text: self.tl.add("app", text))
-            tl.add("harness", f"real pods and Traefik {traefik_version()} on {self.traefik.url} (log "
-                              f"{self.traefik.log})")
+            tl.add("harness", f"real pods and {self.data_plane()}" + (f" on {self.traefik.url} (log "
+                                                                    f"{self.traefik.log})" if self.traefik else ""))
         else:
             both = (self.refs.stable_service, self.refs.canary_service) if self.refs.kind == "blueGreen" else ()
             self.stable = DemoProcess("stable", self.refs.stable_service, self.ns, "stable", s.stable.base,
@@ -696,22 +699,26 @@ class _RolloutRun(_BaseRun):
             self._quota(s.resource_quota)
         if s.objects:  # extension `objects`: before the rollout, which may name them
             self._apply_objects(list(s.objects))
-        if self.traefik is not None:
-            self._wait_data_plane(self.traefik)
+        upstreams = self._upstreams()
+        if "main" in upstreams:  # (blue-green's preview Service selects no pod before the rollout)
+            self._wait_data_plane(upstreams["main"][0])
         sources = traffic_sources(self.refs, self.ns, self.target, self.kube.new_api())
         ports = {"stable": self.stable.port, "canary": self.canary.port} if self.stable and self.canary else {}
         main = sources["main"]
+        up, label = upstreams.get("main", (None, None))
         self.router = Router(main.read, main.backends, ports, s.rps, s.within_seconds + 120,
                              on_change=lambda text: self.tl.add("router", text), what=main.what,
-                             canary_share=s.canary_share, tagged=s.tagged, users=s.users,
-                             upstream=("127.0.0.1", self.traefik.port) if self.traefik else None)
+                             canary_share=s.canary_share, tagged=s.tagged, users=s.users, upstream=up,
+                             upstream_label=label)
         self.router.start()
         if not self.router.first_read.wait(15):
             raise RuntimeError(f"the router could not read {self.refs.describe}: {self.router.last_error}")
         if "preview" in sources:
             pv = sources["preview"]
+            up, label = upstreams.get("preview", (None, None))
             self.preview = Router(pv.read, pv.backends, ports, s.preview_rps, s.within_seconds + 120,
-                                  on_change=lambda text: self.tl.add("preview", text), what=pv.what)
+                                  on_change=lambda text: self.tl.add("preview", text), what=pv.what, upstream=up,
+                                  upstream_label=label)
             self.preview.start()
         self._warm_up(prom)
         self.start_operator(self.ns)
@@ -755,28 +762,54 @@ class _RolloutRun(_BaseRun):
         for path in clear_paths(paths):
             self.tl.add("harness", f"removed {path}, left from an earlier run (pathAbsent)")
 
-    def _wait_data_plane(self, traefik: Traefik, timeout: float = 30) -> None:
-        """Until Traefik sends a request to a pod (it loads the route, then the endpoints, ~1-2 s), so the load
-        starts on a data plane that serves."""
+    def data_plane(self) -> str:
+        if self.traefik is not None:
+            return f"Traefik {traefik_version()} (Gateway API provider)"
+        return "the Services' ClusterIPs (kube-proxy's iptables rules)"
+
+    def _upstreams(self) -> dict[str, tuple[tuple[str, int], str | None]]:
+        """Where each stream's requests go in pods mode, and the Service they are labelled with (None: the pod's
+        own): Traefik; or for the other routers the Service's ClusterIP, which kube-proxy spreads over its ready
+        pods (replicas: the stable Service before both versions; blue-green: active, and preview for the test
+        load, each labelled with its Service as blue-green's analysis reads it)."""
+        if self.pod_apps is None:
+            return {}
+        if self.traefik is not None:
+            return {"main": (("127.0.0.1", self.traefik.port), None)}
+
+        def cluster_ip(name: str) -> tuple[str, int]:
+            svc = self.kube.get_service(self.ns, name) or {}
+            ip = (svc.get("spec") or {}).get("clusterIP")
+            if not ip or ip == "None":
+                raise RuntimeError(f"Service {name} has no ClusterIP")
+            return str(ip), 80
+        if self.refs.kind == "blueGreen":
+            return {"main": (cluster_ip(self.refs.stable_service), self.refs.stable_service),
+                    "preview": (cluster_ip(self.refs.canary_service), self.refs.canary_service)}
+        return {"main": (cluster_ip(self.refs.stable_service), None)}
+
+    def _wait_data_plane(self, where: tuple[str, int], timeout: float = 30) -> None:
+        """Until a request there reaches a pod (Traefik loads the route, then the endpoints, ~1-2 s; kube-proxy
+        its rules), so the load starts on a data plane that serves."""
         deadline = time.monotonic() + timeout
+        url = f"http://{where[0]}:{where[1]}/"
         last = ""
         while time.monotonic() < deadline:
             try:
-                with urllib.request.urlopen(traefik.url, timeout=2) as r:
+                with urllib.request.urlopen(url, timeout=2) as r:
                     if r.headers.get(ROLE_HEADER):
-                        self.tl.add("harness", "Traefik serves the route")
+                        self.tl.add("harness", f"{url} reaches a pod")
                         return
                     last = f"answered {r.status} without a pod"
             except urllib.error.HTTPError as e:
                 last = f"answered {e.code}" + ("" if e.headers.get(ROLE_HEADER) else " itself")
                 if e.headers.get(ROLE_HEADER):
-                    self.tl.add("harness", "Traefik serves the route")
+                    self.tl.add("harness", f"{url} reaches a pod")
                     return
             except OSError as e:
                 last = str(e)
             time.sleep(0.2)
-        raise RuntimeError(f"Traefik does not serve the HTTPRoute after {timeout:g}s (last: {last}; log "
-                           f"{traefik.log})")
+        raise RuntimeError(f"{url} ({self.data_plane()}) reaches no pod after {timeout:g}s (last: {last})")
 
     def _database_address(self) -> tuple[str, int | None]:
         """Where the operator reaches PostgreSQL: loopback, or the in-cluster operator's forwarder."""

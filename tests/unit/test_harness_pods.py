@@ -136,6 +136,8 @@ def test_which_scenarios_keep_the_stand_ins_and_why() -> None:
     assert reasons["traffic-split-not-applied"] and "canaryShare" in reasons["traffic-split-not-applied"]
     assert reasons["judge-equal"] and "judged" in reasons["judge-equal"]
     assert reasons["header-match-rollback"] is None  # Traefik applies header matches as written
+    assert reasons["router-replicas"] is None and reasons["blue-green-rollback"] is None  # kube-proxy's ClusterIPs
+    assert reasons["statefulset-partition-rollback"] and "partition" in reasons["statefulset-partition-rollback"]
 
 
 def test_the_world_for_real_pods_pins_them_to_the_real_node_behind_a_readiness_probe() -> None:
