@@ -159,7 +159,8 @@ class Backend:
 
 MAX_KEPT = 10_000
 UPSTREAM_SETTLE = 2.5  # seconds after a route change before a real data plane's requests count under it
-SETTLING = "settling"  # the plan label of those requests
+SEEN_LATE = 2 * POLL_SECONDS + 0.1  # how late the harness may see a change the data plane already applies
+SETTLING = "settling"  # the plan label of the requests sent around a change
 
 
 def bursts(times: list[tuple[float, int]], gap: float = 1.0) -> list[tuple[float, float, int, int]]:
@@ -206,10 +207,11 @@ class Router:
         # a real data plane (Traefik) at this address: every request goes there, and the answer's X-Harness-Role
         # says where it went; the weights are still read, for the timeline and the expectations
         self.upstream = upstream
-        # ... which applies a route change some time after the write (Traefik: up to ~2.1 s): for this long after
-        # a change its requests are counted under SETTLING, not under the new plan (nor the old)
+        # ... which applies a route change some time after the write (Traefik: up to ~2.1 s), and may apply it before
+        # the harness's next read sees it: a request sent from SEEN_LATE before a change was seen to `settle` after
+        # it is counted under SETTLING, not under the new plan nor the old (decided once the load has stopped)
         self.settle = settle
-        self._plan_since = time.monotonic()
+        self._answered: list[tuple[float, str, bool, str, bool]] = []  # (sent at, plan label, tagged, role, cookie)
         # sent as X-Harness-Service to the upstream: the Service the requests go through (a ClusterIP, blue-green's
         # active or preview), which the answering pod labels them with; None: the pod's own Service
         self.upstream_label = upstream_label
@@ -256,8 +258,15 @@ class Router:
         """Stop pacing at once; requests in flight finish (bounded by their timeout)."""
         self._stop.set()
         for t in self._threads:
-            t.join(timeout=5)
+            if t.ident is not None:  # started
+                t.join(timeout=5)
         self._pool.shutdown(wait=True, cancel_futures=True)
+        changes = [t for t, _ in self.raw_changes]
+        with self._stats_lock:
+            for sent, label, tagged, role, bearer in self._answered:
+                near = any(sent - self.settle <= c <= sent + SEEN_LATE for c in changes)
+                self.stats.seen[(SETTLING if near else label, tagged, role, bearer)] += 1
+            self._answered.clear()
 
     # --------------------------------------------------------------------------------------------- weights
     @property
@@ -293,7 +302,6 @@ class Router:
             if self.raw_changes and plan == self._plan:
                 return
             self._plan = plan
-            self._plan_since = now
             self._weights = dict(weights)
             canary = canary_share(weights, self.stable_key, self.canary_key)
             self.raw_changes.append((now, dict(weights)))
@@ -351,13 +359,12 @@ class Router:
                 name = next((k for k in headers if k.lower() == "cookie"), "Cookie")  # tagged's, in any case
                 headers[name] = f"{headers[name]}; {held}" if headers.get(name) else held
             with self._lock:
-                plan, since = self._plan, self._plan_since
+                plan = self._plan
             if self.upstream is not None:
                 if not self._slots.acquire(blocking=False):
                     self.stats.dropped += 1
                     continue
-                label = plan.label if time.monotonic() - since >= self.settle else SETTLING
-                self._pool.submit(self._forward, label, tagged, bearer, headers)
+                self._pool.submit(self._forward, time.monotonic(), plan.label, tagged, bearer, headers)
                 continue
             key = self._pick(headers, plan)
             if key is None:
@@ -406,7 +413,7 @@ class Router:
         finally:
             self._slots.release()
 
-    def _forward(self, label: str, tagged: bool, bearer: bool, extra: dict[str, str]) -> None:
+    def _forward(self, sent: float, label: str, tagged: bool, bearer: bool, extra: dict[str, str]) -> None:
         """One request through the data plane; counted where the answering pod says it belongs."""
         assert self.upstream is not None
         try:
@@ -421,7 +428,7 @@ class Router:
                     self.stats.codes[f"{role} {resp.status}"] += 1
                     if role in ("stable", "canary"):
                         self.stats.sent[role] += 1
-                        self.stats.seen[(label, tagged, role, bearer)] += 1
+                        self._answered.append((sent, label, tagged, role, bearer))
                     else:
                         self.stats.unrouted += 1
                         if len(self.stats.data_plane) < MAX_KEPT:

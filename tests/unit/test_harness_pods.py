@@ -152,3 +152,17 @@ def test_the_world_for_real_pods_pins_them_to_the_real_node_behind_a_readiness_p
     gw = next(d for d in docs if d["kind"] == "Gateway")
     assert gw["spec"]["gatewayClassName"] == "saferollout-traefik"
     assert gw["spec"]["listeners"][0]["port"] == 18080
+
+
+def test_requests_sent_just_before_a_change_was_seen_or_while_it_settles_count_as_settling() -> None:
+    """A data plane may apply a route before the harness's next read sees it, and after it, for a while, still the
+    old one: only what it did with a route it has surely applied counts under that route's plan."""
+    from harness.router import SEEN_LATE, SETTLING
+    r = Router(lambda: None, {"web": Backend("stable", None), "web-canary": Backend("canary", None)}, {}, rps=0,
+               max_seconds=1, upstream=("127.0.0.1", 9), settle=2.5)
+    r.raw_changes = [(100.0, {"web": 100}), (110.0, {"web": 50})]  # changes seen at 100 s and 110 s
+    for sent in (100.5, 103.0, 109.7, 110 - SEEN_LATE - 0.05, 112.0, 113.0):
+        r._answered.append((sent, "match", True, "canary", False))
+    r.stop()
+    assert r.stats.seen[(SETTLING, True, "canary", False)] == 3  # 100.5 and 112.0 settle, 109.7 came just before
+    assert r.stats.seen[("match", True, "canary", False)] == 3  # 103.0, 109.35, 113.0
