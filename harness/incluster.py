@@ -24,6 +24,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from harness.pods import REAL_NODE_SELECTOR, REAL_NODE_TOLERATION
 from harness.services import TcpForwarder
 
 RELEASE = "saferollout-harness"
@@ -32,8 +33,6 @@ FULLNAME = "sr-harness"
 STORE_MOUNT = "/var/lib/saferollout/snapshots"  # charts/saferollout values: snapshots.dir
 KUBELET_PODS = Path("/var/lib/kubelet/pods")  # cluster/node/node.sh leaves the kubelet's --root-dir as it is
 OPERATOR_UID = 10001
-REAL_NODE = {"saferollout.dev/node": "real"}
-TOLERATION = {"key": "saferollout.dev/real-node", "operator": "Exists", "effect": "NoSchedule"}
 
 
 class ClusterOperator:
@@ -66,8 +65,8 @@ class ClusterOperator:
         return ["--set", f"fullnameOverride={FULLNAME}",
                 "--set", f"image.repository={repository}", "--set", f"image.tag={tag}",
                 "--set", "image.pullPolicy=Never",
-                "--set-json", f"nodeSelector={json.dumps(REAL_NODE)}",
-                "--set-json", f"tolerations={json.dumps([TOLERATION])}",
+                "--set-json", f"nodeSelector={json.dumps(REAL_NODE_SELECTOR)}",
+                "--set-json", f"tolerations={json.dumps([REAL_NODE_TOLERATION])}",
                 "--set", f"prometheus.address=http://{self.prom_forward.address}",
                 "--set", f"analysis.rateWindow={self.rate_window}",
                 "--set", "snapshots.persistence.enabled=true", "--set", "snapshots.persistence.storageClass=-",
